@@ -1,0 +1,132 @@
+"""Opening the memory database the way memory-nexus does, creating it, counting it, and its full-text indexes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote
+
+from .errors import DatabaseProblem
+from .tables import TABLES, Table
+
+DEFAULT_PATH = Path("~/.memory-nexus/memory.db")
+BUSY_TIMEOUT_MS = 5000
+# The triggers that keep messages_fts in step row by row; a load into an empty table drops them and
+# rebuilds the index once instead, inside the same transaction.
+MESSAGE_TRIGGERS = ("messages_fts_insert", "messages_fts_delete", "messages_fts_update")
+# memory-nexus indexes a summary only on UPDATE OF summary; this mirrors it for the rows an import inserts,
+# so a restored database finds the summaries the source found.
+SUMMARY_ON_INSERT = """
+CREATE TEMP TRIGGER IF NOT EXISTS memory_import_summary AFTER INSERT ON main.sessions
+WHEN new.summary IS NOT NULL AND new.summary != ''
+BEGIN
+    INSERT INTO sessions_fts(session_id, summary) VALUES (new.id, new.summary);
+END"""
+
+
+def _configure(conn: sqlite3.Connection) -> sqlite3.Connection:
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def open_for_reading(path: Path) -> sqlite3.Connection:
+    """A read-only connection; never creates a file."""
+    if not path.is_file():
+        raise DatabaseProblem(f"no database at {path}")
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    try:
+        conn = _configure(sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False))
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseProblem(f"cannot read {path}: {exc}") from exc
+    missing = [t.name for t in TABLES if not has_table(conn, t.name)]
+    if missing:
+        raise DatabaseProblem(f"{path} is not a memory database: no table {missing[0]}")
+    return conn
+
+
+def open_for_writing(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """A connection for an import and whether this call created the file (so a failed import can remove it)."""
+    created = not path.exists()
+    if created:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = _configure(sqlite3.connect(str(path), isolation_level=None))
+        if created:
+            os.chmod(path, 0o600)
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseProblem(f"cannot open {path}: {exc}") from exc
+    return conn, created
+
+
+def remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """The memory-nexus 0.1.2 schema, in the caller's transaction."""
+    sql = resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+    for statement in _statements(sql):
+        conn.execute(statement)
+
+
+def _statements(sql: str) -> Iterator[str]:
+    buffer = ""
+    for line in sql.splitlines(keepends=True):
+        if not buffer and line.startswith("--"):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+
+
+def counts(conn: sqlite3.Connection, tables: tuple[Table, ...] = TABLES) -> dict[str, int]:
+    """Rows per table, keyed as the file's stats are."""
+    return {t.key: conn.execute(f'SELECT count(*) FROM "{t.name}"').fetchone()[0] for t in tables}
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    """One transaction: COMMIT when the block ends, ROLLBACK on any exception, Ctrl-C included."""
+    try:
+        conn.execute(f"BEGIN {mode}")
+    except sqlite3.OperationalError as exc:
+        raise DatabaseProblem(f"cannot start a transaction: {exc}") from exc
+    try:
+        yield conn
+    except BaseException:
+        conn.rollback()
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        conn.rollback()
+        raise DatabaseProblem(f"cannot commit: {exc}") from exc
+
+
+@contextmanager
+def message_index_rebuilt(conn: sqlite3.Connection) -> Iterator[None]:
+    """Within a transaction: drop the messages_fts triggers, and on the way out rebuild the index once and
+    put the triggers back exactly as they were. Only for a load into an empty messages table."""
+    saved = conn.execute(
+        f"SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name IN ({','.join('?' * len(MESSAGE_TRIGGERS))})",
+        MESSAGE_TRIGGERS).fetchall()
+    for name in MESSAGE_TRIGGERS:
+        conn.execute(f'DROP TRIGGER IF EXISTS "{name}"')
+    yield
+    conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
+    for (sql,) in saved:
+        conn.execute(sql)

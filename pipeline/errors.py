@@ -1,0 +1,56 @@
+"""The exceptions the library raises (the CLI turns each into one line and exit status 1), and the one place
+where faults from below (ijson, gzip, zstd) become them."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class PipelineError(Exception):
+    """Base of everything this tool refuses or fails at on purpose: a bad file, a database fault, a refusal."""
+
+
+class BadBackup(PipelineError):
+    """The backup file is malformed, of a version we do not read, or disagrees with its own stats."""
+
+
+class DatabaseProblem(PipelineError):
+    """The database is missing, locked, full, or rejected a row."""
+
+
+class Refused(PipelineError):
+    """The user's data would be touched in a way they did not ask for."""
+
+
+class corrupt_as_bad_backup:
+    """Turn a fault in the file's bytes (bad JSON, a cut gzip or zstd stream, bad UTF-8) into one BadBackup
+    line that says where reading had got to. Every other exception passes through untouched."""
+
+    def __init__(self, where: Callable[[], str]):
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is not None and not isinstance(exc, PipelineError) and isinstance(exc, _stream_errors()):
+            lines = str(exc).strip().splitlines()
+            detail = lines[0] if lines else type(exc).__name__
+            raise BadBackup(f"{self.where()}: the file is cut short or corrupt ({detail})") from exc
+        return False
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    import gzip
+    import zlib
+
+    import ijson
+    import jsonlines
+    errors: list[type[BaseException]] = [ijson.JSONError, jsonlines.InvalidLineError, EOFError,
+                                         gzip.BadGzipFile, zlib.error, UnicodeDecodeError]
+    try:
+        import zstandard
+        errors.append(zstandard.ZstdError)
+    except ImportError:
+        pass
+    return tuple(errors)

@@ -1,0 +1,211 @@
+"""The two layouts of a backup file (one JSON document, or JSON Lines) and their compression, both ways."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import itertools
+from typing import IO, Any, Callable, Iterable, Iterator, Tuple
+
+import ijson
+import jsonlines
+import orjson
+
+from .errors import BadBackup
+from .records import batches
+from .tables import Record
+
+Header = dict
+Section = Tuple[str, Iterator[Any]]          # (array key, its records as they stream)
+HEADER_KEYS = ("version", "exportedAt", "stats")
+FORMATS = ("json", "jsonl")
+COMPRESSIONS = ("gzip", "zstd", "none")
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+# Imports are several times slower on a pure-Python backend; the CLI warns when this is not "yajl2_c".
+IJSON_BACKEND = ijson.backend
+
+
+def encode(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+# ---- names ------------------------------------------------------------------------------------------------
+
+def format_from_name(name: str) -> tuple[str | None, str]:
+    """(format, compression) that a file name says, e.g. 'x.jsonl.gz' -> ('jsonl', 'gzip')."""
+    compression = "none"
+    for suffix, method in ((".gz", "gzip"), (".zst", "zstd")):
+        if name.endswith(suffix):
+            name, compression = name[: -len(suffix)], method
+    for fmt in FORMATS:
+        if name.endswith("." + fmt):
+            return fmt, compression
+    return None, compression
+
+
+# ---- compression ------------------------------------------------------------------------------------------
+
+def compressed_writer(raw: IO[bytes], compression: str) -> IO[bytes]:
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0)
+    if compression == "zstd":
+        import zstandard
+        return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False)
+    return raw
+
+
+def decompressed_reader(raw: io.BufferedReader) -> IO[bytes]:
+    """The plain bytes of a file, whatever it is compressed with: told by its first bytes, not its name."""
+    magic = raw.peek(4)[:4]
+    if magic.startswith(GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if magic == ZSTD_MAGIC:
+        import zstandard
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+    return raw
+
+
+# ---- writing ----------------------------------------------------------------------------------------------
+
+def write_json(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Iterable[Record]]],
+               progress: Callable[[int], None]) -> None:
+    """One JSON document in memory-nexus's key order: the header first, then one array per table,
+    one record per line so the file reads and diffs well."""
+    out.write(b"{" + b",".join(encode(k) + b":" + encode(header[k]) for k in HEADER_KEYS))
+    for key, records in sections:
+        out.write(b",\n" + encode(key) + b":[")
+        separator = b"\n"
+        for batch in _encoded_batches(records):
+            out.write(separator + b",\n".join(batch))
+            separator = b",\n"
+            progress(len(batch))
+        out.write(b"\n]" if separator != b"\n" else b"]")
+    out.write(b"}\n")
+
+
+def write_jsonl(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Iterable[Record]]],
+                progress: Callable[[int], None]) -> None:
+    """JSON Lines: the header, then {"table": key, "record": {...}} per record, then {"end": true},
+    so a file cut anywhere is told from a whole one."""
+    writer = jsonlines.Writer(out, dumps=orjson.dumps)
+    writer.write({k: header[k] for k in HEADER_KEYS})
+    for key, records in sections:
+        tagged = ({"table": key, "record": r} for r in records)
+        for batch in _encoded_batches(tagged):
+            out.write(b"\n".join(batch) + b"\n")
+            progress(len(batch))
+    writer.write({"end": True})
+
+
+def _encoded_batches(records: Iterable[Any], size: int = 2000) -> Iterator[list[bytes]]:
+    for batch in batches(records, size):
+        yield [encode(r) for r in batch]
+
+
+WRITERS = {"json": write_json, "jsonl": write_jsonl}
+
+
+# ---- reading ----------------------------------------------------------------------------------------------
+
+def read_json(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
+    """The header of a JSON backup, read before anything else, and the arrays that follow it as streams.
+
+    Only the top level is walked in Python; each array's records are built by ijson's C backend."""
+    events = ijson.parse(stream, use_float=True)
+    first = next(events, None)
+    if first is None:
+        raise BadBackup("the file is empty")
+    if first[1] != "start_map":
+        raise BadBackup("not a memory backup: the JSON document is not an object")
+    header: Header = {}
+    for _, event, key in events:
+        if event == "end_map":
+            return header, iter(())
+        if key not in HEADER_KEYS:
+            break
+        if key in header:
+            raise BadBackup(f"duplicate key {key!r} in the header")
+        header[key] = _value(events, key)
+    else:
+        raise BadBackup("the file ends inside the header")
+    missing = [k for k in ("version", "stats") if k not in header]
+    if missing:
+        raise BadBackup(f"the header must come first, but {key!r} comes before {missing[0]!r}"
+                        " (was the file re-ordered, e.g. by jq -S?)")
+    return header, _json_sections(events, key)
+
+
+def _json_sections(events: Iterator[tuple], key: str) -> Iterator[Section]:
+    while True:
+        yield key, _array_items(events, key)
+        prefix, event, key = next(events)
+        if event == "end_map":
+            return
+        if key in HEADER_KEYS:
+            raise BadBackup(f"{key!r} comes after the data; the header must come first")
+
+
+def _array_items(events: Iterator[tuple], key: str) -> Iterator[Any]:
+    prefix, event, value = next(events)
+    if event != "start_array":
+        raise BadBackup(f"{key} must be an array, got {event.replace('start_map', 'an object')}")
+    return ijson.items(_until_closed(events, key), "item")
+
+
+def _until_closed(events: Iterator[tuple], key: str) -> Iterator[tuple]:
+    """The events inside one top-level array, prefixes made relative, stopping at its end."""
+    cut = len(key) + 1
+    yield "", "start_array", None
+    for prefix, event, value in events:
+        if prefix == key:                      # only the closing end_array has the bare key
+            yield "", event, value
+            return
+        yield prefix[cut:], event, value
+
+
+def _value(events: Iterator[tuple], key: str) -> Any:
+    """One whole (small) value: a header field."""
+    builder = ijson.ObjectBuilder()
+    depth = 0
+    for _, event, value in events:
+        builder.event(event, value)
+        depth += event in ("start_map", "start_array")
+        depth -= event in ("end_map", "end_array")
+        if depth == 0:
+            return builder.value
+    raise BadBackup(f"the file ends inside {key!r}")
+
+
+def read_jsonl(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
+    """The header line of a JSON Lines backup, and its records grouped by table as they stream."""
+    reader = jsonlines.Reader(stream, loads=orjson.loads)
+    header = next(iter(reader), None)
+    if header is None:
+        raise BadBackup("the file is empty")
+    if not isinstance(header, dict) or "table" in header or "end" in header:
+        raise BadBackup("line 1: not a memory backup header (version, exportedAt, stats)")
+    unknown = [k for k in header if k not in HEADER_KEYS]
+    if unknown:
+        raise BadBackup(f"line 1: unknown header key {unknown[0]!r}")
+    tagged = _tagged(reader)
+    return header, ((key, (record for _, record in group))
+                    for key, group in itertools.groupby(tagged, key=lambda pair: pair[0]))
+
+
+def _tagged(reader: jsonlines.Reader) -> Iterator[tuple[str, Any]]:
+    for lineno, line in enumerate(reader, start=2):
+        if type(line) is dict and line.keys() == {"table", "record"} and type(line["table"]) is str:
+            yield line["table"], line["record"]
+        elif line == {"end": True}:
+            extra = next(iter(reader), None)
+            if extra is not None:
+                raise BadBackup(f"line {lineno + 1}: data after the end line")
+            return
+        else:
+            raise BadBackup(f'line {lineno}: expected {{"table": ..., "record": ...}} or {{"end": true}}')
+    raise BadBackup("the file is cut short: no end line")
+
+
+READERS = {"json": read_json, "jsonl": read_jsonl}

@@ -1,0 +1,213 @@
+"""The import and validate pipelines: header first, then every record checked, counted and inserted in one transaction."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable, Iterable, Iterator
+
+from .database import SUMMARY_ON_INSERT, counts, create_schema, message_index_rebuilt, transaction
+from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup
+from .formats import READERS, Section
+from .records import batches, checked, rows_of, shown
+from .tables import BY_KEY, FORMAT_MAJOR, FORMAT_MINOR, TABLES, Record, Table
+
+CONFLICT_MODES = ("skip", "replace", "fail")
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Backup:
+    """An opened backup whose header has been read and checked; its sections stream once."""
+    header: dict
+    minor: int
+    sections: Iterator[Section]
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.header["stats"]
+
+
+@dataclass
+class Report:
+    """What an import or validation did, per table, keyed as the file's stats are."""
+    records: dict[str, int] = field(default_factory=dict)     # in the file
+    inserted: dict[str, int] = field(default_factory=dict)    # new rows in the database
+
+    @property
+    def others(self) -> dict[str, int]:
+        """Records that met a row already there: skipped, or replaced with --on-conflict replace."""
+        return {k: n - self.inserted.get(k, 0) for k, n in self.records.items()}
+
+
+def open_backup(stream: IO[bytes], fmt: str) -> Backup:
+    """Read and check the header; nothing after it is read yet."""
+    with _located(lambda: "the header"):
+        header, sections = READERS[fmt](stream)
+    return Backup(header, check_header(header), sections)
+
+
+def check_header(header: dict) -> int:
+    """The minor version of a header we can read, or BadBackup saying why not."""
+    if "version" not in header:
+        raise BadBackup("not a memory backup: no version in the header")
+    version = header["version"]
+    if type(version) is not str:
+        raise BadBackup(f"version must be a string, got {shown(version)}")
+    match = re.fullmatch(r"(\d+)\.(\d+)", version)
+    if not match:
+        raise BadBackup(f"version must look like \"1.0\", got {version!r}")
+    major, minor = int(match[1]), int(match[2])
+    if major > FORMAT_MAJOR:
+        raise BadBackup(f"file version {version} is newer than this memory reads ({FORMAT_MAJOR}.x)")
+    if major < FORMAT_MAJOR:
+        raise BadBackup(f"file version {version} is older than this memory reads ({FORMAT_MAJOR}.x)")
+    if "exportedAt" in header and type(header["exportedAt"]) is not str:
+        raise BadBackup(f"exportedAt must be a string, got {shown(header['exportedAt'])}")
+    stats = header.get("stats")
+    if type(stats) is not dict:
+        raise BadBackup(f"stats must be an object, got {shown(stats)}")
+    for key, count in stats.items():
+        if key not in BY_KEY:
+            raise BadBackup(f"stats: unknown table {key!r}")
+        if type(count) is not int or count < 0:
+            raise BadBackup(f"stats.{key} must be a count, got {shown(count)}")
+    return minor
+
+
+def checked_sections(backup: Backup, progress: Progress) -> Iterator[tuple[Table, Iterator[Record]]]:
+    """Each table's records, checked one by one and counted against stats; then that every array the
+    version requires was there."""
+    seen: set[str] = set()
+    for key, records in backup.sections:
+        table = BY_KEY.get(key)
+        if table is None:
+            raise BadBackup(f"unknown array {key!r}")
+        if key in seen:
+            raise BadBackup(f"{key} appears twice")
+        seen.add(key)
+        if key not in backup.stats:
+            raise BadBackup(f"stats has no count for {key}")
+        yield table, _counted(table, backup.stats[key], checked(table, backup.minor, records), progress)
+    for table in TABLES:
+        if table.key not in seen and table.since <= backup.minor:
+            raise BadBackup(f"no {table.key} array")
+        if table.key not in seen and backup.stats.get(table.key, 0):
+            raise BadBackup(f"stats says {backup.stats[table.key]} {table.key} but the file has no {table.key} array")
+
+
+def _counted(table: Table, expected: int, records: Iterable[Record], progress: Progress) -> Iterator[Record]:
+    count = 0
+    for batch in batches(records):
+        count += len(batch)
+        if count > expected:
+            raise BadBackup(f"{table.key}: more records than stats says ({expected})")
+        yield from batch
+        progress(len(batch))
+    if count != expected:
+        raise BadBackup(f"{table.key}: the file holds {count} records but stats says {expected}")
+
+
+def validate(backup: Backup, progress: Progress = lambda n: None) -> Report:
+    """Stream every record through the import's checks, touching no database."""
+    report = Report()
+    with _located(_position(report)):
+        for table, records in checked_sections(backup, progress):
+            report.records[table.key] = 0
+            for _ in records:
+                report.records[table.key] += 1
+    return report
+
+
+def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_conflict: str = "skip",
+         create: bool = False, progress: Progress = lambda n: None) -> Report:
+    """Insert the backup in ONE transaction: any fault, Ctrl-C included, leaves the database as it was."""
+    report = Report()
+    with transaction(conn), _located(_position(report)):
+        if create:
+            create_schema(conn)
+        conn.execute(SUMMARY_ON_INSERT)
+        bulk = clear or not conn.execute("SELECT 1 FROM messages_meta LIMIT 1").fetchone()
+        with message_index_rebuilt(conn) if bulk else nullcontext():
+            if clear:
+                _clear(conn)
+            before = counts(conn)
+            for table, records in checked_sections(backup, progress):
+                report.records[table.key] = 0
+                sql = insert_sql(table, backup.minor, on_conflict)
+                for batch in batches(rows_of(table, backup.minor, records)):
+                    _insert(conn, table, sql, batch, report.records[table.key])
+                    report.records[table.key] += len(batch)
+        _check_foreign_keys(conn)
+        after = counts(conn)
+        report.inserted = {k: after[k] - before[k] for k in report.records}
+        conn.execute("DROP TRIGGER temp.memory_import_summary")
+    return report
+
+
+def insert_sql(table: Table, minor: int, on_conflict: str) -> str:
+    columns = [c.name for c in table.columns_in(minor)]
+    sql = (f'INSERT INTO "{table.name}" ({", ".join(f"{chr(34)}{c}{chr(34)}" for c in columns)}) '
+           f'VALUES ({", ".join("?" * len(columns))})')
+    if on_conflict == "skip":
+        return sql + " ON CONFLICT DO NOTHING"
+    if on_conflict == "replace":
+        updates = [f'"{c}" = excluded."{c}"' for c in columns if c not in table.identity]
+        target = ", ".join(f'"{c}"' for c in table.identity)
+        return sql + f" ON CONFLICT ({target}) DO " + (f"UPDATE SET {', '.join(updates)}" if updates else "NOTHING")
+    return sql
+
+
+def _insert(conn: sqlite3.Connection, table: Table, sql: str, batch: list[tuple], start: int) -> None:
+    """executemany one batch; when the database rejects a row, find which one and say so."""
+    conn.execute("SAVEPOINT batch")
+    try:
+        conn.executemany(sql, batch)
+    except sqlite3.IntegrityError:
+        conn.execute("ROLLBACK TO batch")
+        for offset, row in enumerate(batch):
+            try:
+                conn.execute(sql, row)
+            except sqlite3.IntegrityError as exc:
+                raise DatabaseProblem(f"{table.key}[{start + offset}]: {_explain(table, exc)}") from exc
+        raise
+    conn.execute("RELEASE batch")
+
+
+def _explain(table: Table, exc: sqlite3.IntegrityError) -> str:
+    text = str(exc)
+    if text.startswith("FOREIGN KEY"):
+        return f"{text}: it names a row that is neither in the database nor earlier in the file"
+    if text.startswith("UNIQUE"):
+        return f"{text} (use --on-conflict skip or replace to merge)"
+    return text
+
+
+def _clear(conn: sqlite3.Connection) -> None:
+    """Empty every table, children first, in the import's transaction. messages_fts is rebuilt after the load."""
+    conn.execute("DELETE FROM sessions_fts")
+    for table in reversed(TABLES):
+        conn.execute(f'DELETE FROM "{table.name}"')
+
+
+def _check_foreign_keys(conn: sqlite3.Connection) -> None:
+    problem = conn.execute("PRAGMA foreign_key_check").fetchone()
+    if problem:
+        child, rowid, parent, _ = problem
+        raise DatabaseProblem(f"{child} row {rowid} points at a missing row of {parent}; nothing was imported")
+
+
+def _position(report: Report) -> Callable[[], str]:
+    """Where reading is, between arrays: record-level places are named by `checked`."""
+    return lambda: f"after {list(report.records)[-1]}" if report.records else "the header"
+
+
+@contextmanager
+def _located(where: Callable[[], str]) -> Iterator[None]:
+    with corrupt_as_bad_backup(where):
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise DatabaseProblem(f"{where()}: {exc}; nothing was imported") from exc
