@@ -204,7 +204,7 @@ def _confirm_merge(conn, db_path: Path, allowed: bool, stdin_is_data: bool) -> N
     if allowed or not any(have.values()):
         return
     question = f"The database has {have['sessions']:,} sessions and {have['messages']:,} messages. Merge into it?"
-    if not stdin_is_data and sys.stdin.isatty():
+    if not stdin_is_data and _terminal_stdin():
         if click.confirm(question, default=False, err=True):
             return
         raise Refused("nothing imported: the merge was declined")
@@ -264,3 +264,8 @@ def _warn_slow_parser() -> None:
 
 def main() -> None:
     cli(prog_name="memory")
+
+
+def _terminal_stdin() -> bool:
+    """Whether a person can answer a question; cron and pipes cannot."""
+    return sys.stdin.isatty()

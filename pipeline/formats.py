@@ -113,7 +113,9 @@ def read_json(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
     """The header of a JSON backup, read before anything else, and the arrays that follow it as streams.
 
     Only the top level is walked in Python; each array's records are built by ijson's C backend."""
-    events = ijson.parse(stream, use_float=True)
+    # Not use_float=True: with it yajl overflows on -2**63 (ijson issue #153). Reals arrive as Decimal
+    # and `checked` turns them into floats, exactly.
+    events = ijson.parse(stream)
     first = next(events, None)
     if first is None:
         raise BadBackup("the file is empty")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from decimal import Decimal
 from itertools import islice
 from operator import itemgetter
 from typing import Any, Iterable, Iterator, Sequence
@@ -11,7 +13,7 @@ from .tables import INT64, Column, Record, Table
 
 BATCH = 2000
 
-_ACCEPTS = {"text": (str,), "integer": (int,), "real": (float, int)}
+_ACCEPTS = {"text": (str,), "integer": (int,), "real": (float, int, Decimal)}
 _NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
           type(None): "null", dict: "an object", list: "an array"}
 _WANTS = {"text": "a string", "integer": "an integer", "real": "a number"}
@@ -41,6 +43,8 @@ def _problem(column: Column, value: Any) -> str | None:
         allowed = " or ".join(repr(c) for c in column.choices) if len(column.choices) == 2 else \
             "one of " + ", ".join(repr(c) for c in column.choices)
         return f"{column.field} must be {allowed}, got {shown(value)}"
+    if type(value) is Decimal and not math.isfinite(float(value)):
+        return f"{column.field} must be a finite number, got {value}"
     if column.between and not column.between[0] <= value <= column.between[1]:
         return f"{column.field} must be between {column.between[0]:g} and {column.between[1]:g}, got {value!r}"
     return None
@@ -68,13 +72,15 @@ def checked(table: Table, minor: int, records: Iterable[Any]) -> Iterator[Record
     plain = [(c.field, frozenset(_ACCEPTS[c.type]) | ({type(None)} if c.nullable else set()))
              for c in columns]
     exact = [c for c in columns if c.choices or c.between or c.type != "text"]
+    reals = [c.field for c in columns if c.type == "real"]
     index = -1
     with corrupt_as_bad_backup(lambda: f"{table.key}[{index + 1}]"):
         for index, record in enumerate(records):
-            yield _checked_one(table, columns, fields, plain, exact, index, record)
+            yield _checked_one(table, columns, fields, plain, exact, reals, index, record)
 
 
-def _checked_one(table, columns, fields, plain, exact, index, record):
+def _checked_one(table: Table, columns: Sequence[Column], fields: frozenset, plain: list, exact: list,
+                 reals: list[str], index: int, record: Any) -> Record:
     ok = type(record) is dict and record.keys() == fields
     if ok:
         for field, accepts in plain:
@@ -85,6 +91,9 @@ def _checked_one(table, columns, fields, plain, exact, index, record):
         ok = all(_problem(c, record[c.field]) is None for c in exact)
     if not ok:
         raise BadBackup(f"{table.key}[{index}]: {_record_problem(columns, record)}")
+    for field in reals:
+        if type(record[field]) is Decimal:
+            record[field] = float(record[field])
     return record
 
 
