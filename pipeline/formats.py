@@ -56,8 +56,10 @@ def compressed_writer(raw: IO[bytes], compression: str) -> IO[bytes]:
     return raw
 
 
-def decompressed_reader(raw: io.BufferedReader) -> IO[bytes]:
+def decompressed_reader(raw: IO[bytes]) -> IO[bytes]:
     """The plain bytes of a file, whatever it is compressed with: told by its first bytes, not its name."""
+    if not hasattr(raw, "peek"):
+        raw = io.BufferedReader(raw)  # type: ignore[arg-type]
     magic = raw.peek(4)[:4]
     if magic.startswith(GZIP_MAGIC):
         return gzip.GzipFile(fileobj=raw, mode="rb")

@@ -24,6 +24,7 @@ class Backup:
     header: dict
     minor: int
     sections: Iterator[Section]
+    arrays_required: bool      # a JSON document has every array, if empty; JSON Lines has no line for those
 
     @property
     def stats(self) -> dict[str, int]:
@@ -46,7 +47,7 @@ def open_backup(stream: IO[bytes], fmt: str) -> Backup:
     """Read and check the header; nothing after it is read yet."""
     with _located(lambda: "the header"):
         header, sections = READERS[fmt](stream)
-    return Backup(header, check_header(header), sections)
+    return Backup(header, check_header(header), sections, arrays_required=fmt == "json")
 
 
 def check_header(header: dict) -> int:
@@ -92,7 +93,7 @@ def checked_sections(backup: Backup, progress: Progress) -> Iterator[tuple[Table
             raise BadBackup(f"stats has no count for {key}")
         yield table, _counted(table, backup.stats[key], checked(table, backup.minor, records), progress)
     for table in TABLES:
-        if table.key not in seen and table.since <= backup.minor:
+        if table.key not in seen and table.since <= backup.minor and backup.arrays_required:
             raise BadBackup(f"no {table.key} array")
         if table.key not in seen and backup.stats.get(table.key, 0):
             raise BadBackup(f"stats says {backup.stats[table.key]} {table.key} but the file has no {table.key} array")

@@ -1,0 +1,105 @@
+"""Shared test helpers: fixture files as constants, a CLI runner, databases made and compared by content."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.database import create_schema
+from pipeline.tables import TABLES
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "fixtures" / "sample-1.0.json"
+COMPAT = ROOT.parent / "shared" / "compat"
+COMPAT_DB = COMPAT / "memory-nexus.db"
+COMPAT_EXPORT = COMPAT / "memory-nexus-export.json"
+
+needs_compat = pytest.mark.skipif(not COMPAT_DB.exists(), reason="../shared/compat is not beside the project")
+
+
+def memory(*args: str, input: bytes | str | None = None):
+    """Run the `memory` command in-process; stdout and stderr apart."""
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def snapshot(path: Path) -> dict:
+    """Everything a user could see in a database: every row of every table with the type SQLite stored,
+    the AUTOINCREMENT counters, and what both full-text indexes find."""
+    conn = sqlite3.connect(path)
+    conn.text_factory = bytes
+    state = {}
+    for table in TABLES:
+        columns = ", ".join(f'"{c.name}", typeof("{c.name}")' for c in table.columns)
+        state[table.name] = conn.execute(f'SELECT rowid, {columns} FROM "{table.name}" ORDER BY rowid').fetchall()
+    state["sqlite_sequence"] = sorted(conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+    conn.text_factory = str
+    words = set()
+    for (content,) in conn.execute("SELECT content FROM messages_meta UNION ALL SELECT summary FROM sessions "
+                                   "WHERE summary IS NOT NULL"):
+        words.update(re.findall(r"[A-Za-z]{4,}", content)[:20])
+    for word in sorted(words):
+        state[f"messages_fts:{word}"] = conn.execute(
+            "SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rowid", (f'"{word}"',)).fetchall()
+        state[f"sessions_fts:{word}"] = conn.execute(
+            "SELECT session_id FROM sessions_fts WHERE sessions_fts MATCH ? ORDER BY session_id",
+            (f'"{word}"',)).fetchall()
+    conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')")
+    conn.close()
+    return state
+
+
+def values(state: dict, table_name: str, column: str) -> list[tuple]:
+    """(value, SQLite type) of one column, row by row, out of a snapshot."""
+    table = next(t for t in TABLES if t.name == table_name)
+    at = 1 + 2 * [c.name for c in table.columns].index(column)
+    return [row[at:at + 2] for row in state[table_name]]
+
+
+def without(state: dict, table_name: str, columns: tuple[str, ...]) -> list[tuple]:
+    """A table's rows out of a snapshot, leaving out the rowid and some columns."""
+    table = next(t for t in TABLES if t.name == table_name)
+    keep = [1 + 2 * i + j for i, c in enumerate(table.columns) if c.name not in columns for j in (0, 1)]
+    return [tuple(row[i] for i in keep) for row in state[table_name]]
+
+
+def make_database(path: Path, sessions: int = 3, messages_per_session: int = 4) -> Path:
+    """A small memory database made with plain SQL, as memory-nexus would leave it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("BEGIN")
+    create_schema(conn)
+    for s in range(sessions):
+        sid = f"session-{s}"
+        conn.execute("INSERT INTO sessions (id, project_path_encoded, project_path_decoded, project_name, "
+                     "start_time, message_count) VALUES (?, '-p', '/p', 'p', '2026-01-01T00:00:00Z', ?)",
+                     (sid, messages_per_session))
+        conn.execute("UPDATE sessions SET summary = ? WHERE id = ?", (f"summary number {s} about backups", sid))
+        conn.executemany(
+            "INSERT INTO messages_meta (id, session_id, role, content, timestamp) VALUES (?, ?, ?, ?, ?)",
+            [(f"{sid}-m{m}", sid, "user" if m % 2 else "assistant",
+              f"message {m} of session {s}: restore the streaming backup " + "lorem ipsum " * (m % 7),
+              f"2026-01-01T00:{m % 60:02d}:00Z") for m in range(messages_per_session)])
+        conn.execute("INSERT INTO tool_uses VALUES (?, ?, 'Bash', '{}', '2026-01-01T00:00:00Z', 'success', NULL)",
+                     (f"{sid}-t", sid))
+    conn.execute("INSERT INTO entities (type, name, confidence) VALUES ('concept', 'backups', 0.5)")
+    conn.execute("INSERT INTO topics (name) VALUES ('cron')")
+    conn.execute("INSERT INTO links (source_type, source_id, target_type, target_id, relationship) "
+                 "VALUES ('topic', '1', 'session', 'session-0', 'related_to')")
+    conn.execute("INSERT INTO session_entities VALUES ('session-0', 1, 2)")
+    conn.execute("COMMIT")
+    conn.close()
+    return path
+
+
+@pytest.fixture
+def sample_db(tmp_path: Path) -> Path:
+    """The hand-made sample file restored into a fresh database."""
+    db = tmp_path / "sample.db"
+    result = memory("import", "--db", db, SAMPLE)
+    assert result.exit_code == 0, result.output
+    return db

@@ -1,0 +1,113 @@
+"""Export then import gives back the same database: every row, every type, both full-text indexes."""
+
+import json
+
+import pytest
+
+from conftest import (COMPAT_DB, COMPAT_EXPORT, SAMPLE, make_database, memory, needs_compat, snapshot, values,
+                      without)
+from pipeline.tables import TABLES
+
+NAMES = ["backup.json", "backup.jsonl", "backup.json.gz", "backup.jsonl.gz", "backup.json.zst"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_export_then_import_restores_every_row_and_search_result(tmp_path, name):
+    source = make_database(tmp_path / "source.db")
+    assert memory("export", "--db", source, tmp_path / name).exit_code == 0
+    result = memory("import", "--db", tmp_path / "restored.db", tmp_path / name)
+    assert result.exit_code == 0, result.output
+    assert snapshot(tmp_path / "restored.db") == snapshot(source)
+
+
+def test_sample_values_survive_two_round_trips_exactly(tmp_path, sample_db):
+    """64-bit extremes, tiny floats, NUL, U+2028, astral characters and '' against NULL."""
+    memory("export", "--db", sample_db, tmp_path / "a.json")
+    memory("import", "--db", tmp_path / "b.db", tmp_path / "a.json")
+    assert snapshot(tmp_path / "b.db") == snapshot(sample_db)
+    state = snapshot(sample_db)
+    content = "Emoji \U0001F680 and astral \U0001D11E, NUL \x00 inside, line separator \u2028 too"
+    assert values(state, "messages_meta", "content")[2] == (content.encode(), b"text")
+    assert values(state, "messages_meta", "tool_use_ids") == [
+        (None, b"null"), (b'["toolu_01"]', b"text"), (None, b"null"), (b'["toolu_02"]', b"text"), (b"", b"text")]
+    assert values(state, "extraction_state", "file_size") == [(-2**63, b"integer"), (None, b"null")]
+    assert values(state, "sessions", "message_count") == [(3, b"integer"), (2**63 - 1, b"integer")]
+    assert values(state, "entities", "confidence") == [
+        (0.30000000000000004, b"real"), (5e-324, b"real"), (None, b"null")]
+
+
+def test_export_writes_version_stats_and_every_field(tmp_path, sample_db):
+    assert memory("export", "--db", sample_db, tmp_path / "out.json").exit_code == 0
+    doc = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+    assert list(doc)[:3] == ["version", "exportedAt", "stats"]
+    assert doc["version"] == "1.1"
+    assert doc["stats"] == {"sessions": 2, "messages": 5, "toolUses": 2, "entities": 3, "links": 2,
+                            "sessionEntities": 2, "entityLinks": 1, "extractionStates": 2, "topics": 0}
+    for table in TABLES:
+        assert len(doc[table.key]) == doc["stats"][table.key]
+        for record in doc[table.key]:
+            assert list(record) == [c.field for c in table.columns]
+    assert {type(v) for r in doc["sessions"] for v in r.values()} == {str, int, type(None)}
+    assert {type(r["confidence"]) for r in doc["entities"]} == {float, type(None)}
+
+
+def test_files_are_written_for_the_owner_only_whatever_the_umask(tmp_path, sample_db):
+    import os
+    old = os.umask(0)
+    try:
+        memory("export", "--db", sample_db, tmp_path / "out.json.gz")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.json.gz").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json.gz", "sample.db", "sample.db-shm", "sample.db-wal"]
+
+
+def test_export_to_stdout_keeps_the_report_off_stdout(tmp_path, sample_db):
+    result = memory("export", "--db", sample_db, "-")
+    doc = json.loads(result.stdout)
+    assert doc["stats"]["messages"] == 5
+    assert result.stderr.startswith("Exported 2 sessions, 5 messages, 2 tool uses,")
+
+
+def test_import_from_stdin(tmp_path):
+    result = memory("import", "--db", tmp_path / "new.db", "-", input=SAMPLE.read_bytes())
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ("Imported 2 sessions, 5 messages, 2 tool uses, 3 entities, 2 links, 2 session entities, "
+                             "1 entity links, 2 extraction states (0 skipped) from stdin\n")
+
+
+@needs_compat
+def test_memory_nexus_export_imports_and_matches_its_database(tmp_path):
+    """The peer's own file restores every row its database has in the columns 1.0 carries, and what
+    both full-text indexes find."""
+    result = memory("import", "--db", tmp_path / "peer.db", COMPAT_EXPORT)
+    assert result.exit_code == 0, result.output
+    ours, theirs = snapshot(tmp_path / "peer.db"), snapshot(COMPAT_DB)
+    assert {k: v for k, v in ours.items() if ":" in k} == {k: v for k, v in theirs.items() if ":" in k}
+    left_out = {"sessions": ("created_at", "updated_at"), "entities": ("created_at",), "links": ("id",)}
+    for table in TABLES:
+        if table.name == "topics":                                   # 1.0 has no topics
+            assert ours["topics"] == []
+            continue
+        cut = left_out.get(table.name, ())
+        assert without(ours, table.name, cut) == without(theirs, table.name, cut), table.name
+
+
+@needs_compat
+def test_our_export_carries_every_key_memory_nexus_writes(tmp_path):
+    memory("export", "--db", COMPAT_DB, tmp_path / "ours.json")
+    ours = json.loads((tmp_path / "ours.json").read_text(encoding="utf-8"))
+    theirs = json.loads(COMPAT_EXPORT.read_text(encoding="utf-8"))
+    assert list(ours)[: len(theirs)] == list(theirs)
+    assert set(theirs["stats"].items()) <= set(ours["stats"].items())
+    for key, records in theirs.items():
+        if isinstance(records, list):
+            assert set(records[0]) <= set(ours[key][0]), key
+            assert len(records) == len(ours[key])
+
+
+@needs_compat
+def test_compat_database_round_trips_exactly(tmp_path):
+    memory("export", "--db", COMPAT_DB, tmp_path / "b.jsonl.gz")
+    memory("import", "--db", tmp_path / "r.db", tmp_path / "b.jsonl.gz")
+    assert snapshot(tmp_path / "r.db") == snapshot(COMPAT_DB)
