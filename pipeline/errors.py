@@ -34,7 +34,9 @@ class corrupt_as_bad_backup:
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
         if exc is not None and not isinstance(exc, PipelineError) and isinstance(exc, _stream_errors()):
-            lines = str(exc).strip().splitlines()
+            text = exc.args[0] if exc.args else ""
+            text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+            lines = text.strip().splitlines()
             detail = lines[0] if lines else type(exc).__name__
             raise BadBackup(f"{self.where()}: the file is cut short or corrupt ({detail})") from exc
         return False

@@ -61,6 +61,8 @@ def decompressed_reader(raw: IO[bytes]) -> IO[bytes]:
     if not hasattr(raw, "peek"):
         raw = io.BufferedReader(raw)  # type: ignore[arg-type]
     magic = raw.peek(4)[:4]
+    if not magic:
+        raise BadBackup("the file is empty")
     if magic.startswith(GZIP_MAGIC):
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if magic == ZSTD_MAGIC:
@@ -136,8 +138,8 @@ def read_json(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
         raise BadBackup("the file ends inside the header")
     missing = [k for k in ("version", "stats") if k not in header]
     if missing:
-        raise BadBackup(f"the header must come first, but {key!r} comes before {missing[0]!r}"
-                        " (was the file re-ordered, e.g. by jq -S?)")
+        raise BadBackup(f"no {missing[0]!r} in the header before the data starts at {key!r}: a backup begins with "
+                        "version, exportedAt and stats (was it re-ordered, e.g. by jq -S?)")
     return header, _json_sections(events, key)
 
 
@@ -146,6 +148,8 @@ def _json_sections(events: Iterator[tuple], key: str) -> Iterator[Section]:
         yield key, _array_items(events, key)
         prefix, event, key = next(events)
         if event == "end_map":
+            for _ in events:   # let the parser see anything after the document
+                raise BadBackup("data after the end of the JSON document")
             return
         if key in HEADER_KEYS:
             raise BadBackup(f"{key!r} comes after the data; the header must come first")

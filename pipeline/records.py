@@ -27,6 +27,8 @@ def shown(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
         return _NAMES[type(value)]
+    if isinstance(value, Decimal):
+        return str(value)
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -46,7 +48,7 @@ def _problem(column: Column, value: Any) -> str | None:
     if type(value) is Decimal and not math.isfinite(float(value)):
         return f"{column.field} must be a finite number, got {value}"
     if column.between and not column.between[0] <= value <= column.between[1]:
-        return f"{column.field} must be between {column.between[0]:g} and {column.between[1]:g}, got {value!r}"
+        return f"{column.field} must be between {column.between[0]:g} and {column.between[1]:g}, got {shown(value)}"
     return None
 
 

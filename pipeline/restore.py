@@ -135,11 +135,13 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
             if clear:
                 _clear(conn)
             before = counts(conn)
+            # Into an empty database nothing can collide but the file with itself: that is a bad file.
+            merging = any(before.values())
             for table, records in checked_sections(backup, progress):
                 report.records[table.key] = 0
-                sql = insert_sql(table, backup.minor, on_conflict)
+                sql = insert_sql(table, backup.minor, on_conflict if merging else "fail")
                 for batch in batches(rows_of(table, backup.minor, records)):
-                    _insert(conn, table, sql, batch, report.records[table.key])
+                    _insert(conn, table, sql, batch, report.records[table.key], merging)
                     report.records[table.key] += len(batch)
         _check_foreign_keys(conn)
         after = counts(conn)
@@ -161,7 +163,7 @@ def insert_sql(table: Table, minor: int, on_conflict: str) -> str:
     return sql
 
 
-def _insert(conn: sqlite3.Connection, table: Table, sql: str, batch: list[tuple], start: int) -> None:
+def _insert(conn: sqlite3.Connection, table: Table, sql: str, batch: list[tuple], start: int, merging: bool) -> None:
     """executemany one batch; when the database rejects a row, find which one and say so."""
     conn.execute("SAVEPOINT batch")
     try:
@@ -172,17 +174,18 @@ def _insert(conn: sqlite3.Connection, table: Table, sql: str, batch: list[tuple]
             try:
                 conn.execute(sql, row)
             except sqlite3.IntegrityError as exc:
-                raise DatabaseProblem(f"{table.key}[{start + offset}]: {_explain(table, exc)}") from exc
+                raise DatabaseProblem(f"{table.key}[{start + offset}]: {_explain(exc, merging)}") from exc
         raise
     conn.execute("RELEASE batch")
 
 
-def _explain(table: Table, exc: sqlite3.IntegrityError) -> str:
+def _explain(exc: sqlite3.IntegrityError, merging: bool) -> str:
     text = str(exc)
     if text.startswith("FOREIGN KEY"):
         return f"{text}: it names a row that is neither in the database nor earlier in the file"
     if text.startswith("UNIQUE"):
-        return f"{text} (use --on-conflict skip or replace to merge)"
+        return text + (" (--on-conflict skip or replace merges it)" if merging else
+                       ": the file holds this row twice")
     return text
 
 

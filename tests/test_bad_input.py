@@ -1,0 +1,120 @@
+"""Every malformed file is refused with one line naming the place, exit 1, and the database unchanged."""
+
+import gzip
+import json
+
+import pytest
+
+from conftest import SAMPLE, make_database, memory, snapshot
+
+TEXT = SAMPLE.read_bytes()
+
+
+def changed(edit) -> bytes:
+    doc = json.loads(TEXT)
+    edit(doc)
+    return json.dumps(doc, indent=2, ensure_ascii=False).encode()
+
+
+CASES = [
+    ("empty.json", b"", "the file is empty"),
+    ("words.json", b"hello world\n",
+     "the header: the file is cut short or corrupt (lexical error: invalid char in json text.)"),
+    ("array.json", b"[1, 2]", "not a memory backup: the JSON document is not an object"),
+    ("half.json", TEXT[: len(TEXT) // 2], "toolUses[0]: the file is cut short or corrupt (parse error: premature EOF)"),
+    ("cut-in-header.json", TEXT[:40], "the header: the file is cut short or corrupt (parse error: premature EOF)"),
+    ("cut.json.gz", gzip.compress(TEXT)[:-20], "the header: the file is cut short or corrupt "
+     "(Compressed file ended before the end-of-stream marker was reached)"),
+    ("no-version.json", changed(lambda d: d.pop("version")),
+     "no 'version' in the header before the data starts at 'sessions': a backup begins with version, exportedAt "
+     "and stats (was it re-ordered, e.g. by jq -S?)"),
+    ("number-version.json", changed(lambda d: d.update(version=1)), "version must be a string, got 1"),
+    ("future.json", changed(lambda d: d.update(version="2.0")),
+     "file version 2.0 is newer than this memory reads (1.x)"),
+    ("stats-list.json", changed(lambda d: d.update(stats=[1])), "stats must be an object, got an array"),
+    ("sorted.json", json.dumps(json.loads(TEXT), sort_keys=True).encode(),
+     "no 'version' in the header before the data starts at 'entities': a backup begins with version, exportedAt "
+     "and stats (was it re-ordered, e.g. by jq -S?)"),
+    ("role.json", changed(lambda d: d["messages"][4].update(role="system")),
+     "messages[4]: role must be 'user' or 'assistant', got 'system'"),
+    ("missing.json", changed(lambda d: d["messages"][1].pop("content")), "messages[1]: missing field 'content'"),
+    ("unknown.json", changed(lambda d: d["toolUses"][0].update(extra=1)), "toolUses[0]: unknown field 'extra'"),
+    ("null.json", changed(lambda d: d["messages"][0].update(content=None)), "messages[0]: content must not be null"),
+    ("string-int.json", changed(lambda d: d["sessions"][0].update(messageCount="3")),
+     "sessions[0]: messageCount must be an integer, got '3'"),
+    ("bool.json", changed(lambda d: d["sessions"][1].update(messageCount=True)),
+     "sessions[1]: messageCount must be an integer, got true"),
+    ("big.json", changed(lambda d: d["sessions"][0].update(messageCount=2**64)),
+     "sessions[0]: messageCount must fit in 64 bits, got 18446744073709551616"),
+    ("weight.json", changed(lambda d: d["links"][0].update(weight=1.5)),
+     "links[0]: weight must be between 0 and 1, got 1.5"),
+    ("status.json", changed(lambda d: d["toolUses"][1].update(status="done")),
+     "toolUses[1]: status must be one of 'pending', 'success', 'error', got 'done'"),
+    ("nan.json", TEXT.replace(b'"weight": 0.125', b'"weight": NaN'),
+     "entityLinks[0]: the file is cut short or corrupt (lexical error: invalid char in json text.)"),
+    ("huge-float.json", TEXT.replace(b'"weight": 0.125', b'"weight": 1e400'),
+     "entityLinks[0]: weight must be a finite number, got 1E+400"),
+    ("not-object.json", changed(lambda d: d["messages"].__setitem__(0, "m-1")),
+     "messages[0]: expected an object, got a string"),
+    ("messages-object.json", changed(lambda d: d.update(messages={})), "messages must be an array, got an object"),
+    ("no-messages.json", changed(lambda d: (d.pop("messages"), d["stats"].pop("messages"))), "no messages array"),
+    ("more.json", changed(lambda d: d["stats"].update(messages=4)), "messages: more records than stats says (4)"),
+    ("fewer.json", changed(lambda d: d["stats"].update(messages=6)),
+     "messages: the file holds 5 records but stats says 6"),
+    ("extra-array.json", changed(lambda d: d.update(extra=[])), "unknown array 'extra'"),
+    ("trailing.json", TEXT + b"{}",
+     "after extractionStates: the file is cut short or corrupt (parse error: trailing garbage)"),
+    ("bad-utf8.json", TEXT.replace(b"loom", b"lo\xffm", 1),
+     "sessions[0]: the file is cut short or corrupt (lexical error: invalid bytes in UTF8 string.)"),
+    ("foreign-key.json", changed(lambda d: d["toolUses"][1].update(sessionId="nope")),
+     "toolUses[1]: FOREIGN KEY constraint failed: it names a row that is neither in the database nor earlier "
+     "in the file"),
+    ("twice.json", changed(lambda d: d["messages"][1].update(id="m-1")),
+     "messages[1]: UNIQUE constraint failed: messages_meta.id: the file holds this row twice"),
+    ("no-end.jsonl", b'{"version":"1.1","stats":{"sessions":0}}\n', "the file is cut short: no end line"),
+    ("jsonl-junk.jsonl", b'{"version":"1.1","stats":{}}\n[1]\n{"end":true}\n',
+     'line 2: expected {"table": ..., "record": ...} or {"end": true}'),
+]
+DB_CHECKS = {"foreign-key.json", "twice.json"}   # faults only the database can see
+
+
+@pytest.mark.parametrize("name, data, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_file_is_refused_by_validate(tmp_path, name, data, message):
+    (tmp_path / name).write_bytes(data)
+    result = memory("validate", tmp_path / name)
+    if name in DB_CHECKS:
+        assert result.exit_code == 0
+        return
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message}\n")
+
+
+@pytest.mark.parametrize("name, data, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_file_leaves_the_database_unchanged_with_clear(tmp_path, sample_db, name, data, message):
+    """The peer empties the database here; the import's one transaction covers --clear too."""
+    (tmp_path / name).write_bytes(data)
+    before = snapshot(sample_db)
+    result = memory("import", "--db", sample_db, "--clear", tmp_path / name)
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message}\n")
+    assert snapshot(sample_db) == before
+
+
+@pytest.mark.parametrize("name, data, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_file_leaves_the_database_unchanged_when_merging(tmp_path, name, data, message):
+    db = make_database(tmp_path / "other.db")
+    (tmp_path / name).write_bytes(data)
+    before = snapshot(db)
+    result = memory("import", "--db", db, "--yes", tmp_path / name)
+    if name == "twice.json":   # merging, a row met again is skipped and counted, as rows already there are:
+        assert result.exit_code == 0   # message m-1 the second time, and entity id 1, which other.db has
+        assert result.stdout.endswith(f"(2 skipped) from {tmp_path / name}\n")
+        return
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message}\n")
+    assert snapshot(db) == before
+
+
+@pytest.mark.parametrize("name, data, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_file_creates_no_database(tmp_path, name, data, message):
+    (tmp_path / name).write_bytes(data)
+    result = memory("import", "--db", tmp_path / "new.db", tmp_path / name)
+    assert (result.exit_code, result.stderr) == (1, f"Error: {message}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
