@@ -8,16 +8,15 @@ from typing import IO, Callable, Iterator
 
 from .database import counts, transaction
 from .formats import WRITERS
-from .records import BATCH, records_of
+from .records import records_of
 from .tables import FORMAT_VERSION, TABLES, Table
 
 
 def rows_from(conn: sqlite3.Connection, table: Table) -> Iterator[tuple]:
-    """The table's rows in rowid order, so a restore into an empty table gives them the same rowids."""
+    """The table's rows in rowid order, so a restore into an empty table gives them the same rowids.
+    The cursor hands them over one at a time: no batch list is built here."""
     columns = ", ".join(f'"{c.name}"' for c in table.columns)
-    cursor = conn.execute(f'SELECT {columns} FROM "{table.name}" ORDER BY rowid')
-    while rows := cursor.fetchmany(BATCH):
-        yield from rows
+    return conn.execute(f'SELECT {columns} FROM "{table.name}" ORDER BY rowid')
 
 
 def export(conn: sqlite3.Connection, out: IO[bytes], fmt: str,

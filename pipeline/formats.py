@@ -12,7 +12,7 @@ import jsonlines
 import orjson
 
 from .errors import BadBackup
-from .records import batches
+from .records import BATCH
 from .tables import Record
 
 Header = dict
@@ -80,12 +80,9 @@ def write_json(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Ite
     out.write(b"{" + b",".join(encode(k) + b":" + encode(header[k]) for k in HEADER_KEYS))
     for key, records in sections:
         out.write(b",\n" + encode(key) + b":[")
-        separator = b"\n"
-        for batch in _encoded_batches(records):
-            out.write(separator + b",\n".join(batch))
-            separator = b",\n"
-            progress(len(batch))
-        out.write(b"\n]" if separator != b"\n" else b"]")
+        separators = itertools.chain((b"\n",), itertools.repeat(b",\n"))
+        count = _write_each(out, (s + encode(r) for s, r in zip(separators, records)), progress)
+        out.write(b"\n]" if count else b"]")
     out.write(b"}\n")
 
 
@@ -96,16 +93,21 @@ def write_jsonl(out: IO[bytes], header: Header, sections: Iterable[tuple[str, It
     writer = jsonlines.Writer(out, dumps=orjson.dumps)
     writer.write({k: header[k] for k in HEADER_KEYS})
     for key, records in sections:
-        tagged = ({"table": key, "record": r} for r in records)
-        for batch in _encoded_batches(tagged):
-            out.write(b"\n".join(batch) + b"\n")
-            progress(len(batch))
+        lines = (orjson.dumps({"table": key, "record": r}, option=orjson.OPT_APPEND_NEWLINE) for r in records)
+        _write_each(out, lines, progress)
     writer.write({"end": True})
 
 
-def _encoded_batches(records: Iterable[Any], size: int = 2000) -> Iterator[list[bytes]]:
-    for batch in batches(records, size):
-        yield [encode(r) for r in batch]
+def _write_each(out: IO[bytes], chunks: Iterable[bytes], progress: Callable[[int], None]) -> int:
+    """Write each encoded record at once: orjson's result holds a 4 KiB buffer, so keeping a batch of them
+    would cost 8 MB. Progress is told once a batch."""
+    count = 0
+    for count, chunk in enumerate(chunks, 1):
+        out.write(chunk)
+        if count % BATCH == 0:
+            progress(BATCH)
+    progress(count % BATCH)
+    return count
 
 
 WRITERS = {"json": write_json, "jsonl": write_jsonl}

@@ -21,7 +21,10 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     directory = path.parent
     remove_leftovers(directory, path.name)
     temp = directory / f".{path.name}.{os.getpid()}.memory-tmp"
-    fd, named = _open_unnamed(directory, temp)
+    try:
+        fd, named = _open_unnamed(directory, temp)
+    except OSError as exc:   # name the file the user asked for, not our temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
         with os.fdopen(fd, "wb", closefd=False) as out:
             yield out

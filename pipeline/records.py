@@ -114,8 +114,9 @@ def records_of(table: Table, rows: Iterable[Sequence[Any]]) -> Iterator[Record]:
     return (dict(zip(fields, row)) for row in rows)
 
 
-def batches(items: Iterable[Any], size: int = BATCH) -> Iterator[list]:
-    """Lists of at most `size` items: the unit of memory, of executemany and of progress."""
+def batches(items: Iterable[Any], size: int | None = None) -> Iterator[list]:
+    """Lists of at most `size` (BATCH) items: the unit of memory, of executemany and of progress."""
+    size = size or BATCH
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch

@@ -11,7 +11,7 @@ from typing import IO, Any, Callable, Iterable, Iterator
 from .database import SUMMARY_ON_INSERT, counts, create_schema, message_index_rebuilt, transaction
 from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup
 from .formats import READERS, Section
-from .records import batches, checked, rows_of, shown
+from .records import BATCH, batches, checked, rows_of, shown
 from .tables import BY_KEY, FORMAT_MAJOR, FORMAT_MINOR, TABLES, Record, Table
 
 CONFLICT_MODES = ("skip", "replace", "fail")
@@ -101,12 +101,13 @@ def checked_sections(backup: Backup, progress: Progress) -> Iterator[tuple[Table
 
 def _counted(table: Table, expected: int, records: Iterable[Record], progress: Progress) -> Iterator[Record]:
     count = 0
-    for batch in batches(records):
-        count += len(batch)
+    for count, record in enumerate(records, 1):
         if count > expected:
             raise BadBackup(f"{table.key}: more records than stats says ({expected})")
-        yield from batch
-        progress(len(batch))
+        yield record
+        if count % BATCH == 0:
+            progress(BATCH)
+    progress(count % BATCH)
     if count != expected:
         raise BadBackup(f"{table.key}: the file holds {count} records but stats says {expected}")
 
@@ -119,7 +120,7 @@ def validate(backup: Backup, progress: Progress = lambda n: None) -> Report:
             report.records[table.key] = 0
             for _ in records:
                 report.records[table.key] += 1
-    return report
+    return _with_empty_tables(report, backup)
 
 
 def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_conflict: str = "skip",
@@ -147,6 +148,14 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
         after = counts(conn)
         report.inserted = {k: after[k] - before[k] for k in report.records}
         conn.execute("DROP TRIGGER temp.memory_import_summary")
+    return _with_empty_tables(report, backup)
+
+
+def _with_empty_tables(report: Report, backup: Backup) -> Report:
+    """Tables the stats count but the file has no records of (JSON Lines writes no line for them)."""
+    for key in backup.stats:
+        report.records.setdefault(key, 0)
+        report.inserted.setdefault(key, 0)
     return report
 
 
@@ -194,6 +203,7 @@ def _clear(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM sessions_fts")
     for table in reversed(TABLES):
         conn.execute(f'DELETE FROM "{table.name}"')
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table.name,))
 
 
 def _check_foreign_keys(conn: sqlite3.Connection) -> None:

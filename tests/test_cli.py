@@ -1,0 +1,173 @@
+"""The commands as a user runs them: reports, prompts, conflicts, exit statuses."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from conftest import COMPAT_DB, SAMPLE, make_database, memory, needs_compat, snapshot
+from pipeline import cli as cli_module
+from pipeline.output import atomic_file
+
+COUNTS_TEXT = ("2 sessions, 5 messages, 2 tool uses, 3 entities, 2 links, 2 session entities, 1 entity links, "
+               "2 extraction states")
+
+
+@pytest.mark.parametrize("command", ["export", "import", "validate"])
+def test_help_of_each_command_shows_an_example(command):
+    result = memory(command, "--help")
+    assert result.exit_code == 0
+    assert "Example:" in result.stdout and f"memory {command} " in result.stdout
+    assert "--json" in result.stdout and "--quiet" in result.stdout
+
+
+def test_clear_replaces_everything(tmp_path, sample_db):
+    memory("export", "--db", sample_db, tmp_path / "sample.json")
+    other = make_database(tmp_path / "other.db")
+    result = memory("import", "--db", other, "--clear", tmp_path / "sample.json")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"Imported {COUNTS_TEXT}, 0 topics (0 skipped) from {tmp_path / 'sample.json'}\n"
+    assert snapshot(other) == snapshot(sample_db)
+
+
+def test_merge_is_refused_without_a_terminal_and_nothing_changes(tmp_path, sample_db):
+    before = snapshot(sample_db)
+    result = memory("import", "--db", sample_db, SAMPLE)
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {sample_db} already has 2 sessions and 5 messages; pass --yes to merge "
+                             "into it or --clear to replace it\n")
+    assert snapshot(sample_db) == before
+
+
+def test_merge_is_refused_by_a_real_process_with_no_stdin(tmp_path, sample_db):
+    """As from cron: no terminal, stdin closed; it must not wait for an answer."""
+    run = subprocess.run([sys.executable, "-m", "pipeline", "import", "--db", str(sample_db), str(SAMPLE)],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (1, "")
+    assert run.stderr.endswith("pass --yes to merge into it or --clear to replace it\n")
+
+
+@pytest.mark.parametrize("answer, code", [("y\n", 0), ("n\n", 1), ("\n", 1)])
+def test_merge_asks_on_a_terminal(tmp_path, monkeypatch, answer, code):
+    db = make_database(tmp_path / "other.db")
+    before = snapshot(db)
+    monkeypatch.setattr(cli_module, "_terminal_stdin", lambda: True)
+    result = memory("import", "--db", db, SAMPLE, input=answer)
+    assert result.exit_code == code
+    assert result.stderr.startswith("The database has 3 sessions and 12 messages. Merge into it? [y/N]: ")
+    if code:
+        assert result.stderr.endswith("Error: nothing imported: the merge was declined\n")
+        assert snapshot(db) == before
+    else:
+        assert result.stdout.startswith("Imported 2 sessions, 5 messages,")
+
+
+def test_merge_skips_rows_already_there_and_counts_them(tmp_path, sample_db):
+    result = memory("import", "--db", sample_db, "--yes", SAMPLE)
+    assert result.exit_code == 0
+    assert result.stdout == ("Imported 0 sessions, 0 messages, 0 tool uses, 0 entities, 0 links, 0 session entities, "
+                             f"0 entity links, 0 extraction states (19 skipped) from {SAMPLE}\n")
+
+
+def test_on_conflict_replace_overwrites_and_fail_refuses(tmp_path, sample_db):
+    doc = json.loads(SAMPLE.read_text(encoding="utf-8"))
+    doc["messages"][0]["content"] = "rewritten by the backup"
+    (tmp_path / "changed.json").write_text(json.dumps(doc), encoding="utf-8")
+    before = snapshot(sample_db)
+    failed = memory("import", "--db", sample_db, "-y", "--on-conflict", "fail", tmp_path / "changed.json")
+    assert (failed.exit_code, failed.stderr) == (
+        1, "Error: sessions[0]: UNIQUE constraint failed: sessions.id (--on-conflict skip or replace merges it)\n")
+    assert snapshot(sample_db) == before
+    replaced = memory("import", "--db", sample_db, "-y", "--on-conflict", "replace", "--json", tmp_path / "changed.json")
+    report = json.loads(replaced.stdout)
+    assert report["inserted"]["messages"] == 0 and report["replaced"]["messages"] == 5
+    conn = sqlite3.connect(sample_db)
+    assert conn.execute("SELECT content FROM messages_meta WHERE id = 'm-1'").fetchone() == ("rewritten by the backup",)
+    assert conn.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH 'rewritten'").fetchall() == [(1,)]
+    assert conn.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH 'cron'").fetchall() == []
+
+
+def test_quiet_and_json_reports(tmp_path, sample_db):
+    quiet = memory("export", "--db", sample_db, "--quiet", tmp_path / "a.json")
+    assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, f"{tmp_path / 'a.json'}\n", "")
+    as_json = json.loads(memory("export", "--db", sample_db, "--json", tmp_path / "b.jsonl").stdout)
+    assert as_json["counts"]["messages"] == 5 and as_json["format"] == "jsonl"
+    assert as_json["bytes"] == (tmp_path / "b.jsonl").stat().st_size
+    checked = json.loads(memory("validate", "--json", tmp_path / "b.jsonl").stdout)
+    assert checked == {"path": str(tmp_path / "b.jsonl"), "valid": True, "version": "1.1",
+                       "counts": as_json["counts"]}
+    assert memory("validate", "-q", SAMPLE).stdout == f"{SAMPLE}\n"
+    imported = json.loads(memory("import", "--db", tmp_path / "n.db", "--json", SAMPLE).stdout)
+    assert imported["inserted"]["toolUses"] == 2 and imported["skipped"]["toolUses"] == 0
+
+
+def test_validate_reports_a_good_file(tmp_path):
+    result = memory("validate", SAMPLE)
+    assert (result.exit_code, result.stdout) == (0, f"{SAMPLE} is a valid memory backup (version 1.0): {COUNTS_TEXT}\n")
+
+
+def test_validate_of_a_missing_file(tmp_path):
+    result = memory("validate", tmp_path / "nope.json")
+    assert (result.exit_code, result.stderr) == (1, f"Error: {tmp_path / 'nope.json'}: No such file or directory\n")
+
+
+def test_export_of_a_missing_database_writes_and_creates_nothing(tmp_path):
+    result = memory("export", "--db", tmp_path / "none.db", tmp_path / "out.json")
+    assert (result.exit_code, result.stderr) == (1, f"Error: no database at {tmp_path / 'none.db'}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_to_an_unwritable_place(tmp_path, sample_db):
+    result = memory("export", "--db", sample_db, tmp_path / "no" / "such" / "dir" / "out.json")
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {tmp_path / 'no' / 'such' / 'dir' / 'out.json'}: No such file or directory\n"
+
+
+def test_a_name_without_a_format_is_a_usage_error(tmp_path, sample_db):
+    result = memory("export", "--db", sample_db, tmp_path / "out.bak")
+    assert result.exit_code == 2
+    assert "cannot tell the format from the name" in result.stderr
+    assert memory("export", "--db", sample_db, "--format", "jsonl", tmp_path / "out.bak").exit_code == 0
+    assert memory("validate", "--format", "jsonl", tmp_path / "out.bak").exit_code == 0
+
+
+def test_memory_db_environment_variable(tmp_path, sample_db, monkeypatch):
+    monkeypatch.setenv("MEMORY_DB", str(sample_db))
+    assert memory("export", "-q", tmp_path / "env.json").exit_code == 0
+    assert json.loads((tmp_path / "env.json").read_text())["stats"]["sessions"] == 2
+
+
+def test_ctrl_c_during_import_exits_130_and_changes_nothing(tmp_path, sample_db, monkeypatch):
+    before = snapshot(sample_db)
+    real_insert = cli_module.load.__globals__["_insert"]
+
+    def interrupted(conn, table, sql, batch, start, merging):
+        real_insert(conn, table, sql, batch, start, merging)
+        if table.key == "toolUses":
+            raise KeyboardInterrupt
+    monkeypatch.setitem(cli_module.load.__globals__, "_insert", interrupted)
+    result = memory("import", "--db", sample_db, "--clear", SAMPLE)
+    assert (result.exit_code, result.stderr) == (130, "Interrupted: nothing was changed\n")
+    assert snapshot(sample_db) == before
+
+
+def test_a_failed_write_leaves_the_old_backup_and_nothing_beside_it(tmp_path):
+    target = tmp_path / "backup.json"
+    target.write_bytes(b"the last good backup")
+    with pytest.raises(OSError):
+        with atomic_file(target) as out:
+            out.write(b"half a new one")
+            raise OSError(28, "No space left on device")
+    assert target.read_bytes() == b"the last good backup"
+    assert [p.name for p in tmp_path.iterdir()] == ["backup.json"]
+
+
+@needs_compat
+def test_a_created_database_has_the_memory_nexus_schema(tmp_path):
+    memory("import", "--db", tmp_path / "new.db", SAMPLE)
+    schema = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+    ours = sqlite3.connect(tmp_path / "new.db").execute(schema).fetchall()
+    theirs = sqlite3.connect(f"file:{COMPAT_DB}?mode=ro", uri=True).execute(schema).fetchall()
+    assert ours == theirs

@@ -1,0 +1,42 @@
+"""Memory stays flat: the traced peak of export and import does not grow with the number of rows."""
+
+import tracemalloc
+
+import pytest
+
+from pipeline import records
+
+from conftest import make_database
+from pipeline.database import open_for_reading, open_for_writing
+from pipeline.export import export
+from pipeline.formats import decompressed_reader
+from pipeline.restore import load, open_backup
+
+
+def peaks(tmp_path, messages_per_session: int, fmt: str) -> tuple[int, int]:
+    source = make_database(tmp_path / f"{messages_per_session}.db", sessions=20,
+                           messages_per_session=messages_per_session)
+    backup = tmp_path / f"{messages_per_session}.{fmt}"
+    conn = open_for_reading(source)
+    tracemalloc.start()
+    with open(backup, "wb") as out:
+        export(conn, out, fmt)
+    export_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    target, _ = open_for_writing(tmp_path / f"restored-{messages_per_session}.db")
+    tracemalloc.start()
+    with open(backup, "rb") as raw:
+        load(target, open_backup(decompressed_reader(raw), fmt), create=True)
+    import_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert target.execute("SELECT count(*) FROM messages_meta").fetchone()[0] == 20 * messages_per_session
+    return export_peak, import_peak
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_peak_memory_at_20x_rows_stays_within_a_batch_of_1x(tmp_path, fmt, monkeypatch):
+    monkeypatch.setattr(records, "BATCH", 100)   # so 1x already spans many batches, and the test runs fast
+    small = peaks(tmp_path, 50, fmt)        # 1,000 messages: ten batches
+    large = peaks(tmp_path, 1_000, fmt)     # 20,000 messages
+    for one, twenty in zip(small, large):
+        assert twenty < one * 1.1 + 50_000, (small, large)
