@@ -9,7 +9,7 @@ import os
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import Callable, Iterator
 
 import click
 
@@ -17,8 +17,8 @@ from . import __version__
 from .database import DEFAULT_PATH, counts, has_table, open_for_reading, open_for_writing, remove_database
 from .errors import PipelineError, Refused
 from .export import export as export_database
-from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, compressed_writer, decompressed_reader, format_from_name
-from .output import Counted, atomic_file
+from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, decompressed_reader, format_from_name
+from .output import atomic_file, output_stack
 from .restore import CONFLICT_MODES, Report, load, open_backup, validate as validate_backup
 from .tables import TABLES
 
@@ -85,10 +85,8 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, qu
     conn = open_for_reading(db_path.expanduser())
     to_stdout = output == "-"
     with (nullcontext(sys.stdout.buffer) if to_stdout else atomic_file(Path(output))) as raw:
-        counted = Counted(raw)
-        with _closing_writer(compressed_writer(counted, compression)) as out:
-            total = sum(counts(conn).values())
-            with _progress(total, "Exporting", quiet or as_json) as progress:
+        with output_stack(raw, compression) as (out, counted):
+            with _progress(sum(counts(conn).values()), "Exporting", quiet or as_json) as progress:
                 stats = export_database(conn, out, fmt, progress)
     target = "stdout" if to_stdout else output
     _report(err=to_stdout, quiet=quiet, as_json=as_json, quiet_text=target,
@@ -187,16 +185,6 @@ def _input(name: str) -> Iterator[io.BufferedReader]:
         return
     with open(name, "rb") as raw:
         yield raw
-
-
-@contextmanager
-def _closing_writer(out: IO[bytes]) -> Iterator[IO[bytes]]:
-    """Close a compressor (writing its trailer) only when the data ended well."""
-    yield out
-    if hasattr(out, "close") and not isinstance(out, Counted):
-        out.close()
-    else:
-        out.flush()
 
 
 def _confirm_merge(conn, db_path: Path, allowed: bool, stdin_is_data: bool) -> None:

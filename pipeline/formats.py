@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import functools
 import itertools
+import operator
 from typing import IO, Any, Callable, Iterable, Iterator, Tuple
 
 import ijson
@@ -161,18 +163,10 @@ def _array_items(events: Iterator[tuple], key: str) -> Iterator[Any]:
     prefix, event, value = next(events)
     if event != "start_array":
         raise BadBackup(f"{key} must be an array, got {event.replace('start_map', 'an object')}")
-    return ijson.items(_until_closed(events, key), "item")
-
-
-def _until_closed(events: Iterator[tuple], key: str) -> Iterator[tuple]:
-    """The events inside one top-level array, prefixes made relative, stopping at its end."""
-    cut = len(key) + 1
-    yield "", "start_array", None
-    for prefix, event, value in events:
-        if prefix == key:                      # only the closing end_array has the bare key
-            yield "", event, value
-            return
-        yield prefix[cut:], event, value
+    # Only the array's own end_array event has the bare key as prefix and 'end_array' as event; takewhile
+    # stops there (consuming it) without a Python frame per event.
+    inside = itertools.takewhile(functools.partial(operator.ne, (key, "end_array", None)), events)
+    return ijson.items(inside, f"{key}.item")
 
 
 def _value(events: Iterator[tuple], key: str) -> Any:

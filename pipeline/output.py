@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import re
 from contextlib import contextmanager
@@ -107,16 +108,32 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-class Counted:
-    """A writer that counts the bytes passing through it to the file below."""
+class Counted(io.RawIOBase):
+    """The bottom of the output stack: counts the bytes that reach the file, and never closes it."""
 
     def __init__(self, raw: IO[bytes]):
         self.raw = raw
         self.bytes = 0
 
-    def write(self, data: bytes) -> int:
-        self.bytes += len(data)
-        return self.raw.write(data)
+    def writable(self) -> bool:
+        return True
 
-    def flush(self) -> None:
-        self.raw.flush()
+    def write(self, data) -> int:  # type: ignore[override]
+        self.raw.write(data)
+        self.bytes += len(data)
+        return len(data)
+
+
+@contextmanager
+def output_stack(raw: IO[bytes], compression: str) -> Iterator[tuple[IO[bytes], Counted]]:
+    """(what to write to, what counts the bytes): a compressor over a 1 MiB buffer over the file, so the
+    file sees few large writes. The compressor's trailer is written only when the block ends well."""
+    from .formats import compressed_writer
+    counted = Counted(raw)
+    buffered = io.BufferedWriter(counted, buffer_size=1 << 20)
+    out = compressed_writer(buffered, compression)
+    yield out, counted
+    if out is not buffered:
+        out.close()
+    buffered.flush()
+    raw.flush()

@@ -26,10 +26,10 @@ class Column:
     choices: tuple[str, ...] = ()              # mirrors a CHECK (col IN (...))
     between: tuple[float, float] | None = None  # mirrors a CHECK (col >= lo AND col <= hi)
     since: int = 0                             # the 1.x minor version whose files carry it
+    field: str = ""                            # the key in the file: the name in camelCase
 
-    @property
-    def field(self) -> str:
-        return _camel(self.name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "field", _camel(self.name))
 
 
 @dataclass(frozen=True)
