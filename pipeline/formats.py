@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import collections
 import functools
 import itertools
 import operator
@@ -12,8 +13,10 @@ from typing import IO, Any, Callable, Iterable, Iterator, Tuple
 import ijson
 import jsonlines
 import orjson
+from ijson.utils import sendable_list
 
 from .errors import BadBackup
+from . import records
 from .records import BATCH
 from .tables import Record
 
@@ -27,6 +30,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 # Imports are several times slower on a pure-Python backend; the CLI warns when this is not "yajl2_c".
 IJSON_BACKEND = ijson.backend
+_YAJL = ijson.get_backend(IJSON_BACKEND)
 
 
 def encode(value: Any) -> bytes:
@@ -123,7 +127,7 @@ def read_json(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
     Only the top level is walked in Python; each array's records are built by ijson's C backend."""
     # Not use_float=True: with it yajl overflows on -2**63 (ijson issue #153). Reals arrive as Decimal
     # and `checked` turns them into floats, exactly.
-    events = ijson.parse(stream)
+    events = ijson.parse(stream, buf_size=1 << 18)   # 256 KiB: measured faster than 64 KiB and 1 MiB
     first = next(events, None)
     if first is None:
         raise BadBackup("the file is empty")
@@ -166,7 +170,26 @@ def _array_items(events: Iterator[tuple], key: str) -> Iterator[Any]:
     # Only the array's own end_array event has the bare key as prefix and 'end_array' as event; takewhile
     # stops there (consuming it) without a Python frame per event.
     inside = itertools.takewhile(functools.partial(operator.ne, (key, "end_array", None)), events)
-    return ijson.items(inside, f"{key}.item")
+    return _built(inside, f"{key}.item")
+
+
+def _built(events: Iterator[tuple], prefix: str) -> Iterator[Any]:
+    """The objects at `prefix`, built by ijson's C items coroutine. Events are fed a chunk at a time through
+    map() and a zero-length deque, so no Python frame runs per event (ijson.items over an event iterable
+    runs one): 125 MB/s instead of 89 here. Memory: one chunk of events (about half a batch of records)
+    and the records built from it."""
+    chunk = records.BATCH * 8
+    built = sendable_list()
+    send = _YAJL.items_basecoro(built, prefix).send
+    while True:
+        events_chunk = list(itertools.islice(events, chunk))
+        whole = len(events_chunk) == chunk
+        collections.deque(map(send, events_chunk), maxlen=0)
+        del events_chunk             # before the next chunk is built, not after
+        yield from built
+        built.clear()
+        if not whole:
+            return
 
 
 def _value(events: Iterator[tuple], key: str) -> Any:
