@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
@@ -14,7 +15,9 @@ from typing import Callable, Iterator
 import click
 
 from . import __version__
-from .database import DEFAULT_PATH, counts, has_table, open_for_reading, open_for_writing, remove_database
+from .backup import backup_name, rotate
+from .database import (DEFAULT_PATH, counts, database_summary, has_table, open_for_reading, open_for_writing,
+                       remove_database)
 from .errors import PipelineError, Refused
 from .export import export as export_database
 from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, decompressed_reader, format_from_name
@@ -39,9 +42,10 @@ class MemoryGroup(click.Group):
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:
-            if exc.filename is None:
-                raise click.ClickException(exc.strerror or str(exc)) from exc
-            raise click.ClickException(f"{exc.filename}: {exc.strerror}") from exc
+            if exc.errno is None:      # not the system saying no (a full disk, a missing file): a bug
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror}") from exc
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was changed", err=True)
             ctx.exit(Exit.INTERRUPTED)
@@ -54,6 +58,9 @@ format_option = click.option(
     "--format", "fmt", type=click.Choice(FORMATS), help="json or jsonl, where the file name does not say.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print only the path; nothing else.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+progress_option = click.option(
+    "--progress", "plain_progress", is_flag=True,
+    help="When stderr is not a terminal (cron), print a plain progress line to it every few seconds.")
 
 
 @click.group(cls=MemoryGroup)
@@ -70,7 +77,9 @@ def cli() -> None:
               help="gzip, zstd or none, where the file name does not say (.gz, .zst).")
 @quiet_option
 @json_option
-def export(output: str, db_path: Path, fmt: str | None, compress: str | None, quiet: bool, as_json: bool) -> None:
+@progress_option
+def export(output: str, db_path: Path, fmt: str | None, compress: str | None, quiet: bool, as_json: bool,
+           plain_progress: bool) -> None:
     """Back up the database to OUTPUT, a path or - for stdout.
 
     The format comes from the name: .json, .jsonl, each optionally .gz or .zst.
@@ -84,14 +93,12 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, qu
     fmt, compression = _format(output, fmt, compress)
     conn = open_for_reading(db_path.expanduser())
     to_stdout = output == "-"
-    with (nullcontext(sys.stdout.buffer) if to_stdout else atomic_file(Path(output))) as raw:
-        with output_stack(raw, compression) as (out, counted):
-            with _progress(sum(counts(conn).values()), "Exporting", quiet or as_json) as progress:
-                stats = export_database(conn, out, fmt, progress)
+    stats, size = _export_to(conn, None if to_stdout else Path(output), fmt, compression,
+                             _Shown(quiet or as_json, plain_progress))
     target = "stdout" if to_stdout else output
     _report(err=to_stdout, quiet=quiet, as_json=as_json, quiet_text=target,
-            data={"path": target, "bytes": counted.bytes, "format": fmt, "compression": compression, "counts": stats},
-            text=f"Exported {_counts(stats)} to {target} ({_size(counted.bytes)})")
+            data={"path": target, "bytes": size, "format": fmt, "compression": compression, "counts": stats},
+            text=f"Exported {_counts(stats)} to {target} ({_size(size)})")
 
 
 @cli.command(name="import")
@@ -104,8 +111,9 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, qu
               help="What a record does when its row is already there: skip it, replace the row, or fail.")
 @quiet_option
 @json_option
+@progress_option
 def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, on_conflict: str,
-            quiet: bool, as_json: bool) -> None:
+            quiet: bool, as_json: bool, plain_progress: bool) -> None:
     """Restore INPUT, a path or - for stdin, into the database, all or nothing.
 
     The header is checked before anything is written; every record is checked as it streams; one
@@ -128,7 +136,8 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
             fresh = created or not conn.execute("SELECT 1 FROM sqlite_master").fetchone()
             if not fresh and not all(has_table(conn, t.name) for t in TABLES):
                 raise Refused(f"{db_path} is not a memory database (no table {_missing_table(conn)})")
-            with _progress(sum(backup.stats.values()), "Importing", quiet or as_json) as progress:
+            with _progress(sum(backup.stats.values()), "Importing", _Shown(quiet or as_json, plain_progress)) \
+                    as progress:
                 report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=fresh, progress=progress)
         except BaseException:
             conn.close()
@@ -148,7 +157,8 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
 @format_option
 @quiet_option
 @json_option
-def validate(input: str, fmt: str | None, quiet: bool, as_json: bool) -> None:
+@progress_option
+def validate(input: str, fmt: str | None, quiet: bool, as_json: bool, plain_progress: bool) -> None:
     """Check INPUT, a path or - for stdin, as import would, without touching any database.
 
     Exit 0 if every record passes; exit 1 with the first fault and where it is.
@@ -160,7 +170,8 @@ def validate(input: str, fmt: str | None, quiet: bool, as_json: bool) -> None:
     _warn_slow_parser()
     with _input(input) as raw:
         backup = open_backup(decompressed_reader(raw), _format(input, fmt, None, reading=True)[0])
-        with _progress(sum(backup.stats.values()), "Validating", quiet or as_json) as progress:
+        with _progress(sum(backup.stats.values()), "Validating", _Shown(quiet or as_json, plain_progress)) \
+                as progress:
             report = validate_backup(backup, progress)
     source = "stdin" if input == "-" else input
     _report(err=False, quiet=quiet, as_json=as_json, quiet_text=source,
@@ -168,7 +179,93 @@ def validate(input: str, fmt: str | None, quiet: bool, as_json: bool) -> None:
             text=f"{source} is a valid memory backup (version {backup.header['version']}): {_counts(report.records)}")
 
 
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@db_option
+@click.option("--keep", type=click.IntRange(min=1), default=7, show_default=True,
+              help="How many of its own backups to keep in DIRECTORY; older ones are removed.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
+              help="json or jsonl.")
+@click.option("--compress", type=click.Choice(COMPRESSIONS), default="zstd", show_default=True,
+              help="zstd, gzip or none (zstd: see BENCHMARKS.md for why).")
+@quiet_option
+@json_option
+@progress_option
+def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, quiet: bool, as_json: bool,
+           plain_progress: bool) -> None:
+    """Write a new backup into DIRECTORY, check it, then drop the oldest beyond --keep.
+
+    The file is memory-<UTC time>.json.zst (or as --format and --compress say), written atomically and
+    validated before any old backup is removed. Other files in DIRECTORY are never touched.
+    Exit 0 only when the new backup was written and validated.
+
+    \b
+    Example (crontab, daily at 03:15):
+      15 3 * * * memory backup --keep 14 ~/backups/memory || echo "memory backup failed" | mail -s backup me
+    """
+    conn = open_for_reading(db_path.expanduser())
+    directory.mkdir(parents=True, exist_ok=True)
+    shown = _Shown(quiet or as_json, plain_progress)
+    for attempt in range(5):   # a name is taken only by a run in the same microsecond; take the next
+        path = directory / backup_name(fmt, compress)
+        try:
+            stats, size = _export_to(conn, path, fmt, compress, shown, replace=False)
+            break
+        except FileExistsError:
+            if attempt == 4:
+                raise
+    try:
+        with open(path, "rb") as raw, _progress(sum(stats.values()), "Checking", shown) as progress:
+            report = validate_backup(open_backup(decompressed_reader(raw), fmt), progress)
+        if report.records != stats:
+            raise BackupFailed(f"{path} does not read back as written ({report.records} != {stats})")
+    except PipelineError as exc:
+        path.unlink(missing_ok=True)
+        raise BackupFailed(f"the new backup failed its check and was removed; no old backup was touched: {exc}")
+    removed = rotate(directory, keep)
+    _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(path),
+            data={"path": str(path), "bytes": size, "counts": stats, "removed": [str(p) for p in removed]},
+            text=str(path))
+
+
+@cli.command()
+@db_option
+@json_option
+def stats(db_path: Path, as_json: bool) -> None:
+    """Show rows per table, the database size and the newest session: handy to check a restore.
+
+    \b
+    Example:
+      memory stats --db /tmp/restored.db
+    """
+    db_path = db_path.expanduser()
+    conn = open_for_reading(db_path)
+    summary = database_summary(conn, db_path)
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(f"{db_path} ({_size(summary['bytes'])})")
+    width = max(len(_label(k)) for k in summary["counts"])
+    for key, n in summary["counts"].items():
+        click.echo(f"  {_label(key):<{width}}  {n:>12,}")
+    click.echo(f"newest session: {summary['newestSession'] or 'none'}")
+
+
 # ---- helpers of the commands ------------------------------------------------------------------------------
+
+class BackupFailed(PipelineError):
+    pass
+
+
+def _export_to(conn, path: Path | None, fmt: str, compression: str, shown: "_Shown",
+               replace: bool = True) -> tuple[dict[str, int], int]:
+    """Export to a file that appears whole or not at all (or to stdout, path None): (counts, bytes)."""
+    with (nullcontext(sys.stdout.buffer) if path is None else atomic_file(path, replace)) as raw:
+        with output_stack(raw, compression) as (out, counted):
+            with _progress(sum(counts(conn).values()), "Exporting", shown) as progress:
+                stats = export_database(conn, out, fmt, progress)
+    return stats, counted.bytes
+
 
 def _format(name: str, fmt: str | None, compress: str | None, reading: bool = False) -> tuple[str, str]:
     named_fmt, named_compression = format_from_name(name) if name != "-" else ("json", "none")
@@ -204,14 +301,48 @@ def _missing_table(conn) -> str:
     return next(t.name for t in TABLES if not has_table(conn, t.name))
 
 
+class _Shown:
+    """What progress to show: nothing (--quiet, --json), a bar on a terminal, or with --progress a plain
+    line every few seconds where stderr is not a terminal."""
+
+    def __init__(self, silent: bool, plain: bool):
+        self.silent, self.plain = silent, plain
+
+
 @contextmanager
-def _progress(total: int, label: str, silent: bool) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr, only when stderr is a terminal."""
-    if silent or not sys.stderr.isatty():
+def _progress(total: int, label: str, shown: _Shown) -> Iterator[Callable[[int], None]]:
+    if shown.silent:
         yield lambda n: None
-        return
-    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
-        yield bar.update
+    elif sys.stderr.isatty():
+        with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+            yield bar.update
+    elif shown.plain:
+        line = _PlainProgress(total, label)
+        yield line.update
+        line.finish()
+    else:
+        yield lambda n: None
+
+
+class _PlainProgress:
+    EVERY = 5.0   # seconds
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.done = total, label, 0
+        self.last = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if time.monotonic() - self.last >= self.EVERY:
+            self.last = time.monotonic()
+            self._print()
+
+    def finish(self) -> None:
+        self._print()
+
+    def _print(self) -> None:
+        share = f" ({self.done * 100 // self.total}%)" if self.total else ""
+        click.echo(f"{self.label}: {self.done:,} of {self.total:,} records{share}", err=True)
 
 
 def _report(*, err: bool, quiet: bool, as_json: bool, quiet_text: str, data: dict, text: str) -> None:

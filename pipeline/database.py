@@ -130,3 +130,10 @@ def message_index_rebuilt(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
     for (sql,) in saved:
         conn.execute(sql)
+
+
+def database_summary(conn: sqlite3.Connection, path: Path) -> dict:
+    """Rows per table, bytes on disk (with the WAL), and the newest session's start time."""
+    size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    newest = conn.execute("SELECT max(start_time) FROM sessions").fetchone()[0]
+    return {"path": str(path), "bytes": size, "counts": counts(conn), "newestSession": newest}

@@ -73,7 +73,9 @@ def decompressed_reader(raw: IO[bytes]) -> IO[bytes]:
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if magic == ZSTD_MAGIC:
         import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+        # Buffered, so JSON Lines can iterate it by line as it does a plain or gzip file.
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True,
+                                                                            closefd=False))
     return raw
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import io
 import os
 import re
@@ -15,9 +16,10 @@ _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.memory-tmp")
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+def atomic_file(path: Path, replace: bool = True) -> Iterator[IO[bytes]]:
     """A binary file that appears at `path`, mode 0600, only once the block has finished: written into an
-    unnamed O_TMPFILE (or a hidden name where the filesystem has none), fsynced, then renamed over `path`.
+    unnamed O_TMPFILE (or a hidden name where the filesystem has none), fsynced, then renamed over `path`,
+    or with replace=False linked there, failing with FileExistsError rather than replace anything.
     On any failure `path` is untouched and nothing is left beside it."""
     directory = path.parent
     remove_leftovers(directory, path.name)
@@ -32,10 +34,15 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
             out.flush()
         os.fchmod(fd, 0o600)
         os.fsync(fd)
-        if not named:
-            _link(fd, temp)
-            named = True
-        os.replace(temp, path)
+        if not replace and named:
+            os.link(temp, path)
+        elif not replace:
+            _link(fd, path)
+        else:
+            if not named:
+                _link(fd, temp)
+                named = True
+            os.replace(temp, path)
         _fsync_directory(directory)
     finally:
         os.close(fd)
@@ -75,6 +82,8 @@ def _link(fd: int, path: Path) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) == 0:
         return
+    if ctypes.get_errno() == errno.EEXIST:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
     os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
 
 
