@@ -16,7 +16,7 @@ import click
 
 from . import __version__
 from .backup import backup_name, rotate
-from .database import (DEFAULT_PATH, counts, database_summary, has_table, open_for_reading, open_for_writing,
+from .database import (DEFAULT_PATH, become_wal, counts, database_summary, has_table, open_for_reading, open_for_writing,
                        remove_database)
 from .errors import PipelineError, Refused
 from .export import export as export_database
@@ -139,6 +139,8 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
             with _progress(sum(backup.stats.values()), "Importing", _Shown(quiet or as_json, plain_progress)) \
                     as progress:
                 report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=fresh, progress=progress)
+            if created:
+                become_wal(conn)
         except BaseException:
             conn.close()
             if created:

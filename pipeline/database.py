@@ -15,8 +15,9 @@ from .tables import TABLES, Table
 
 DEFAULT_PATH = Path("~/.memory-nexus/memory.db")
 BUSY_TIMEOUT_MS = 5000
-# The triggers that keep messages_fts in step row by row; a load into an empty table drops them and
-# rebuilds the index once instead, inside the same transaction.
+IMPORT_CACHE_KIB = 8 * 1024    # measured at N=100: see BENCHMARKS.md; 16 MiB took RSS to 72 MB
+# The triggers that keep messages_fts in step row by row; a load into empty tables drops them and
+# rebuilds the index once instead, inside the same transaction (see derived_rebuilt).
 MESSAGE_TRIGGERS = ("messages_fts_insert", "messages_fts_delete", "messages_fts_update")
 # memory-nexus indexes a summary only on UPDATE OF summary; this mirrors it for the rows an import inserts,
 # so a restored database finds the summaries the source found.
@@ -56,14 +57,19 @@ def open_for_writing(path: Path) -> tuple[sqlite3.Connection, bool]:
     if created:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        conn = _configure(sqlite3.connect(str(path), isolation_level=None))
+        conn = _configure(sqlite3.connect(str(path), isolation_level=None, check_same_thread=False))
         if created:
             os.chmod(path, 0o600)
-            conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         raise DatabaseProblem(f"cannot open {path}: {exc}") from exc
     return conn, created
+
+
+def become_wal(conn: sqlite3.Connection) -> None:
+    """After the first import into a new database: WAL, as memory-nexus keeps it. Until then it loads with a
+    rollback journal, which for a new file holds next to nothing, where WAL would write every page twice."""
+    conn.execute("PRAGMA journal_mode = WAL")
 
 
 def remove_database(path: Path) -> None:
@@ -118,17 +124,26 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[s
 
 
 @contextmanager
-def message_index_rebuilt(conn: sqlite3.Connection) -> Iterator[None]:
-    """Within a transaction: drop the messages_fts triggers, and on the way out rebuild the index once and
-    put the triggers back exactly as they were. Only for a load into an empty messages table."""
-    saved = conn.execute(
-        f"SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name IN ({','.join('?' * len(MESSAGE_TRIGGERS))})",
-        MESSAGE_TRIGGERS).fetchall()
-    for name in MESSAGE_TRIGGERS:
-        conn.execute(f'DROP TRIGGER IF EXISTS "{name}"')
+def derived_rebuilt(conn: sqlite3.Connection) -> Iterator[None]:
+    """Within a transaction: drop what is derived from the rows (the messages_fts triggers and the tables'
+    non-unique indexes), and on the way out build each once and put it back from its own SQL: far cheaper
+    than upkeep row by row. For loads into empty tables. No finally: on an exception the transaction's
+    ROLLBACK brings them back as they were."""
+    placeholders = ",".join("?" * len(MESSAGE_TRIGGERS))
+    triggers = conn.execute(f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN ({placeholders})",
+                            MESSAGE_TRIGGERS).fetchall()
+    indexes = [row for t in TABLES for row in conn.execute(
+        "SELECT l.name, m.sql FROM pragma_index_list(?) AS l JOIN sqlite_master AS m ON m.name = l.name "
+        "WHERE l.origin = 'c' AND NOT l.\"unique\"", (t.name,))]
+    for name, _ in triggers:
+        conn.execute(f'DROP TRIGGER "{name}"')
+    for name, _ in indexes:
+        conn.execute(f'DROP INDEX "{name}"')
     yield
+    for _, sql in indexes:
+        conn.execute(sql)
     conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
-    for (sql,) in saved:
+    for _, sql in triggers:
         conn.execute(sql)
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable, Iterator
 
-from .database import SUMMARY_ON_INSERT, counts, create_schema, message_index_rebuilt, transaction
+from .database import IMPORT_CACHE_KIB, SUMMARY_ON_INSERT, counts, create_schema, derived_rebuilt, transaction
 from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup
 from .formats import READERS, Section
 from .records import BATCH, batches, checked, rows_of, shown
@@ -127,12 +127,13 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
          create: bool = False, progress: Progress = lambda n: None) -> Report:
     """Insert the backup in ONE transaction: any fault, Ctrl-C included, leaves the database as it was."""
     report = Report()
+    conn.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
     with transaction(conn), _located(_position(report)):
         if create:
             create_schema(conn)
         conn.execute(SUMMARY_ON_INSERT)
         bulk = clear or not conn.execute("SELECT 1 FROM messages_meta LIMIT 1").fetchone()
-        with message_index_rebuilt(conn) if bulk else nullcontext():
+        with derived_rebuilt(conn) if bulk else nullcontext():
             if clear:
                 _clear(conn)
             before = counts(conn)

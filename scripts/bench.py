@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.database import create_schema, message_index_rebuilt  # noqa: E402
+from pipeline.database import create_schema, derived_rebuilt  # noqa: E402
 
 COMPAT_DB = ROOT.parent / "shared" / "compat" / "memory-nexus.db"
 MEMORY = [sys.executable, "-m", "pipeline"]
@@ -66,7 +66,7 @@ def grow(source: Path, target: Path, n: int) -> None:
     topic_step = conn.execute("SELECT coalesce(max(id), 0) FROM src.topics").fetchone()[0]
     conn.execute("BEGIN")
     create_schema(conn)
-    with message_index_rebuilt(conn):
+    with derived_rebuilt(conn):
         for i in range(n):
             params = {"s": f"~{i}" if i else "", "entity_offset": i * entity_step, "topic_offset": i * topic_step}
             for statement in GROW.split(";"):
