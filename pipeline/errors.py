@@ -48,7 +48,8 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
 
     import ijson
     import jsonlines
-    errors: list[type[BaseException]] = [ijson.JSONError, jsonlines.InvalidLineError, EOFError,
+    from .formats import CutShort
+    errors: list[type[BaseException]] = [ijson.JSONError, jsonlines.InvalidLineError, EOFError, CutShort,
                                          gzip.BadGzipFile, zlib.error, UnicodeDecodeError]
     try:
         import zstandard

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 import collections
 import functools
 import itertools
+import json
 import operator
 from typing import IO, Any, Callable, Iterable, Iterator, Tuple
 
@@ -70,13 +72,49 @@ def decompressed_reader(raw: IO[bytes]) -> IO[bytes]:
     if not magic:
         raise BadBackup("the file is empty")
     if magic.startswith(GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return io.BufferedReader(Decompressed(raw, lambda: zlib.decompressobj(wbits=31)), 1 << 16)
     if magic == ZSTD_MAGIC:
         import zstandard
-        # Buffered, so JSON Lines can iterate it by line as it does a plain or gzip file.
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True,
-                                                                            closefd=False))
+        return io.BufferedReader(Decompressed(raw, lambda: zstandard.ZstdDecompressor().decompressobj()), 1 << 16)
     return raw
+
+
+class CutShort(OSError):
+    """A compressed stream that ends inside a member. Not EOFError: jsonlines takes that for a normal end."""
+
+
+class Decompressed(io.RawIOBase):
+    """gzip or zstd, member after member (as `cat a.gz b.gz` makes), refusing a stream that ends inside one:
+    gzip.GzipFile's EOFError is swallowed by jsonlines, and zstandard's stream reader says nothing at all.
+    zlib also checks each gzip member's CRC and length."""
+
+    READ = 1 << 14   # compressed bytes a step: bounds what one step can expand to
+
+    def __init__(self, raw: IO[bytes], new: Callable[[], Any]):
+        self.raw, self.new = raw, new
+        self.member = new()
+        self.pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending:
+            data = self.raw.read(self.READ)
+            if not data:
+                if not self.member.eof:
+                    raise CutShort("the compressed stream is cut short")
+                return 0
+            out = self.member.decompress(data)
+            while self.member.eof and self.member.unused_data:
+                rest = self.member.unused_data
+                self.member = self.new()
+                out += self.member.decompress(rest)
+            self.pending = memoryview(out)
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
 
 
 # ---- writing ----------------------------------------------------------------------------------------------
@@ -127,17 +165,18 @@ def read_json(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
     """The header of a JSON backup, read before anything else, and the arrays that follow it as streams.
 
     Only the top level is walked in Python; each array's records are built by ijson's C backend."""
-    # Not use_float=True: with it yajl overflows on -2**63 (ijson issue #153). Reals arrive as Decimal
-    # and `checked` turns them into floats, exactly.
-    # 256 KiB at the default batch: measured faster than 64 KiB and 1 MiB. Tied to BATCH like all buffers.
-    events = ijson.parse(stream, buf_size=records.BATCH * 128)
+    # basic_parse, not parse: parse keeps a prefix string per level of nesting, so memory grows with the
+    # square of the depth (20,000 nested arrays took 1 GB). Reals arrive as Decimal, not float
+    # (use_float=True overflows on -2**63, ijson issue #153); `checked` turns them into floats, exactly.
+    # 256 KiB reads at the default batch: measured faster than 64 KiB and 1 MiB.
+    events = ijson.basic_parse(stream, buf_size=records.BATCH * 128)
     first = next(events, None)
     if first is None:
         raise BadBackup("the file is empty")
-    if first[1] != "start_map":
+    if first[0] != "start_map":
         raise BadBackup("not a memory backup: the JSON document is not an object")
     header: Header = {}
-    for _, event, key in events:
+    for event, key in events:
         if event == "end_map":
             return header, iter(())
         if key not in HEADER_KEYS:
@@ -157,7 +196,7 @@ def read_json(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
 def _json_sections(events: Iterator[tuple], key: str) -> Iterator[Section]:
     while True:
         yield key, _array_items(events, key)
-        prefix, event, key = next(events)
+        event, key = next(events)
         if event == "end_map":
             for _ in events:   # let the parser see anything after the document
                 raise BadBackup("data after the end of the JSON document")
@@ -166,41 +205,106 @@ def _json_sections(events: Iterator[tuple], key: str) -> Iterator[Section]:
             raise BadBackup(f"{key!r} comes after the data; the header must come first")
 
 
+_DEPTH = {"start_map": 1, "start_array": 1, "end_map": -1, "end_array": -1}.get
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_NOT_END = functools.partial(operator.ne, ("end_array", None))
+
+
 def _array_items(events: Iterator[tuple], key: str) -> Iterator[Any]:
-    prefix, event, value = next(events)
+    event, _ = next(events)
     if event != "start_array":
         raise BadBackup(f"{key} must be an array, got {event.replace('start_map', 'an object')}")
-    # Only the array's own end_array event has the bare key as prefix and 'end_array' as event; takewhile
-    # stops there (consuming it) without a Python frame per event.
-    inside = itertools.takewhile(functools.partial(operator.ne, (key, "end_array", None)), events)
-    return _built(inside, f"{key}.item")
+    # Records are flat, so in a good file the first end_array is the array's own end: takewhile stops
+    # there in C, with no Python frame per event. `_built` checks that every container it saw was closed,
+    # which tells a record holding an array apart. Each event gets the prefix "item": ijson's builder reads
+    # prefixes only between objects, where "item" is right.
+    inside = itertools.takewhile(_NOT_END, events)
+    return _built(map(operator.add, itertools.repeat(("item",)), inside), key)
 
 
-def _built(events: Iterator[tuple], prefix: str) -> Iterator[Any]:
-    """The objects at `prefix`, built by ijson's C items coroutine. Events are fed a chunk at a time through
-    map() and a zero-length deque, so no Python frame runs per event (ijson.items over an event iterable
-    runs one): 125 MB/s instead of 89 here. Memory: one chunk of events (about half a batch of records)
-    and the records built from it."""
+class DuplicateField(ValueError):
+    """Raised from inside a JSON builder when an object names a field twice (a ValueError, so that
+    jsonlines hands it on with its line number)."""
+
+
+class FieldsOnce(dict):
+    """The objects a backup's JSON is built into: a field named twice is refused, not silently overwritten
+    (both ijson's builder and orjson keep the last)."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self:
+            raise DuplicateField(key)
+        dict.__setitem__(self, key, value)
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateField(key)
+            seen.add(key)
+    return record
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _built(events: Iterator[tuple], key: str) -> Iterator[Any]:
+    """The items of the array `key`, built by ijson's C items coroutine. Events are fed a chunk at a time
+    through map() and a zero-length deque, so no Python frame runs per event (ijson.items over an event
+    iterable runs one): 125 MB/s instead of 89 here. Memory: one chunk of events (a batch of them) and the
+    records built from it."""
     chunk = records.BATCH * 8
     built = sendable_list()
-    send = _YAJL.items_basecoro(built, prefix).send
+    send = _YAJL.items_basecoro(built, "item").send
+    done = 0
+    tail: list[tuple] = []        # the events of the record still open at the end of the last chunk
+    opened = 0                    # containers opened and not yet closed
     while True:
         events_chunk = list(itertools.islice(events, chunk))
         whole = len(events_chunk) == chunk
         collections.deque(map(send, events_chunk), maxlen=0)
+        opened += sum(map(_DEPTH, map(_SECOND, events_chunk), itertools.repeat(0)))
+        tail = _no_field_twice(key, done, built, tail, events_chunk)
         del events_chunk             # before the next chunk is built, not after
+        done += len(built)
         yield from built
         built.clear()
         if not whole:
+            if opened:
+                raise BadBackup(f"{key}[{done}]: a field holds an array; values are strings, numbers or null")
             return
+
+
+def _no_field_twice(key: str, done: int, built: list, tail: list[tuple], chunk: list[tuple]) -> list[tuple]:
+    """ijson's builder keeps the last of a field named twice. Catch it by counting: the map_key events of
+    the records completed in this chunk must equal the fields they hold (counted in C). Where they do not,
+    the chunk is built again with FieldsOnce, which names the record; if it finds no field twice, the
+    difference was nesting, which `checked` refuses. Returns the events of the record left open."""
+    last_end = next((i for i in range(len(chunk) - 1, -1, -1) if chunk[i][1] == "end_map"), -1)
+    closed = tail + chunk[: last_end + 1]
+    if sum(map(operator.eq, map(_SECOND, closed), itertools.repeat("map_key"))) != sum(map(len, built)):
+        strict = sendable_list()
+        send = _YAJL.items_basecoro(strict, "item", map_type=FieldsOnce).send
+        try:
+            collections.deque(map(send, closed), maxlen=0)
+        except DuplicateField as exc:
+            raise BadBackup(f"{key}[{done + len(strict)}]: field {exc.args[0]!r} appears twice") from None
+    return chunk[last_end + 1:] if last_end >= 0 else tail + chunk
 
 
 def _value(events: Iterator[tuple], key: str) -> Any:
     """One whole (small) value: a header field."""
-    builder = ijson.ObjectBuilder()
+    builder = ijson.ObjectBuilder(map_type=FieldsOnce)
     depth = 0
-    for _, event, value in events:
-        builder.event(event, value)
+    for event, value in events:
+        try:
+            builder.event(event, value)
+        except DuplicateField as exc:
+            raise BadBackup(f"{key}: field {exc.args[0]!r} appears twice") from None
         depth += event in ("start_map", "start_array")
         depth -= event in ("end_map", "end_array")
         if depth == 0:
@@ -210,8 +314,9 @@ def _value(events: Iterator[tuple], key: str) -> Any:
 
 def read_jsonl(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
     """The header line of a JSON Lines backup, and its records grouped by table as they stream."""
-    reader = jsonlines.Reader(stream, loads=orjson.loads)
-    header = next(iter(reader), None)
+    # json, not orjson: its object_pairs_hook lets a field named twice be refused (orjson keeps the last).
+    lines = _lines(jsonlines.Reader(stream, loads=_LOADS))
+    lineno, header = next(lines, (1, None))
     if header is None:
         raise BadBackup("the file is empty")
     if not isinstance(header, dict) or "table" in header or "end" in header:
@@ -219,23 +324,37 @@ def read_jsonl(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
     unknown = [k for k in header if k not in HEADER_KEYS]
     if unknown:
         raise BadBackup(f"line 1: unknown header key {unknown[0]!r}")
-    tagged = _tagged(reader)
+    tagged = _tagged(lines)
     return header, ((key, (record for _, record in group))
                     for key, group in itertools.groupby(tagged, key=lambda pair: pair[0]))
 
 
-def _tagged(reader: jsonlines.Reader) -> Iterator[tuple[str, Any]]:
-    for lineno, line in enumerate(reader, start=2):
+def _lines(reader: jsonlines.Reader) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each line; a field named twice becomes a BadBackup naming the line."""
+    values = iter(reader)
+    for lineno in itertools.count(1):
+        try:
+            yield lineno, next(values)
+        except StopIteration:
+            return
+        except jsonlines.InvalidLineError as exc:
+            if isinstance(exc.__cause__, DuplicateField):
+                raise BadBackup(f"line {exc.lineno}: field {exc.__cause__.args[0]!r} appears twice") from None
+            raise
+
+
+def _tagged(lines: Iterator[tuple[int, Any]]) -> Iterator[tuple[str, Any]]:
+    for lineno, line in lines:
         if type(line) is dict and line.keys() == {"table", "record"} and type(line["table"]) is str:
             yield line["table"], line["record"]
         elif line == {"end": True}:
-            extra = next(iter(reader), None)
-            if extra is not None:
-                raise BadBackup(f"line {lineno + 1}: data after the end line")
+            for extra, _ in lines:
+                raise BadBackup(f"line {extra}: data after the end line")
             return
         else:
             raise BadBackup(f'line {lineno}: expected {{"table": ..., "record": ...}} or {{"end": true}}')
     raise BadBackup("the file is cut short: no end line")
 
 
+_LOADS = functools.partial(json.loads, object_pairs_hook=_unique_object, parse_constant=_no_constants)
 READERS = {"json": read_json, "jsonl": read_jsonl}

@@ -25,8 +25,10 @@ def shown(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return _NAMES[type(value)]
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
     if isinstance(value, Decimal):
         return str(value)
     text = repr(value)
@@ -54,7 +56,7 @@ def _problem(column: Column, value: Any) -> str | None:
 
 def _record_problem(columns: Sequence[Column], record: Any) -> str | None:
     if not isinstance(record, dict):
-        return f"expected an object, got {_NAMES.get(type(record), shown(record))}"
+        return f"expected an object, got {_NAMES.get(type(record), shown(record))}"  # "a string", "an array"
     fields = [c.field for c in columns]
     missing = [f for f in fields if f not in record]
     if missing:
@@ -83,7 +85,7 @@ def checked(table: Table, minor: int, records: Iterable[Any]) -> Iterator[Record
 
 def _checked_one(table: Table, columns: Sequence[Column], fields: frozenset, plain: list, exact: list,
                  reals: list[str], index: int, record: Any) -> Record:
-    ok = type(record) is dict and record.keys() == fields
+    ok = isinstance(record, dict) and record.keys() == fields
     if ok:
         for field, accepts in plain:
             if type(record[field]) not in accepts:
@@ -94,8 +96,8 @@ def _checked_one(table: Table, columns: Sequence[Column], fields: frozenset, pla
     if not ok:
         raise BadBackup(f"{table.key}[{index}]: {_record_problem(columns, record)}")
     for field in reals:
-        if type(record[field]) is Decimal:
-            record[field] = float(record[field])
+        if type(record[field]) is Decimal:   # past FieldsOnce's guard against fields named twice
+            dict.__setitem__(record, field, float(record[field]))
     return record
 
 

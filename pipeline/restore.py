@@ -68,7 +68,7 @@ def check_header(header: dict) -> int:
     if "exportedAt" in header and type(header["exportedAt"]) is not str:
         raise BadBackup(f"exportedAt must be a string, got {shown(header['exportedAt'])}")
     stats = header.get("stats")
-    if type(stats) is not dict:
+    if not isinstance(stats, dict):
         raise BadBackup(f"stats must be an object, got {shown(stats)}")
     for key, count in stats.items():
         if key not in BY_KEY:

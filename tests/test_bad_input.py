@@ -16,6 +16,15 @@ def changed(edit) -> bytes:
     return json.dumps(doc, indent=2, ensure_ascii=False).encode()
 
 
+def as_jsonl(doc: dict) -> bytes:
+    """The sample in the JSON Lines layout, as `memory export x.jsonl` writes it."""
+    lines = [{k: doc[k] for k in ("version", "exportedAt", "stats")}]
+    lines += [{"table": k, "record": r} for k, v in doc.items() if isinstance(v, list) for r in v]
+    return b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in lines + [{"end": True}])
+
+
+JSONL = as_jsonl(json.loads(TEXT))
+
 CASES = [
     ("empty.json", b"", "the file is empty"),
     ("words.json", b"hello world\n",
@@ -24,7 +33,7 @@ CASES = [
     ("half.json", TEXT[: len(TEXT) // 2], "toolUses[0]: the file is cut short or corrupt (parse error: premature EOF)"),
     ("cut-in-header.json", TEXT[:40], "the header: the file is cut short or corrupt (parse error: premature EOF)"),
     ("cut.json.gz", gzip.compress(TEXT)[:-20], "the header: the file is cut short or corrupt "
-     "(Compressed file ended before the end-of-stream marker was reached)"),
+     "(the compressed stream is cut short)"),
     ("no-version.json", changed(lambda d: d.pop("version")),
      "no 'version' in the header before the data starts at 'sessions': a backup begins with version, exportedAt "
      "and stats (was it re-ordered, e.g. by jq -S?)"),
@@ -71,6 +80,16 @@ CASES = [
      "in the file"),
     ("twice.json", changed(lambda d: d["messages"][1].update(id="m-1")),
      "messages[1]: UNIQUE constraint failed: messages_meta.id: the file holds this row twice"),
+    ("twice-field.json", TEXT.replace(b'"role": "user",', b'"role": "user", "role": "user",', 1),
+     "messages[0]: field 'role' appears twice"),
+    ("twice-in-stats.json", TEXT.replace(b'"sessions": 2,', b'"sessions": 2, "sessions": 2,', 1),
+     "stats: field 'sessions' appears twice"),
+    ("twice-field.jsonl", JSONL.replace(b'"role": "user",', b'"role": "user", "role": "user",', 1),
+     "line 4: field 'role' appears twice"),
+    ("deep.json", TEXT.replace(b'"weight": 0.125', b'"weight": ' + b"[" * 100_000 + b"]" * 100_000),
+     "entityLinks[0]: a field holds an array; values are strings, numbers or null"),
+    ("whole.jsonl.gz", gzip.compress(JSONL)[:-9], "extractionStates[2]: the file is cut short or corrupt "
+     "(the compressed stream is cut short)"),
     ("no-end.jsonl", b'{"version":"1.1","stats":{"sessions":0}}\n', "the file is cut short: no end line"),
     ("jsonl-junk.jsonl", b'{"version":"1.1","stats":{}}\n[1]\n{"end":true}\n',
      'line 2: expected {"table": ..., "record": ...} or {"end": true}'),
