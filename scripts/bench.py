@@ -88,7 +88,7 @@ def run(argv: list[str], stdin: Path | None = None, stdout: Path | None = None) 
     fout = open(stdout, "wb") if stdout else subprocess.DEVNULL
     try:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=subprocess.PIPE, cwd=ROOT)
         peak = 0
         status = Path(f"/proc/{proc.pid}/status")
         while proc.poll() is None:
