@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -16,8 +16,8 @@ import click
 
 from . import __version__
 from .backup import backup_name, rotate
-from .database import (DEFAULT_PATH, become_wal, counts, database_summary, has_table, open_for_reading, open_for_writing,
-                       remove_database)
+from .database import (DEFAULT_PATH, counts, database_summary, has_table, new_database, open_for_reading,
+                       open_for_writing)
 from .errors import PipelineError, Refused
 from .export import export as export_database
 from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, decompressed_reader, format_from_name
@@ -127,26 +127,23 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
     """
     _warn_slow_parser()
     db_path = db_path.expanduser()
+    shown = _Shown(quiet or as_json, plain_progress)
     with _input(input) as raw:
         backup = open_backup(decompressed_reader(raw), _format(input, fmt, None, reading=True)[0])
-        conn, created = open_for_writing(db_path)
-        try:
-            if not created and has_table(conn, "sessions"):
-                _confirm_merge(conn, db_path, clear or yes, stdin_is_data=input == "-")
-            fresh = created or not conn.execute("SELECT 1 FROM sqlite_master").fetchone()
-            if not fresh and not all(has_table(conn, t.name) for t in TABLES):
-                raise Refused(f"{db_path} is not a memory database (no table {_missing_table(conn)})")
-            with _progress(sum(backup.stats.values()), "Importing", _Shown(quiet or as_json, plain_progress)) \
-                    as progress:
-                report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=fresh, progress=progress)
-            if created:
-                become_wal(conn)
-        except BaseException:
-            conn.close()
-            if created:
-                remove_database(db_path)
-            raise
-        conn.close()
+        if db_path.exists():
+            with closing(open_for_writing(db_path)) as conn:
+                empty = not conn.execute("SELECT 1 FROM sqlite_master").fetchone()
+                if not empty:
+                    if not all(has_table(conn, t.name) for t in TABLES):
+                        raise Refused(f"{db_path} is not a memory database (no table {_missing_table(conn)})")
+                    _confirm_merge(conn, db_path, clear or yes, stdin_is_data=input == "-")
+                with _progress(sum(backup.stats.values()), "Importing", shown) as progress:
+                    report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=empty,
+                                  progress=progress)
+        else:
+            with new_database(db_path) as conn, \
+                    _progress(sum(backup.stats.values()), "Importing", shown) as progress:
+                report = load(conn, backup, on_conflict=on_conflict, create=True, progress=progress)
     others = "replaced" if on_conflict == "replace" else "skipped"
     source = "stdin" if input == "-" else input
     _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(db_path),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
 
 from .errors import DatabaseProblem
+from .output import remove_leftovers
 from .tables import TABLES, Table
 
 DEFAULT_PATH = Path("~/.memory-nexus/memory.db")
@@ -51,25 +52,37 @@ def open_for_reading(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def open_for_writing(path: Path) -> tuple[sqlite3.Connection, bool]:
-    """A connection for an import and whether this call created the file (so a failed import can remove it)."""
-    created = not path.exists()
-    if created:
-        path.parent.mkdir(parents=True, exist_ok=True)
+def open_for_writing(path: Path) -> sqlite3.Connection:
+    """A connection to an existing database, for an import."""
     try:
-        conn = _configure(sqlite3.connect(str(path), isolation_level=None, check_same_thread=False))
-        if created:
-            os.chmod(path, 0o600)
+        conn = _configure(sqlite3.connect(str(path), isolation_level=None))
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         raise DatabaseProblem(f"cannot open {path}: {exc}") from exc
-    return conn, created
+    return conn
 
 
-def become_wal(conn: sqlite3.Connection) -> None:
-    """After the first import into a new database: WAL, as memory-nexus keeps it. Until then it loads with a
-    rollback journal, which for a new file holds next to nothing, where WAL would write every page twice."""
-    conn.execute("PRAGMA journal_mode = WAL")
+@contextmanager
+def new_database(path: Path) -> Iterator[sqlite3.Connection]:
+    """A database made at a hidden name beside `path` and linked there only once the block has ended well,
+    so a failed or killed import leaves nothing at `path` (the next run removes what a killed one left).
+    It loads with a rollback journal, which for a new file holds next to nothing where WAL would write every
+    page twice, and becomes WAL, as memory-nexus keeps it, once in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path.parent, path.name)
+    temp = path.parent / f".{path.name}.{os.getpid()}.memory-tmp"
+    remove_database(temp)
+    conn = _configure(sqlite3.connect(str(temp), isolation_level=None))
+    try:
+        os.chmod(temp, 0o600)
+        yield conn
+        conn.close()
+        os.link(temp, path)          # link, not rename: never over a database that appeared meanwhile
+        with closing(sqlite3.connect(str(path))) as placed:
+            placed.execute("PRAGMA journal_mode = WAL")
+    finally:
+        conn.close()
+        remove_database(temp)
 
 
 def remove_database(path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 _AT_FDCWD, _AT_EMPTY_PATH = -100, 0x1000
-_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.memory-tmp")
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.memory-tmp(-journal|-wal|-shm)?")
 
 
 @contextmanager
@@ -88,7 +88,8 @@ def _link(fd: int, path: Path) -> None:
 
 
 def remove_leftovers(directory: Path, name: str) -> None:
-    """Remove temporary files that a killed earlier run left for `name` (only where O_TMPFILE is missing)."""
+    """Remove what a killed earlier run left for `name`: a temporary backup (only where O_TMPFILE is
+    missing) or a database being created, with its journal."""
     try:
         entries = list(os.scandir(directory))
     except OSError:

@@ -7,7 +7,7 @@ import pytest
 from pipeline import records
 
 from conftest import make_database
-from pipeline.database import open_for_reading, open_for_writing
+from pipeline.database import new_database, open_for_reading
 from pipeline.export import export
 from pipeline.formats import decompressed_reader
 from pipeline.restore import load, open_backup
@@ -23,13 +23,15 @@ def peaks(tmp_path, messages_per_session: int, fmt: str) -> tuple[int, int]:
         export(conn, out, fmt)
     export_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    target, _ = open_for_writing(tmp_path / f"restored-{messages_per_session}.db")
-    tracemalloc.start()
-    with open(backup, "rb") as raw:
-        load(target, open_backup(decompressed_reader(raw), fmt), create=True)
-    import_peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert target.execute("SELECT count(*) FROM messages_meta").fetchone()[0] == 20 * messages_per_session
+    restored = tmp_path / f"restored-{messages_per_session}.db"
+    with new_database(restored) as target:
+        tracemalloc.start()
+        with open(backup, "rb") as raw:
+            load(target, open_backup(decompressed_reader(raw), fmt), create=True)
+        import_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert open_for_reading(restored).execute("SELECT count(*) FROM messages_meta").fetchone()[0] == \
+        20 * messages_per_session
     return export_peak, import_peak
 
 

@@ -1,0 +1,100 @@
+"""kill -9 at many points: the last backup stays byte for byte with nothing beside it, and a database is
+exactly as before. scripts/torture.py runs the same at many more points."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, make_database, snapshot
+
+POINTS = 6   # kill points per case here; the long script runs hundreds
+
+
+def memory_process(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_after(proc: subprocess.Popen, seconds: float) -> bool:
+    """SIGKILL after `seconds`; whether it was still running then."""
+    try:
+        proc.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
+
+
+def duration(*args) -> float:
+    start = time.perf_counter()
+    proc = memory_process(*args)
+    assert proc.wait() == 0, proc.stderr.read()
+    return time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def big_db(tmp_path_factory) -> Path:
+    return make_database(tmp_path_factory.mktemp("crash") / "big.db", sessions=10, messages_per_session=1500)
+
+
+def test_killed_export_leaves_the_last_backup_untouched_and_nothing_beside_it(tmp_path, big_db):
+    target = tmp_path / "backup.json.gz"
+    took = duration("export", "--db", big_db, "-q", tmp_path / "probe.json.gz")
+    (tmp_path / "probe.json.gz").unlink()
+    target.write_bytes(b"the last good backup")
+    killed = 0
+    for i in range(POINTS):
+        killed += kill_after(memory_process("export", "--db", big_db, "-q", target), took * (i + 0.5) / POINTS)
+        assert sorted(os.listdir(tmp_path)) == ["backup.json.gz"]
+        if target.read_bytes() != b"the last good backup":      # it got as far as the rename: a whole backup
+            assert subprocess.run([sys.executable, "-m", "pipeline", "validate", "-q", str(target)],
+                                  cwd=ROOT, capture_output=True).returncode == 0
+            target.write_bytes(b"the last good backup")
+    assert killed >= POINTS // 2, f"only {killed} of {POINTS} runs were killed while running"
+
+
+@pytest.mark.parametrize("clear", [False, True], ids=["merge", "clear"])
+def test_killed_import_leaves_the_database_as_it_was(tmp_path, big_db, clear):
+    backup = tmp_path / "b.jsonl"
+    assert subprocess.run([sys.executable, "-m", "pipeline", "export", "--db", str(big_db), "-q", str(backup)],
+                          cwd=ROOT, capture_output=True).returncode == 0
+    target = make_database(tmp_path / "target.db", sessions=2, messages_per_session=3)
+    pristine = target.read_bytes()
+    before = snapshot(target)
+    args = ["import", "--db", target, "--clear" if clear else "--yes", backup]
+    took = duration(*args)
+    after = snapshot(target)                                     # the whole import
+    killed = 0
+    for i in range(POINTS):
+        for leftover in tmp_path.glob("target.db-*"):
+            leftover.unlink()
+        target.write_bytes(pristine)
+        killed += kill_after(memory_process(*args), took * (i + 0.5) / POINTS)
+        assert snapshot(target) in (before, after)              # all or nothing, never between
+    assert killed >= POINTS // 2, f"only {killed} of {POINTS} runs were killed while running"
+
+
+def test_killed_import_into_a_new_path_leaves_nothing_there(tmp_path, big_db):
+    backup = tmp_path / "b.json"
+    subprocess.run([sys.executable, "-m", "pipeline", "export", "--db", str(big_db), "-q", str(backup)], cwd=ROOT)
+    took = duration("import", "--db", tmp_path / "probe.db", backup)
+    whole = snapshot(tmp_path / "probe.db")
+    killed = 0
+    for i in range(POINTS):
+        target = tmp_path / "new" / "memory.db"
+        killed += kill_after(memory_process("import", "--db", target, backup), took * (i + 0.5) / POINTS)
+        if target.exists():                                      # it got as far as the link: all of it
+            assert snapshot(target) == whole
+            for p in target.parent.glob("memory.db*"):
+                p.unlink()
+    assert killed >= POINTS // 2
+    # what the killed runs left behind is removed by the next run
+    assert subprocess.run([sys.executable, "-m", "pipeline", "import", "-q", "--db", str(target), str(backup)],
+                          cwd=ROOT, capture_output=True).returncode == 0
+    assert sorted(p.name for p in target.parent.iterdir() if not p.name.startswith("memory.db")) == []
