@@ -259,10 +259,15 @@ class BackupFailed(PipelineError):
 def _export_to(conn, path: Path | None, fmt: str, compression: str, shown: "_Shown",
                replace: bool = True) -> tuple[dict[str, int], int]:
     """Export to a file that appears whole or not at all (or to stdout, path None): (counts, bytes)."""
-    with (nullcontext(sys.stdout.buffer) if path is None else atomic_file(path, replace)) as raw:
-        with output_stack(raw, compression) as (out, counted):
-            with _progress(sum(counts(conn).values()), "Exporting", shown) as progress:
-                stats = export_database(conn, out, fmt, progress)
+    try:
+        with (nullcontext(sys.stdout.buffer) if path is None else atomic_file(path, replace)) as raw:
+            with output_stack(raw, compression) as (out, counted):
+                with _progress(sum(counts(conn).values()), "Exporting", shown) as progress:
+                    stats = export_database(conn, out, fmt, progress)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:   # a write failed: say which file
+            raise OSError(exc.errno, exc.strerror, "stdout" if path is None else str(path)) from exc
+        raise
     return stats, counted.bytes
 
 

@@ -133,7 +133,7 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[s
         conn.execute("COMMIT")
     except sqlite3.OperationalError as exc:
         conn.rollback()
-        raise DatabaseProblem(f"cannot commit: {exc}") from exc
+        raise DatabaseProblem(f"cannot commit: {exc}; nothing was changed") from exc
 
 
 @contextmanager

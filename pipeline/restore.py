@@ -148,6 +148,8 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
         _check_foreign_keys(conn)
         after = counts(conn)
         report.inserted = {k: after[k] - before[k] for k in report.records}
+        if not merging:
+            _check_counts(report.records, report.inserted)
         conn.execute("DROP TRIGGER temp.memory_import_summary")
     return _with_empty_tables(report, backup)
 
@@ -205,6 +207,14 @@ def _clear(conn: sqlite3.Connection) -> None:
     for table in reversed(TABLES):
         conn.execute(f'DELETE FROM "{table.name}"')
         conn.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table.name,))
+
+
+def _check_counts(records: dict[str, int], inserted: dict[str, int]) -> None:
+    """Into empty tables every record must have become a row: checked before COMMIT."""
+    for key, count in records.items():
+        if inserted[key] != count:
+            raise DatabaseProblem(f"{key}: {inserted[key]} rows after the import but the file holds {count}; "
+                                  "nothing was imported")
 
 
 def _check_foreign_keys(conn: sqlite3.Connection) -> None:

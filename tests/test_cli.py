@@ -171,3 +171,18 @@ def test_a_created_database_has_the_memory_nexus_schema(tmp_path):
     ours = sqlite3.connect(tmp_path / "new.db").execute(schema).fetchall()
     theirs = sqlite3.connect(f"file:{COMPAT_DB}?mode=ro", uri=True).execute(schema).fetchall()
     assert ours == theirs
+
+
+def test_foreign_keys_of_the_whole_database_are_checked_before_commit(tmp_path, sample_db):
+    """A database that already holds a message without its session is not made worse silently."""
+    conn = sqlite3.connect(sample_db, isolation_level=None)
+    conn.execute("INSERT INTO messages_meta (id, session_id, role, content, timestamp) "
+                 "VALUES ('orphan', 'gone', 'user', 'x', 't')")     # foreign_keys is off by default
+    rowid = conn.execute("SELECT rowid FROM messages_meta WHERE id = 'orphan'").fetchone()[0]
+    conn.close()
+    before = snapshot(sample_db)
+    result = memory("import", "--db", sample_db, "--yes", SAMPLE)
+    assert (result.exit_code, result.stderr) == (
+        1, f"Error: messages_meta row {rowid} points at a missing row of sessions; nothing was imported\n")
+    assert snapshot(sample_db) == before
+    assert memory("import", "--db", sample_db, "--clear", SAMPLE).exit_code == 0   # --clear removes it

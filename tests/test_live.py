@@ -1,0 +1,99 @@
+"""Other processes and a full disk: a live writer during export, a held lock during import, no space left."""
+
+import json
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+from conftest import ROOT, SAMPLE, make_database, memory, snapshot
+
+WRITER = textwrap.dedent("""
+    import sqlite3, sys, time
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+    conn.execute("PRAGMA foreign_keys = ON")
+    worst, n, stop = 0.0, 0, time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < stop:
+        start = time.monotonic()
+        conn.execute("BEGIN IMMEDIATE")
+        sid = f"live-{n}"
+        conn.execute("INSERT INTO sessions (id, project_path_encoded, project_path_decoded, project_name, "
+                     "start_time) VALUES (?, '-l', '/l', 'l', '2026-01-01T00:00:00Z')", (sid,))
+        conn.executemany("INSERT INTO messages_meta (id, session_id, role, content, timestamp) "
+                         "VALUES (?, ?, 'user', 'live message', '2026-01-01T00:00:00Z')",
+                         [(f"{sid}-{m}", sid) for m in range(20)])
+        conn.execute("COMMIT")
+        worst, n = max(worst, time.monotonic() - start), n + 1
+    print(n, worst)
+""")
+
+
+def test_export_under_a_live_writer_is_one_snapshot_and_does_not_block_it(tmp_path):
+    db = make_database(tmp_path / "live.db", sessions=20, messages_per_session=1000)
+    sqlite3.connect(db).execute("PRAGMA journal_mode = WAL").fetchone()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), "4"], stdout=subprocess.PIPE, text=True)
+    exports = 0
+    while writer.poll() is None:
+        out = tmp_path / f"snap-{exports}.json"
+        assert memory("export", "--db", db, "-q", out).exit_code == 0
+        assert memory("validate", "-q", out).exit_code == 0          # every count equals stats
+        doc = json.loads(out.read_text())
+        sessions = {s["id"] for s in doc["sessions"]}
+        assert {m["sessionId"] for m in doc["messages"]} <= sessions
+        assert {t["sessionId"] for t in doc["toolUses"]} <= sessions
+        live = [s for s in sessions if s.startswith("live-")]
+        assert len([m for m in doc["messages"] if m["sessionId"].startswith("live-")]) == 20 * len(live)
+        exports += 1
+    written, worst_commit = writer.communicate()[0].split()
+    assert exports >= 2 and int(written) > 10
+    assert float(worst_commit) < 1.0, f"the writer waited {worst_commit} s for a commit"
+
+
+def test_import_waits_for_a_held_write_lock_then_fails_cleanly(tmp_path, sample_db):
+    before = snapshot(sample_db)
+    holder = sqlite3.connect(sample_db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        result = memory("import", "--db", sample_db, "--clear", SAMPLE)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert (result.exit_code, result.stderr) == (1, "Error: cannot start a transaction: database is locked\n")
+    assert snapshot(sample_db) == before
+
+
+def limited(limit: int):
+    """For a child process: files may not grow past `limit` bytes, and writing past it fails with EFBIG
+    rather than killing the process, as a full disk fails a write."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_export_onto_a_full_disk_keeps_the_old_backup_and_leaves_nothing(tmp_path):
+    db = make_database(tmp_path / "db.db", sessions=10, messages_per_session=500)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "b.json").write_bytes(b"the last good backup")
+    run = subprocess.run([sys.executable, "-m", "pipeline", "export", "--db", str(db), str(folder / "b.json")],
+                         cwd=ROOT, capture_output=True, text=True, preexec_fn=limited(200_000))
+    assert (run.returncode, run.stdout) == (1, "")
+    assert run.stderr == f"Error: {folder / 'b.json'}: File too large\n"
+    assert (folder / "b.json").read_bytes() == b"the last good backup"
+    assert [p.name for p in folder.iterdir()] == ["b.json"]
+
+
+def test_import_onto_a_full_disk_rolls_back(tmp_path, sample_db):
+    big = make_database(tmp_path / "big.db", sessions=10, messages_per_session=2000)
+    memory("export", "--db", big, tmp_path / "big.json")
+    before = snapshot(sample_db)
+    limit = sample_db.stat().st_size + 300_000
+    run = subprocess.run([sys.executable, "-m", "pipeline", "import", "--db", str(sample_db), "--clear",
+                          str(tmp_path / "big.json")], cwd=ROOT, capture_output=True, text=True,
+                         preexec_fn=limited(limit))
+    assert run.returncode == 1, run.stderr
+    assert run.stderr == "Error: cannot commit: disk I/O error; nothing was changed\n"
+    assert snapshot(sample_db) == before
