@@ -137,3 +137,26 @@ def test_bad_file_creates_no_database(tmp_path, name, data, message):
     result = memory("import", "--db", tmp_path / "new.db", tmp_path / name)
     assert (result.exit_code, result.stderr) == (1, f"Error: {message}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def cut_files():
+    """A valid file cut at every 2% of its length, in both layouts, plain and gzip: 196 files."""
+    for fmt, data in (("json", TEXT), ("jsonl", JSONL)):
+        for compress in (False, True):
+            whole = gzip.compress(data) if compress else data
+            for percent in range(2, 100, 2):
+                yield f"cut-{percent}.{fmt}{'.gz' if compress else ''}", whole[: len(whole) * percent // 100]
+
+
+CUTS = list(cut_files())
+
+
+@pytest.mark.parametrize("name, data", CUTS, ids=[c[0] for c in CUTS])
+def test_a_file_cut_anywhere_is_refused_and_changes_nothing(tmp_path, sample_db, name, data):
+    (tmp_path / name).write_bytes(data)
+    checked = memory("validate", tmp_path / name)
+    assert checked.exit_code == 1 and checked.stderr.startswith("Error: ") and checked.stderr.count("\n") == 1
+    before = snapshot(sample_db)
+    result = memory("import", "--db", sample_db, "--clear", tmp_path / name)
+    assert (result.exit_code, result.stderr) == (1, checked.stderr)
+    assert snapshot(sample_db) == before
