@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import io
 import json
-import os
 import sys
 import time
 from contextlib import closing, contextmanager, nullcontext
@@ -16,13 +15,21 @@ import click
 
 from . import __version__
 from .backup import backup_name, rotate
-from .database import (DEFAULT_PATH, counts, database_summary, has_table, new_database, open_for_reading,
-                       open_for_writing)
+from .database import (
+    DEFAULT_PATH,
+    counts,
+    database_summary,
+    has_table,
+    new_database,
+    open_for_reading,
+    open_for_writing,
+)
 from .errors import PipelineError, Refused
 from .export import export as export_database
 from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, decompressed_reader, format_from_name
 from .output import atomic_file, output_stack
-from .restore import CONFLICT_MODES, Report, load, open_backup, validate as validate_backup
+from .restore import CONFLICT_MODES, load, open_backup
+from .restore import validate as validate_backup
 from .tables import TABLES
 
 

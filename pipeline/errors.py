@@ -53,6 +53,7 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
 
     import ijson
     import jsonlines
+
     from .formats import CutShort
     errors: list[type[BaseException]] = [ijson.JSONError, jsonlines.InvalidLineError, EOFError, CutShort,
                                          gzip.BadGzipFile, zlib.error, UnicodeDecodeError]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
-import io
-import zlib
 import collections
 import functools
+import gzip
+import io
 import itertools
 import json
 import operator
+import zlib
 from typing import IO, Any, Callable, Iterable, Iterator, Tuple
 
 import ijson
@@ -17,8 +17,8 @@ import jsonlines
 import orjson
 from ijson.utils import sendable_list
 
-from .errors import BadBackup
 from . import records
+from .errors import BadBackup
 from .records import BATCH
 from .tables import Record
 
@@ -124,10 +124,10 @@ def write_json(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Ite
     """One JSON document in memory-nexus's key order: the header first, then one array per table,
     one record per line so the file reads and diffs well."""
     out.write(b"{" + b",".join(encode(k) + b":" + encode(header[k]) for k in HEADER_KEYS))
-    for key, records in sections:
+    for key, table_records in sections:
         out.write(b",\n" + encode(key) + b":[")
         separators = itertools.chain((b"\n",), itertools.repeat(b",\n"))
-        count = _write_each(out, (s + encode(r) for s, r in zip(separators, records)), progress)
+        count = _write_each(out, (s + encode(r) for s, r in zip(separators, table_records)), progress)
         out.write(b"\n]" if count else b"]")
     out.write(b"}\n")
 
@@ -138,8 +138,9 @@ def write_jsonl(out: IO[bytes], header: Header, sections: Iterable[tuple[str, It
     so a file cut anywhere is told from a whole one."""
     writer = jsonlines.Writer(out, dumps=orjson.dumps)
     writer.write({k: header[k] for k in HEADER_KEYS})
-    for key, records in sections:
-        lines = (orjson.dumps({"table": key, "record": r}, option=orjson.OPT_APPEND_NEWLINE) for r in records)
+    for key, table_records in sections:
+        lines = (orjson.dumps({"table": key, "record": r}, option=orjson.OPT_APPEND_NEWLINE)
+                 for r in table_records)
         _write_each(out, lines, progress)
     writer.write({"end": True})
 

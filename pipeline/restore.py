@@ -6,13 +6,13 @@ import re
 import sqlite3
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from .database import IMPORT_CACHE_KIB, SUMMARY_ON_INSERT, counts, create_schema, derived_rebuilt, transaction
 from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup
 from .formats import READERS, Section
 from .records import BATCH, batches, checked, rows_of, shown
-from .tables import BY_KEY, FORMAT_MAJOR, FORMAT_MINOR, TABLES, Record, Table
+from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
 
 CONFLICT_MODES = ("skip", "replace", "fail")
 Progress = Callable[[int], None]
@@ -164,8 +164,8 @@ def _with_empty_tables(report: Report, backup: Backup) -> Report:
 
 def insert_sql(table: Table, minor: int, on_conflict: str) -> str:
     columns = [c.name for c in table.columns_in(minor)]
-    sql = (f'INSERT INTO "{table.name}" ({", ".join(f"{chr(34)}{c}{chr(34)}" for c in columns)}) '
-           f'VALUES ({", ".join("?" * len(columns))})')
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({", ".join("?" * len(columns))})'
     if on_conflict == "skip":
         return sql + " ON CONFLICT DO NOTHING"
     if on_conflict == "replace":

@@ -7,8 +7,8 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from conftest import SAMPLE, memory, snapshot
+
 from pipeline.backup import backup_name, own_backups
 
 

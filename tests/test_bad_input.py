@@ -4,7 +4,6 @@ import gzip
 import json
 
 import pytest
-
 from conftest import SAMPLE, make_database, memory, snapshot
 
 TEXT = SAMPLE.read_bytes()

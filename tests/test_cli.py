@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import COMPAT_DB, SAMPLE, make_database, memory, needs_compat, snapshot
+
 from pipeline import cli as cli_module
 from pipeline.output import atomic_file
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, make_database, snapshot
 
 POINTS = int(os.environ.get("MEMORY_CRASH_POINTS", "6"))   # per case; scripts/torture.py runs hundreds

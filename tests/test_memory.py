@@ -3,10 +3,9 @@
 import tracemalloc
 
 import pytest
+from conftest import make_database
 
 from pipeline import records
-
-from conftest import make_database
 from pipeline.database import new_database, open_for_reading
 from pipeline.export import export
 from pipeline.formats import decompressed_reader

@@ -3,9 +3,8 @@
 import json
 
 import pytest
+from conftest import COMPAT_DB, COMPAT_EXPORT, SAMPLE, make_database, memory, needs_compat, snapshot, values, without
 
-from conftest import (COMPAT_DB, COMPAT_EXPORT, SAMPLE, make_database, memory, needs_compat, snapshot, values,
-                      without)
 from pipeline.tables import TABLES
 
 NAMES = ["backup.json", "backup.jsonl", "backup.json.gz", "backup.jsonl.gz", "backup.json.zst"]
