@@ -155,7 +155,7 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
     source = "stdin" if input == "-" else input
     _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(db_path),
             data={"path": source, "database": str(db_path), "inserted": report.inserted, others: report.others},
-            text=f"Imported {_counts(report.inserted)} ({sum(report.others.values()):,} {others}) from {source}")
+            text=f"Imported {_counts(report.inserted)} ({_others(report.others, others)}) from {source}")
 
 
 @cli.command()
@@ -366,12 +366,23 @@ def _report(*, err: bool, quiet: bool, as_json: bool, quiet_text: str, data: dic
 
 
 def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n:,} {_label(key)}" for key, n in counts.items())
+    return ", ".join(f"{n:,} {_label(key, n)}" for key, n in counts.items())
 
 
-def _label(key: str) -> str:
-    """toolUses -> tool uses"""
-    return "".join(" " + ch.lower() if ch.isupper() else ch for ch in key)
+def _others(counts: dict[str, int], word: str) -> str:
+    """'0 skipped', or '19 skipped: 2 sessions, 5 messages, ...' naming the tables."""
+    total = sum(counts.values())
+    if not total:
+        return f"0 {word}"
+    return f"{total:,} {word}: " + _counts({k: n for k, n in counts.items() if n})
+
+
+def _label(key: str, n: int = 2) -> str:
+    """toolUses -> tool uses; with n=1, tool use (entities -> entity)."""
+    words = "".join(" " + ch.lower() if ch.isupper() else ch for ch in key)
+    if n != 1:
+        return words
+    return words[:-3] + "y" if words.endswith("ies") else words[:-1]
 
 
 def _size(n: int) -> str:

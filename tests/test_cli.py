@@ -11,7 +11,7 @@ from conftest import COMPAT_DB, SAMPLE, make_database, memory, needs_compat, sna
 from pipeline import cli as cli_module
 from pipeline.output import atomic_file
 
-COUNTS_TEXT = ("2 sessions, 5 messages, 2 tool uses, 3 entities, 2 links, 2 session entities, 1 entity links, "
+COUNTS_TEXT = ("2 sessions, 5 messages, 2 tool uses, 3 entities, 2 links, 2 session entities, 1 entity link, "
                "2 extraction states")
 
 
@@ -68,7 +68,9 @@ def test_merge_skips_rows_already_there_and_counts_them(tmp_path, sample_db):
     result = memory("import", "--db", sample_db, "--yes", SAMPLE)
     assert result.exit_code == 0
     assert result.stdout == ("Imported 0 sessions, 0 messages, 0 tool uses, 0 entities, 0 links, 0 session entities, "
-                             f"0 entity links, 0 extraction states (19 skipped) from {SAMPLE}\n")
+                             f"0 entity links, 0 extraction states (19 skipped: 2 sessions, 5 messages, 2 tool uses, "
+                             f"3 entities, 2 links, 2 session entities, 1 entity link, 2 extraction states) "
+                             f"from {SAMPLE}\n")
 
 
 def test_on_conflict_replace_overwrites_and_fail_refuses(tmp_path, sample_db):
@@ -203,3 +205,12 @@ def test_values_json_cannot_hold_are_refused_not_lost(tmp_path, sample_db, sql, 
     result = memory("export", "--db", sample_db, tmp_path / "b.json")
     assert (result.exit_code, result.stderr) == (1, f"Error: {message}\n")
     assert (tmp_path / "b.json").read_bytes() == b"the last good backup"
+
+
+def test_a_pure_python_ijson_is_warned_about_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli_module, "IJSON_BACKEND", "python")
+    monkeypatch.setattr(cli_module, "_warned", [])
+    first, second = memory("validate", "-q", SAMPLE), memory("validate", "-q", SAMPLE)
+    assert first.stderr == ("warning: ijson runs on its python backend, not yajl2_c; reading is several times "
+                            "slower (reinstall ijson from a wheel)\n")
+    assert (first.exit_code, second.exit_code, second.stderr) == (0, 0, "")

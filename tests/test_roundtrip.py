@@ -72,7 +72,7 @@ def test_import_from_stdin(tmp_path):
     result = memory("import", "--db", tmp_path / "new.db", "-", input=SAMPLE.read_bytes())
     assert result.exit_code == 0, result.output
     assert result.stdout == ("Imported 2 sessions, 5 messages, 2 tool uses, 3 entities, 2 links, 2 session entities, "
-                             "1 entity links, 2 extraction states (0 skipped) from stdin\n")
+                             "1 entity link, 2 extraction states (0 skipped) from stdin\n")
 
 
 @needs_compat
