@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import io
 import json
 import sys
 import time
@@ -28,7 +27,7 @@ from .errors import PipelineError, Refused
 from .export import export as export_database
 from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, decompressed_reader, format_from_name
 from .output import atomic_file, output_stack
-from .restore import CONFLICT_MODES, load, open_backup
+from .restore import CONFLICT_MODES, Backup, load, open_backup
 from .restore import validate as validate_backup
 from .tables import TABLES
 
@@ -135,8 +134,7 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
     _warn_slow_parser()
     db_path = db_path.expanduser()
     shown = _Shown(quiet or as_json, plain_progress)
-    with _input(input) as raw:
-        backup = open_backup(decompressed_reader(raw), _format(input, fmt, None, reading=True)[0])
+    with _backup_in(input, fmt) as backup:
         if db_path.exists():
             with closing(open_for_writing(db_path)) as conn:
                 empty = not conn.execute("SELECT 1 FROM sqlite_master").fetchone()
@@ -174,8 +172,7 @@ def validate(input: str, fmt: str | None, quiet: bool, as_json: bool, plain_prog
       memory validate ~/backups/memory.json.gz
     """
     _warn_slow_parser()
-    with _input(input) as raw:
-        backup = open_backup(decompressed_reader(raw), _format(input, fmt, None, reading=True)[0])
+    with _backup_in(input, fmt) as backup:
         with _progress(sum(backup.stats.values()), "Validating", _Shown(quiet or as_json, plain_progress)) \
                 as progress:
             report = validate_backup(backup, progress)
@@ -221,8 +218,8 @@ def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, q
             if attempt == 4:
                 raise
     try:
-        with open(path, "rb") as raw, _progress(sum(stats.values()), "Checking", shown) as progress:
-            report = validate_backup(open_backup(decompressed_reader(raw), fmt), progress)
+        with _backup_in(str(path), fmt) as written, _progress(sum(stats.values()), "Checking", shown) as progress:
+            report = validate_backup(written, progress)
         if report.records != stats:
             raise BackupFailed(f"{path} does not read back as written ({report.records} != {stats})")
     except PipelineError as exc:
@@ -278,7 +275,7 @@ def _export_to(conn, path: Path | None, fmt: str, compression: str, shown: "_Sho
     return stats, counted.bytes
 
 
-def _format(name: str, fmt: str | None, compress: str | None, reading: bool = False) -> tuple[str, str]:
+def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]:
     named_fmt, named_compression = format_from_name(name) if name != "-" else ("json", "none")
     fmt = fmt or named_fmt
     if fmt is None:
@@ -287,12 +284,15 @@ def _format(name: str, fmt: str | None, compress: str | None, reading: bool = Fa
 
 
 @contextmanager
-def _input(name: str) -> Iterator[io.BufferedReader]:
+def _backup_in(name: str, fmt: str | None) -> Iterator[Backup]:
+    """The backup at `name` (a path, or - for stdin), its header read and checked, whatever it is compressed
+    with; the format from --format, else from the name."""
+    fmt = _format(name, fmt, None)[0]
     if name == "-":
-        yield sys.stdin.buffer
+        yield open_backup(decompressed_reader(sys.stdin.buffer), fmt)
         return
     with open(name, "rb") as raw:
-        yield raw
+        yield open_backup(decompressed_reader(raw), fmt)
 
 
 def _confirm_merge(conn, db_path: Path, allowed: bool, stdin_is_data: bool) -> None:

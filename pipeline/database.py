@@ -11,7 +11,7 @@ from typing import Iterator
 from urllib.parse import quote
 
 from .errors import DatabaseProblem
-from .output import remove_leftovers
+from .output import remove_leftovers, temp_beside
 from .tables import TABLES, Table
 
 DEFAULT_PATH = Path("~/.memory-nexus/memory.db")
@@ -70,7 +70,7 @@ def new_database(path: Path) -> Iterator[sqlite3.Connection]:
     page twice, and becomes WAL, as memory-nexus keeps it, once in place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path.parent, path.name)
-    temp = path.parent / f".{path.name}.{os.getpid()}.memory-tmp"
+    temp = temp_beside(path)
     remove_database(temp)
     conn = _configure(sqlite3.connect(str(temp), isolation_level=None))
     try:

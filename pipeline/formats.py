@@ -19,7 +19,6 @@ from ijson.utils import sendable_list
 
 from . import records
 from .errors import BadBackup
-from .records import BATCH
 from .tables import Record
 
 Header = dict
@@ -148,12 +147,12 @@ def write_jsonl(out: IO[bytes], header: Header, sections: Iterable[tuple[str, It
 def _write_each(out: IO[bytes], chunks: Iterable[bytes], progress: Callable[[int], None]) -> int:
     """Write each encoded record at once: orjson's result holds a 4 KiB buffer, so keeping a batch of them
     would cost 8 MB. Progress is told once a batch."""
-    count = 0
+    count, batch = 0, records.BATCH
     for count, chunk in enumerate(chunks, 1):
         out.write(chunk)
-        if count % BATCH == 0:
-            progress(BATCH)
-    progress(count % BATCH)
+        if count % batch == 0:
+            progress(batch)
+    progress(count % batch)
     return count
 
 
@@ -207,7 +206,7 @@ def _json_sections(events: Iterator[tuple], key: str) -> Iterator[Section]:
 
 
 _DEPTH = {"start_map": 1, "start_array": 1, "end_map": -1, "end_array": -1}.get
-_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_SECOND = operator.itemgetter(1)
 _NOT_END = functools.partial(operator.ne, ("end_array", None))
 
 

@@ -23,7 +23,7 @@ def atomic_file(path: Path, replace: bool = True) -> Iterator[IO[bytes]]:
     On any failure `path` is untouched and nothing is left beside it."""
     directory = path.parent
     remove_leftovers(directory, path.name)
-    temp = directory / f".{path.name}.{os.getpid()}.memory-tmp"
+    temp = temp_beside(path)
     try:
         fd, named = _open_unnamed(directory, temp)
     except OSError as exc:   # name the file the user asked for, not our temporary one
@@ -85,6 +85,11 @@ def _link(fd: int, path: Path) -> None:
     if ctypes.get_errno() == errno.EEXIST:
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
     os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
+
+
+def temp_beside(path: Path) -> Path:
+    """The hidden name this process works under before `path` appears; `remove_leftovers` knows it."""
+    return path.parent / f".{path.name}.{os.getpid()}.memory-tmp"
 
 
 def remove_leftovers(directory: Path, name: str) -> None:
