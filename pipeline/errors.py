@@ -18,11 +18,6 @@ class DatabaseProblem(PipelineError):
     """The database is missing, locked, full, or rejected a row."""
 
 
-class Unexportable(PipelineError):
-    """The database holds a value that a backup of this version cannot carry (a BLOB, TEXT that is not
-    UTF-8, an infinite REAL). Refused rather than written wrong."""
-
-
 class Refused(PipelineError):
     """The user's data would be touched in a way they did not ask for."""
 

@@ -20,6 +20,7 @@ from ijson.utils import sendable_list
 from . import records
 from .errors import BadBackup
 from .tables import Record
+from .values import tagged
 
 Header = dict
 Section = Tuple[str, Iterator[Any]]          # (array key, its records as they stream)
@@ -34,8 +35,10 @@ IJSON_BACKEND = ijson.backend
 _YAJL = ijson.get_backend(IJSON_BACKEND)
 
 
-def encode(value: Any) -> bytes:
-    return orjson.dumps(value)
+def encode(value: Any, option: int = 0) -> bytes:
+    """orjson, with BLOBs and TEXT that is not UTF-8 (bytes, which it cannot write) as typed values: only
+    such a value costs a call, so the common path stays in C."""
+    return orjson.dumps(value, default=tagged, option=option)
 
 
 # ---- names ------------------------------------------------------------------------------------------------
@@ -135,10 +138,10 @@ def write_jsonl(out: IO[bytes], header: Header, sections: Iterable[tuple[str, It
                 progress: Callable[[int], None]) -> None:
     """JSON Lines: the header, then {"table": key, "record": {...}} per record, then {"end": true},
     so a file cut anywhere is told from a whole one."""
-    writer = jsonlines.Writer(out, dumps=orjson.dumps)
+    writer = jsonlines.Writer(out, dumps=encode)
     writer.write({k: header[k] for k in HEADER_KEYS})
     for key, table_records in sections:
-        lines = (orjson.dumps({"table": key, "record": r}, option=orjson.OPT_APPEND_NEWLINE)
+        lines = (encode({"table": key, "record": r}, orjson.OPT_APPEND_NEWLINE)
                  for r in table_records)
         _write_each(out, lines, progress)
     writer.write({"end": True})
@@ -281,12 +284,14 @@ def _built(events: Iterator[tuple], key: str) -> Iterator[Any]:
 
 def _no_field_twice(key: str, done: int, built: list, tail: list[tuple], chunk: list[tuple]) -> list[tuple]:
     """ijson's builder keeps the last of a field named twice. Catch it by counting: the map_key events of
-    the records completed in this chunk must equal the fields they hold (counted in C). Where they do not,
-    the chunk is built again with FieldsOnce, which names the record; if it finds no field twice, the
-    difference was nesting, which `checked` refuses. Returns the events of the record left open."""
+    the records completed in this chunk must equal the fields they hold (counted in C), and those of the
+    typed values in them (counted in Python, only then). Where they do not, the chunk is built again with
+    FieldsOnce, which names the record; if it finds no field twice, the difference was deeper nesting,
+    which `checked` refuses. Returns the events of the record left open."""
     last_end = next((i for i in range(len(chunk) - 1, -1, -1) if chunk[i][1] == "end_map"), -1)
     closed = tail + chunk[: last_end + 1]
-    if sum(map(operator.eq, map(_SECOND, closed), itertools.repeat("map_key"))) != sum(map(len, built)):
+    keys = sum(map(operator.eq, map(_SECOND, closed), itertools.repeat("map_key")))
+    if keys != sum(map(len, built)) and keys != sum(map(_fields, built)):
         strict = sendable_list()
         send = _YAJL.items_basecoro(strict, "item", map_type=FieldsOnce).send
         try:
@@ -294,6 +299,13 @@ def _no_field_twice(key: str, done: int, built: list, tail: list[tuple], chunk: 
         except DuplicateField as exc:
             raise BadBackup(f"{key}[{done + len(strict)}]: field {exc.args[0]!r} appears twice") from None
     return chunk[last_end + 1:] if last_end >= 0 else tail + chunk
+
+
+def _fields(record: Any) -> int:
+    """The fields of a record and of the objects in it."""
+    if type(record) is not dict:
+        return 0
+    return len(record) + sum(len(v) for v in record.values() if type(v) is dict)
 
 
 def _value(events: Iterator[tuple], key: str) -> Any:

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import BadBackup, corrupt_as_bad_backup
 from .tables import INT64, Column, Record, Table
+from .values import holds, tag_of, untagged
 
 BATCH = 2000
 
@@ -39,6 +40,15 @@ def _problem(column: Column, value: Any) -> str | None:
     """What is wrong with one value, or None; the slow path, run only once a record has failed the fast one."""
     if value is None:
         return None if column.nullable else f"{column.field} must not be null"
+    if type(value) is dict:
+        if tag_of(value) is None:
+            typed = " or a typed value ($blob, $text, $textBytes, $real)" if holds(column) else ""
+            return f"{column.field} must be {_WANTS[column.type]}{typed}, got an object"
+        try:
+            untagged(column, value)
+        except ValueError as exc:
+            return str(exc)
+        return None
     if type(value) not in _ACCEPTS[column.type]:
         return f"{column.field} must be {_WANTS[column.type]}, got {shown(value)}"
     if type(value) is int and not INT64[0] <= value <= INT64[1]:
@@ -94,7 +104,11 @@ def _checked_one(table: Table, columns: Sequence[Column], fields: frozenset, pla
     if ok:
         ok = all(_problem(c, record[c.field]) is None for c in exact)
     if not ok:
-        raise BadBackup(f"{table.key}[{index}]: {_record_problem(columns, record)}")
+        problem = _record_problem(columns, record)
+        if problem:
+            raise BadBackup(f"{table.key}[{index}]: {problem}")
+        record = {c.field: untagged(c, record[c.field]) if type(record[c.field]) is dict else record[c.field]
+                  for c in columns}      # the record was good: it holds typed values
     for field in reals:
         if type(record[field]) is Decimal:   # past FieldsOnce's guard against fields named twice
             dict.__setitem__(record, field, float(record[field]))

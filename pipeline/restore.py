@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 from contextlib import contextmanager, nullcontext
@@ -13,6 +14,7 @@ from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup
 from .formats import READERS, Section
 from .records import BATCH, batches, checked, rows_of, shown
 from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
+from .values import NeedsCast, RawText
 
 CONFLICT_MODES = ("skip", "replace", "fail")
 Progress = Callable[[int], None]
@@ -141,7 +143,7 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
             merging = any(before.values())
             for table, records in checked_sections(backup, progress):
                 report.records[table.key] = 0
-                sql = insert_sql(table, backup.minor, on_conflict if merging else "fail")
+                sql = functools.partial(insert_sql, table, backup.minor, on_conflict if merging else "fail")
                 for batch in batches(rows_of(table, backup.minor, records)):
                     _insert(conn, table, sql, batch, report.records[table.key], merging)
                     report.records[table.key] += len(batch)
@@ -162,10 +164,13 @@ def _with_empty_tables(report: Report, backup: Backup) -> Report:
     return report
 
 
-def insert_sql(table: Table, minor: int, on_conflict: str) -> str:
+def insert_sql(table: Table, minor: int, on_conflict: str, casts: Iterable[bool] = ()) -> str:
+    """INSERT for one row of the table's columns; where `casts` says so, the value is bytes to store as TEXT."""
     columns = [c.name for c in table.columns_in(minor)]
     quoted = ", ".join(f'"{c}"' for c in columns)
-    sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({", ".join("?" * len(columns))})'
+    casts = list(casts) or [False] * len(columns)
+    values = ", ".join("CAST(? AS TEXT)" if cast else "?" for cast in casts)
+    sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({values})'
     if on_conflict == "skip":
         return sql + " ON CONFLICT DO NOTHING"
     if on_conflict == "replace":
@@ -175,19 +180,26 @@ def insert_sql(table: Table, minor: int, on_conflict: str) -> str:
     return sql
 
 
-def _insert(conn: sqlite3.Connection, table: Table, sql: str, batch: list[tuple], start: int, merging: bool) -> None:
-    """executemany one batch; when the database rejects a row, find which one and say so."""
+def _insert(conn: sqlite3.Connection, table: Table, sql: Callable[..., str], batch: list[tuple], start: int,
+            merging: bool) -> None:
+    """executemany one batch. When the database rejects a row, insert them one by one to find which and say
+    so; when a row holds TEXT that is not UTF-8 (RawText refuses to be bound), to CAST its bytes."""
     conn.execute("SAVEPOINT batch")
     try:
-        conn.executemany(sql, batch)
-    except sqlite3.IntegrityError:
+        conn.executemany(sql(), batch)
+    except (sqlite3.IntegrityError, NeedsCast) as exc:
         conn.execute("ROLLBACK TO batch")
         for offset, row in enumerate(batch):
+            casts = [type(value) is RawText for value in row]
             try:
-                conn.execute(sql, row)
-            except sqlite3.IntegrityError as exc:
-                raise DatabaseProblem(f"{table.key}[{start + offset}]: {_explain(exc, merging)}") from exc
-        raise
+                if any(casts):
+                    conn.execute(sql(casts=casts), [bytes(v) if cast else v for v, cast in zip(row, casts)])
+                else:
+                    conn.execute(sql(), row)
+            except sqlite3.IntegrityError as error:
+                raise DatabaseProblem(f"{table.key}[{start + offset}]: {_explain(error, merging)}") from error
+        if isinstance(exc, sqlite3.IntegrityError):
+            raise        # the batch failed but no row alone did: not something to paper over
     conn.execute("RELEASE batch")
 
 

@@ -26,6 +26,7 @@ class Column:
     choices: tuple[str, ...] = ()              # mirrors a CHECK (col IN (...))
     between: tuple[float, float] | None = None  # mirrors a CHECK (col >= lo AND col <= hi)
     since: int = 0                             # the 1.x minor version whose files carry it
+    rowid: bool = False                        # INTEGER PRIMARY KEY: an alias of the rowid, integers only
     field: str = ""                            # the key in the file: the name in camelCase
 
     def __post_init__(self) -> None:
@@ -74,7 +75,7 @@ TABLES: tuple[Table, ...] = (
         text("updated_at", nullable=True, since=1),
     ), identity=("id",)),
     Table("messages", "messages_meta", (
-        integer("rowid", since=1),
+        integer("rowid", since=1, rowid=True),
         text("id"),
         text("session_id"),
         text("role", choices=("user", "assistant")),
@@ -92,7 +93,7 @@ TABLES: tuple[Table, ...] = (
         text("result", nullable=True),
     ), identity=("id",)),
     Table("entities", "entities", (
-        integer("id"),
+        integer("id", rowid=True),
         text("type", choices=("concept", "file", "decision", "term")),
         text("name"),
         text("metadata", nullable=True),
@@ -100,7 +101,7 @@ TABLES: tuple[Table, ...] = (
         text("created_at", nullable=True, since=1),
     ), identity=("id",)),
     Table("links", "links", (
-        integer("id", since=1),
+        integer("id", since=1, rowid=True),
         text("source_type", choices=("session", "message", "topic")),
         text("source_id"),
         text("target_type", choices=("session", "message", "topic")),
@@ -131,7 +132,7 @@ TABLES: tuple[Table, ...] = (
         integer("file_size", nullable=True),
     ), identity=("id",), since=1),
     Table("topics", "topics", (
-        integer("id"),
+        integer("id", rowid=True),
         text("name"),
         text("created_at", nullable=True),
     ), identity=("id",), since=1),

@@ -15,6 +15,7 @@ from pipeline.tables import TABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "fixtures" / "sample-1.0.json"
+TYPED_SAMPLE = ROOT / "fixtures" / "sample-typed-1.1.json"   # sample-1.0 with odd values (ODD_VALUES)
 COMPAT = ROOT.parent / "shared" / "compat"
 COMPAT_DB = COMPAT / "memory-nexus.db"
 COMPAT_EXPORT = COMPAT / "memory-nexus-export.json"
@@ -37,11 +38,12 @@ def snapshot(path: Path) -> dict:
         columns = ", ".join(f'"{c.name}", typeof("{c.name}")' for c in table.columns)
         state[table.name] = conn.execute(f'SELECT rowid, {columns} FROM "{table.name}" ORDER BY rowid').fetchall()
     state["sqlite_sequence"] = sorted(conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
-    conn.text_factory = str
+    conn.text_factory = lambda data: data.decode("utf-8", "replace")     # TEXT need not be UTF-8
     words = set()
     for (content,) in conn.execute("SELECT content FROM messages_meta UNION ALL SELECT summary FROM sessions "
-                                   "WHERE summary IS NOT NULL"):
-        words.update(re.findall(r"[A-Za-z]{4,}", content)[:20])
+                                   "WHERE typeof(summary) = 'text'"):
+        if isinstance(content, str):                                     # not a BLOB
+            words.update(re.findall(r"[A-Za-z]{4,}", content)[:20])
     for word in sorted(words):
         state[f"messages_fts:{word}"] = conn.execute(
             "SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rowid", (f'"{word}"',)).fetchall()

@@ -190,23 +190,6 @@ def test_foreign_keys_of_the_whole_database_are_checked_before_commit(tmp_path, 
     assert memory("import", "--db", sample_db, "--clear", SAMPLE).exit_code == 0   # --clear removes it
 
 
-@pytest.mark.parametrize("sql, message", [
-    ("UPDATE sessions SET message_count = 9e999 WHERE rowid = 1",
-     "sessions[0]: message_count is inf, which a JSON backup cannot hold; nothing was written"),
-    ("UPDATE messages_meta SET tool_use_ids = x'00ff' WHERE rowid = 2",
-     "messages_meta: a value is a BLOB, which a JSON backup cannot hold; nothing was written"),
-    ("UPDATE messages_meta SET content = CAST(x'61ff62' AS TEXT) WHERE rowid = 3",
-     "messages_meta[2]: Could not decode to UTF-8 column 'content' with text 'a\ufffdb'; nothing was written"),
-])
-def test_values_json_cannot_hold_are_refused_not_lost(tmp_path, sample_db, sql, message):
-    """Typed encoding of these (issue 4) is not built yet; until then, refuse: orjson would write inf as null."""
-    sqlite3.connect(sample_db, isolation_level=None).execute(sql)
-    (tmp_path / "b.json").write_bytes(b"the last good backup")
-    result = memory("export", "--db", sample_db, tmp_path / "b.json")
-    assert (result.exit_code, result.stderr) == (1, f"Error: {message}\n")
-    assert (tmp_path / "b.json").read_bytes() == b"the last good backup"
-
-
 def test_a_pure_python_ijson_is_warned_about_once(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_module, "IJSON_BACKEND", "python")
     monkeypatch.setattr(cli_module, "_warned", [])

@@ -1,17 +1,19 @@
 """Mutated backups hold one invariant: exit 0 with exactly the file's data, or exit 1 with one line and
 the database unchanged. No traceback, ever. MEMORY_FUZZ_EXAMPLES sets the count (scripts/torture.py: 10,000)."""
 
+import base64
 import json
 import os
 import shutil
 
-from conftest import SAMPLE, memory, snapshot
+from conftest import SAMPLE, TYPED_SAMPLE, memory, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bad_input import as_jsonl
 
 EXAMPLES = int(os.environ.get("MEMORY_FUZZ_EXAMPLES", "60"))
-SOURCES = {"json": SAMPLE.read_bytes(), "jsonl": as_jsonl(json.loads(SAMPLE.read_bytes()))}
+SOURCES = {"json": SAMPLE.read_bytes(), "jsonl": as_jsonl(json.loads(SAMPLE.read_bytes())),
+           "typed.json": TYPED_SAMPLE.read_bytes(), "typed.jsonl": as_jsonl(json.loads(TYPED_SAMPLE.read_bytes()))}
 
 
 @st.composite
@@ -44,7 +46,7 @@ def loads(data: bytes):
 
 def records_of(fmt: str, data: bytes) -> dict:
     """The records a valid file holds, per table, by the file's own reading."""
-    if fmt == "json":
+    if fmt.endswith("json"):
         doc = loads(data)
         return {k: v for k, v in doc.items() if isinstance(v, list)}
     tables: dict = {}
@@ -54,10 +56,29 @@ def records_of(fmt: str, data: bytes) -> dict:
     return tables
 
 
-def order(record: dict) -> str:
-    """A sort key alike for 0 and 0.0 (a REAL column stores the file's 0 as 0.0, rightly); rows are then
-    compared as values."""
-    return json.dumps({k: float(v) if type(v) in (int, float) else v for k, v in record.items()})
+def stored(value):
+    """A value of the file as SQLite stores it, so the file's form and the export's compare: a REAL column
+    keeps the file's 0 as 0.0 and an INTEGER column a typed 1e5 as 100000, rightly; typed values decoded."""
+    if isinstance(value, dict) and len(value) == 1:
+        (tag, inner), = value.items()
+        if tag == "$real":
+            value = float({"Infinity": "inf", "-Infinity": "-inf"}.get(inner, inner))
+        elif tag in ("$blob", "$textBytes"):
+            data = base64.b64decode(inner)
+            try:
+                return data.decode() if tag == "$textBytes" else ("blob", data)
+            except UnicodeDecodeError:
+                return ("text", data)
+        elif tag == "$text":
+            return inner
+    if type(value) is float and value.is_integer() and -2**63 <= value < 2**63:
+        return int(value)
+    return value
+
+
+def rows(records: list[dict], fields: list[str]) -> list[dict]:
+    """As rows, in any order: export lists them by rowid, which a mutated id can reorder."""
+    return sorted(({f: stored(r[f]) for f in fields} for r in records), key=repr)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -66,19 +87,18 @@ def test_mutated_file_imports_exactly_or_changes_nothing(tmp_path_factory, case)
     fmt, data = case
     folder = tmp_path_factory.mktemp("fuzz")
     db = folder / "target.db"
-    shutil.copy(SAMPLE.parent.parent / "fixtures" / "sample-1.0.json", folder / "same.json")
+    shutil.copy(SAMPLE, folder / "same.json")
     assert memory("import", "--db", db, folder / "same.json").exit_code == 0
     before = snapshot(db)
-    (folder / f"in.{fmt}").write_bytes(data)
-    result = memory("import", "--db", db, "--clear", folder / f"in.{fmt}")
+    name = "in." + fmt.rpartition(".")[2]
+    (folder / name).write_bytes(data)
+    result = memory("import", "--db", db, "--clear", folder / name)
     if result.exit_code == 0:
         memory("export", "--db", db, folder / "out.json")
         ours = json.loads((folder / "out.json").read_bytes())
         for key, records in records_of(fmt, data).items():
             fields = list(records[0]) if records else []
-            # as rows, in any order: export lists them by rowid, which a mutated id can reorder
-            assert sorted(({f: r[f] for f in fields} for r in ours[key]), key=order) == \
-                sorted(records, key=order), key
+            assert rows(ours[key], fields) == rows(records, fields), key
     else:
         assert result.exit_code == 1, result.output
         assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr

@@ -1,9 +1,11 @@
 """Export then import gives back the same database: every row, every type, both full-text indexes."""
 
 import json
+import sqlite3
 
 import pytest
-from conftest import COMPAT_DB, COMPAT_EXPORT, SAMPLE, make_database, memory, needs_compat, snapshot, values, without
+from conftest import (COMPAT_DB, COMPAT_EXPORT, SAMPLE, TYPED_SAMPLE, make_database, memory, needs_compat, snapshot,
+                      values, without)
 
 from pipeline.tables import TABLES
 
@@ -33,6 +35,81 @@ def test_sample_values_survive_two_round_trips_exactly(tmp_path, sample_db):
     assert values(state, "sessions", "message_count") == [(3, b"integer"), (2**63 - 1, b"integer")]
     assert values(state, "entities", "confidence") == [
         (0.30000000000000004, b"real"), (5e-324, b"real"), (None, b"null")]
+
+
+# Values that break naive tools: SQLite lets a column hold another storage class than its own, and TEXT
+# need not be UTF-8 (Python's sqlite3 raises when it fetches such TEXT). (SQL, the typed value in the file.)
+ODD_VALUES = [
+    ("UPDATE messages_meta SET tool_use_ids = x'00ff' WHERE rowid = 2", ("messages", 1, "toolUseIds"),
+     {"$blob": "AP8="}),
+    ("UPDATE messages_meta SET content = x'' WHERE rowid = 4", ("messages", 3, "content"), {"$blob": ""}),
+    ("UPDATE messages_meta SET content = CAST(x'61ff62' AS TEXT) WHERE rowid = 3", ("messages", 2, "content"),
+     {"$textBytes": "Yf9i"}),
+    ("UPDATE messages_meta SET id = CAST(x'c0af' AS TEXT) WHERE rowid = 5", ("messages", 4, "id"),
+     {"$textBytes": "wK8="}),                                         # an overlong '/'
+    ("UPDATE sessions SET project_name = CAST(x'eda080' AS TEXT) WHERE rowid = 2", ("sessions", 1, "projectName"),
+     {"$textBytes": "7aCA"}),                                         # a UTF-16 surrogate
+    ("UPDATE sessions SET summary = x'736f6d65' WHERE rowid = 1", ("sessions", 0, "summary"), {"$blob": "c29tZQ=="}),
+    ("UPDATE sessions SET message_count = 9e999 WHERE rowid = 1", ("sessions", 0, "messageCount"),
+     {"$real": "Infinity"}),
+    ("UPDATE sessions SET message_count = 'many' WHERE rowid = 2", ("sessions", 1, "messageCount"), {"$text": "many"}),
+    ("UPDATE session_entities SET frequency = -9e999 WHERE rowid = 1", ("sessionEntities", 0, "frequency"),
+     {"$real": "-Infinity"}),
+    ("UPDATE session_entities SET frequency = CAST(x'ff' AS TEXT) WHERE rowid = 2", ("sessionEntities", 1, "frequency"),
+     {"$textBytes": "/w=="}),
+    ("UPDATE extraction_state SET file_size = 1.5 WHERE rowid = 2", ("extractionStates", 1, "fileSize"),
+     {"$real": 1.5}),
+    ("UPDATE extraction_state SET messages_extracted = x'01' WHERE rowid = 1", ("extractionStates", 0,
+     "messagesExtracted"), {"$blob": "AQ=="}),
+    ("UPDATE entities SET metadata = x'7b7d' WHERE rowid = 1", ("entities", 0, "metadata"), {"$blob": "e30="}),
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_odd_values_round_trip_byte_for_byte_through_typed_values(tmp_path, sample_db, name):
+    """Every odd value at once, so the tables after a non-UTF-8 one are read as usual; then twice over."""
+    conn = sqlite3.connect(sample_db, isolation_level=None)
+    for sql, _, _ in ODD_VALUES:
+        assert conn.execute(sql).rowcount == 1
+    conn.close()
+    assert memory("export", "--db", sample_db, tmp_path / name).exit_code == 0
+    result = memory("import", "--db", tmp_path / "restored.db", tmp_path / name)
+    assert result.exit_code == 0, result.output
+    assert snapshot(tmp_path / "restored.db") == snapshot(sample_db)
+    assert memory("export", "--db", tmp_path / "restored.db", tmp_path / ("again-" + name)).exit_code == 0
+    assert memory("import", "--db", sample_db, "--clear", tmp_path / ("again-" + name)).exit_code == 0
+    assert snapshot(sample_db) == snapshot(tmp_path / "restored.db")
+    merged = memory("import", "--db", sample_db, "--yes", "--on-conflict", "replace", tmp_path / name)
+    assert merged.exit_code == 0, merged.output
+    assert snapshot(sample_db) == snapshot(tmp_path / "restored.db")
+
+
+def test_odd_values_are_written_as_documented_typed_values(tmp_path, sample_db):
+    conn = sqlite3.connect(sample_db, isolation_level=None)
+    for sql, _, _ in ODD_VALUES:
+        conn.execute(sql)
+    conn.close()
+    memory("export", "--db", sample_db, tmp_path / "b.json")
+    doc = json.loads((tmp_path / "b.json").read_bytes())
+    for _, (key, index, field), typed in ODD_VALUES:
+        assert doc[key][index][field] == typed
+    assert sum(json.dumps(doc[key]).count('"$') for key in doc if isinstance(doc[key], list)) == len(ODD_VALUES)
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_typed_sample_imports_and_exports_to_the_same_bytes(tmp_path, fmt):
+    """fixtures/sample-typed-1.1.json is ODD_VALUES applied to the sample, as memory exported it."""
+    source = TYPED_SAMPLE
+    if fmt == "jsonl":
+        memory("import", "--db", tmp_path / "first.db", TYPED_SAMPLE)
+        memory("export", "--db", tmp_path / "first.db", tmp_path / "typed.jsonl")
+        source = tmp_path / "typed.jsonl"
+    assert memory("import", "--db", tmp_path / "t.db", source).exit_code == 0
+    assert memory("export", "--db", tmp_path / "t.db", tmp_path / f"again.{fmt}").exit_code == 0
+    body = [line for line in source.read_bytes().splitlines() if b"exportedAt" not in line]
+    assert [line for line in (tmp_path / f"again.{fmt}").read_bytes().splitlines()
+            if b"exportedAt" not in line] == body
+    assert b"".join(body).count(b'{"$') == len(ODD_VALUES)
 
 
 def test_export_writes_version_stats_and_every_field(tmp_path, sample_db):
