@@ -2,6 +2,7 @@
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -123,6 +124,14 @@ def test_stats(tmp_path, sample_db):
     data = json.loads(memory("stats", "--db", sample_db, "--json").stdout)
     assert data["counts"]["messages"] == 5 and data["newestSession"] == "2026-11-02T14:00:00.000Z"
     assert data["bytes"] >= sample_db.stat().st_size
+
+
+@pytest.mark.parametrize("odd, shown", [("CAST(x'32303237ff' AS TEXT)", "2027\ufffd"), ("x'3230323801'", None)])
+def test_stats_shows_a_start_time_that_is_not_utf8_or_a_blob_without_failing(tmp_path, sample_db, odd, shown):
+    sqlite3.connect(sample_db, isolation_level=None).execute(f"UPDATE sessions SET start_time = {odd} WHERE rowid = 1")
+    result = memory("stats", "--db", sample_db, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["newestSession"] == (shown or "2026-11-02T14:00:00.000Z")
 
 
 def test_stats_of_a_missing_database(tmp_path):
