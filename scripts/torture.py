@@ -34,7 +34,7 @@ def main() -> None:
     runs = [
         (f"kill -9 at {args.kills} points in each of 4 cases (export; import merge, --clear, new path)",
          "tests/test_crash.py", {"MEMORY_CRASH_POINTS": str(args.kills)}),
-        (f"{args.fuzz:,} mutated files (flipped, deleted, inserted bytes, truncation; json and jsonl)",
+        (f"{args.fuzz:,} mutated files (flipped, deleted, inserted bytes, truncation; json and jsonl; the sample and the typed sample)",
          "tests/test_fuzz.py", {"MEMORY_FUZZ_EXAMPLES": str(args.fuzz)}),
         ("the bad-file corpus: hand-made cases and every 2% cut, by validate and import",
          "tests/test_bad_input.py", {}),
