@@ -17,7 +17,11 @@ from .tables import Column
 
 PLAIN = {"text": str, "integer": int, "real": float}     # what a column's own values are in Python
 INFINITIES = {math.inf: "Infinity", -math.inf: "-Infinity"}
+INFINITIES_BACK = {name: number for number, name in INFINITIES.items()}
 TAGS = {"$blob": "blob", "$text": "text", "$textBytes": "text", "$real": "real"}   # tag -> storage class
+# The storage classes SQLite keeps as they are under each column affinity (see `holds`).
+_OTHER_CLASSES = {"text": frozenset({"text", "blob"}), "integer": frozenset({"real", "text", "blob"}),
+                  "real": frozenset({"real", "text", "blob"})}
 
 
 class NeedsCast(Exception):
@@ -59,8 +63,7 @@ def holds(column: Column) -> frozenset[str]:
     keeps as it is under the column's affinity (a REAL put into a TEXT column would become text)."""
     if column.rowid or column.choices or column.between:
         return frozenset()
-    return frozenset({"text": ("text", "blob"), "integer": ("real", "text", "blob"),
-                      "real": ("real", "text", "blob")}[column.type])
+    return _OTHER_CLASSES[column.type]
 
 
 def untagged(column: Column, value: dict) -> Any:
@@ -93,5 +96,3 @@ def tag_of(value: dict) -> str | None:
     tag = next(iter(value), None) if len(value) == 1 else None
     return tag if tag in TAGS else None
 
-
-INFINITIES_BACK = {name: number for number, name in INFINITIES.items()}
