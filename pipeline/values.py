@@ -20,7 +20,7 @@ INFINITIES = {math.inf: "Infinity", -math.inf: "-Infinity"}
 INFINITIES_BACK = {name: number for number, name in INFINITIES.items()}
 TAGS = {"$blob": "blob", "$text": "text", "$textBytes": "text", "$real": "real"}   # tag -> storage class
 # The storage classes SQLite keeps as they are under each column affinity (see `holds`).
-_OTHER_CLASSES = {"text": frozenset({"text", "blob"}), "integer": frozenset({"real", "text", "blob"}),
+_KEPT = {"text": frozenset({"text", "blob"}), "integer": frozenset({"real", "text", "blob"}),
                   "real": frozenset({"real", "text", "blob"})}
 
 
@@ -63,7 +63,7 @@ def holds(column: Column) -> frozenset[str]:
     keeps as it is under the column's affinity (a REAL put into a TEXT column would become text)."""
     if column.rowid or column.choices or column.between:
         return frozenset()
-    return _OTHER_CLASSES[column.type]
+    return _KEPT[column.type]
 
 
 def untagged(column: Column, value: dict) -> Any:
