@@ -134,21 +134,10 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
     _warn_slow_parser()
     db_path = db_path.expanduser()
     shown = _Shown(quiet or as_json, plain_progress)
-    with _backup_in(input, fmt) as backup:
-        if db_path.exists():
-            with closing(open_for_writing(db_path)) as conn:
-                empty = not conn.execute("SELECT 1 FROM sqlite_master").fetchone()
-                if not empty:
-                    if not all(has_table(conn, t.name) for t in TABLES):
-                        raise Refused(f"{db_path} is not a memory database (no table {_missing_table(conn)})")
-                    _confirm_merge(conn, db_path, clear or yes, stdin_is_data=input == "-")
-                with _progress(sum(backup.stats.values()), "Importing", shown) as progress:
-                    report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=empty,
-                                  progress=progress)
-        else:
-            with new_database(db_path) as conn, \
-                    _progress(sum(backup.stats.values()), "Importing", shown) as progress:
-                report = load(conn, backup, on_conflict=on_conflict, create=True, progress=progress)
+    with _backup_in(input, fmt) as backup, \
+            _import_target(db_path, clear or yes, stdin_is_data=input == "-") as (conn, create), \
+            _progress(sum(backup.stats.values()), "Importing", shown) as progress:
+        report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=create, progress=progress)
     others = "replaced" if on_conflict == "replace" else "skipped"
     source = "stdin" if input == "-" else input
     _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(db_path),
@@ -293,6 +282,23 @@ def _backup_in(name: str, fmt: str | None) -> Iterator[Backup]:
         return
     with open(name, "rb") as raw:
         yield open_backup(decompressed_reader(raw), fmt)
+
+
+@contextmanager
+def _import_target(db_path: Path, merge_allowed: bool, stdin_is_data: bool) -> Iterator[tuple]:
+    """(connection, whether it needs the schema): a new database, which appears only once the import has
+    committed, or an existing one that is empty or a memory database, the merge agreed to."""
+    if not db_path.exists():
+        with new_database(db_path) as conn:
+            yield conn, True
+        return
+    with closing(open_for_writing(db_path)) as conn:
+        empty = not conn.execute("SELECT 1 FROM sqlite_master").fetchone()
+        if not empty:
+            if not all(has_table(conn, t.name) for t in TABLES):
+                raise Refused(f"{db_path} is not a memory database (no table {_missing_table(conn)})")
+            _confirm_merge(conn, db_path, merge_allowed, stdin_is_data)
+        yield conn, empty
 
 
 def _confirm_merge(conn, db_path: Path, allowed: bool, stdin_is_data: bool) -> None:
