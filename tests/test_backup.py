@@ -138,3 +138,53 @@ def test_stats_of_a_missing_database(tmp_path):
     result = memory("stats", "--db", tmp_path / "x.db")
     assert (result.exit_code, result.stderr) == (1, f"Error: no database at {tmp_path / 'x.db'}\n")
     assert not (tmp_path / "x.db").exists()
+
+
+def test_a_backup_named_in_the_future_is_warned_about_and_never_costs_the_new_one(tmp_path, sample_db):
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    future = folder / "memory-20990101T000000.000000Z.json.zst"
+    future.write_text("written while the clock said 2099")
+    for _ in range(2):
+        result = memory("backup", "--db", sample_db, "--keep", "1", folder)
+        assert result.exit_code == 0, result.output
+        path = own_backups(folder)[0]
+        assert result.stdout == f"{path}\n" and path.exists() and path != future
+        assert result.stderr == (f"warning: {future} is named for a time in the future; it is kept, not counted "
+                                 "among the --keep newest: was the clock wrong? Remove it once you no longer "
+                                 "need it\n")
+        assert sorted(own_backups(folder)) == sorted([path, future])
+        assert memory("validate", path).exit_code == 0
+
+
+def test_with_the_clock_set_back_the_new_backup_is_kept(tmp_path, sample_db):
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    later = datetime.now(timezone.utc) + timedelta(minutes=10)   # written before the clock went back
+    olds = [folder / backup_name("json", "zstd", later + timedelta(seconds=s)) for s in range(3)]
+    for old in olds:
+        old.write_text("old")
+    result = memory("backup", "--db", sample_db, "--keep", "3", "-q", folder)
+    assert result.exit_code == 0, result.output
+    new = folder / result.stdout.strip()
+    assert sorted(own_backups(folder)) == sorted([new, olds[1], olds[2]])
+    assert result.stderr == ""
+
+
+def test_concurrent_backups_into_one_folder_take_turns(tmp_path, sample_db):
+    folder = tmp_path / "backups"
+    env = {k: v for k, v in os.environ.items() if k != "MEMORY_DB"} | {"MEMORY_DB": str(sample_db)}
+    runs = [subprocess.Popen([sys.executable, "-m", "pipeline", "backup", "--keep", "1", str(folder)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env) for _ in range(8)]
+    outcomes = [(run.wait(timeout=120), run.stdout.read(), run.stderr.read()) for run in runs]
+    for run in runs:
+        run.stdout.close(), run.stderr.close()
+    assert [(code, err) for code, _, err in outcomes] == [(0, "")] * 8
+    printed = {out for _, out, _ in outcomes}
+    assert len(printed) == 8
+    (left,) = own_backups(folder)
+    assert f"{left}\n" in printed
+    assert memory("validate", left).exit_code == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted([left.name, ".memory-backup.lock"])
+    assert (folder / ".memory-backup.lock").stat().st_mode & 0o777 == 0o600
