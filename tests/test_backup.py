@@ -16,7 +16,8 @@ from pipeline.backup import backup_name, own_backups
 def test_backup_writes_a_validated_zstd_file_and_prints_its_path(tmp_path, sample_db):
     result = memory("backup", "--db", sample_db, tmp_path / "backups")
     assert result.exit_code == 0, result.output
-    (path,) = (tmp_path / "backups").iterdir()
+    (path,) = own_backups(tmp_path / "backups")
+    assert sorted(p.name for p in (tmp_path / "backups").iterdir()) == [".memory-backup.lock", path.name]
     assert result.stdout == f"{path}\n"
     assert path.name.startswith("memory-") and path.name.endswith(".json.zst")
     assert path.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
@@ -42,7 +43,7 @@ def test_rotation_keeps_exactly_n_and_never_touches_other_files(tmp_path, sample
     kept = own_backups(folder)
     assert [p.name for p in kept][:2] == [backup_name("json", "zstd", old + timedelta(days=d)) for d in (2, 3)]
     assert str(kept[-1]) == report["path"] and report["counts"]["messages"] == 5
-    assert sorted(p.name for p in folder.iterdir() if p not in kept) == sorted(others)
+    assert sorted(p.name for p in folder.iterdir() if p not in kept) == sorted(others + [".memory-backup.lock"])
     for name in others:
         assert (folder / name).read_text() == "not ours"
 
