@@ -182,7 +182,7 @@ def validate(input: str, fmt: str | None, ignore_checksum: bool, quiet: bool, as
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @db_option
 @click.option("--keep", type=click.IntRange(min=1), default=7, show_default=True,
-              help="How many of its own backups to keep in DIRECTORY; older ones are removed.")
+              help="How many of its own backups to keep in DIRECTORY, the new one included; older ones are removed.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
               help="json or jsonl.")
 @click.option("--compress", type=click.Choice(COMPRESSIONS), default="zstd", show_default=True,
@@ -195,8 +195,9 @@ def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, q
     """Write a new backup into DIRECTORY, check it, then drop the oldest beyond --keep.
 
     The file is memory-<UTC time>.json.zst (or as --format and --compress say), written atomically and
-    validated before any old backup is removed. Other files in DIRECTORY are never touched.
-    Exit 0 only when the new backup was written and validated.
+    validated, checksum included, before any old backup is removed. The new backup is never removed; one
+    named for a time in the future is warned about and kept. Other files in DIRECTORY are never touched.
+    Runs into one DIRECTORY take turns. Exit 0 only when the new backup was written and validated.
 
     \b
     Example (crontab, daily at 03:15):

@@ -1,5 +1,6 @@
 """`memory backup` and `memory stats` as cron runs them: rotation, zstd, exit statuses, no terminal."""
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -10,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from conftest import SAMPLE, memory, snapshot
 
-from pipeline.backup import backup_name, own_backups
+from pipeline.backup import backup_name, new_backup, own_backups, rotate
 
 
 def test_backup_writes_a_validated_zstd_file_and_prints_its_path(tmp_path, sample_db):
@@ -189,3 +190,36 @@ def test_concurrent_backups_into_one_folder_take_turns(tmp_path, sample_db):
     assert memory("validate", left).exit_code == 0
     assert sorted(p.name for p in folder.iterdir()) == sorted([left.name, ".memory-backup.lock"])
     assert (folder / ".memory-backup.lock").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("now_offset, keep, kept", [
+    # names are minutes 0..3 of the day, the new backup's minute 1; "now" is set relative to minute 3
+    (timedelta(0), 1, ["m1"]),
+    (timedelta(0), 2, ["m1", "m3"]),
+    (timedelta(0), 9, ["m0", "m1", "m2", "m3"]),
+    (-timedelta(minutes=59), 2, ["m1", "m3"]),               # m3 is 2 minutes ahead: within the tolerance
+    (-timedelta(hours=1, seconds=90), 1, ["m1", "m2", "m3"]),   # m2, m3 beyond it: kept, not counted
+    (-timedelta(hours=1, seconds=90), 2, ["m0", "m1", "m2", "m3"]),
+])
+def test_rotation_keeps_the_new_backup_and_the_newest_others_and_never_counts_future_names(
+        tmp_path, now_offset, keep, kept):
+    day = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    names = {f"m{i}": tmp_path / backup_name("json", "zstd", day + timedelta(minutes=i)) for i in range(4)}
+    for path in names.values():
+        path.write_text("x")
+    removed, future = rotate(tmp_path, keep, names["m1"], now=day + timedelta(minutes=3) + now_offset)
+    assert own_backups(tmp_path) == [names[k] for k in kept]
+    assert sorted(removed) == sorted(set(names.values()) - set(own_backups(tmp_path)))
+    assert future == ([names["m2"], names["m3"]] if now_offset < -timedelta(hours=1) else [])
+
+
+def test_the_backup_flow_runs_without_click_and_holds_the_folder_while_reporting(tmp_path, sample_db):
+    conn = sqlite3.connect(sample_db)
+    folder = tmp_path / "b"
+    with new_backup(conn, folder, keep=1, fmt="jsonl", compression="gzip") as done:
+        assert done.path.exists() and done.counts["messages"] == 5 and done.removed == []
+        fd = os.open(folder / ".memory-backup.lock", os.O_RDWR)
+        with pytest.raises(BlockingIOError):     # another run would wait here
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+    assert memory("validate", done.path).exit_code == 0
