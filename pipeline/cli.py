@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import sys
 import time
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import click
 
 from . import __version__
-from .backup import backup_name, rotate
+from .backup import new_backup
 from .database import (
     DEFAULT_PATH,
     counts,
@@ -24,10 +25,9 @@ from .database import (
     open_for_writing,
 )
 from .errors import PipelineError, Refused
-from .export import export as export_database
+from .export import export_to
 from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, decompressed_reader, format_from_name
-from .output import atomic_file, output_stack
-from .restore import CONFLICT_MODES, Backup, load, open_backup
+from .restore import CONFLICT_MODES, Backup, load, open_backup, opened
 from .restore import validate as validate_backup
 from .tables import TABLES
 
@@ -64,6 +64,9 @@ format_option = click.option(
     "--format", "fmt", type=click.Choice(FORMATS), help="json or jsonl, where the file name does not say.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print only the path; nothing else.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+ignore_checksum_option = click.option(
+    "--ignore-checksum", is_flag=True,
+    help="Read a file whose checksum no longer matches (or was removed), e.g. one you edited on purpose.")
 progress_option = click.option(
     "--progress", "plain_progress", is_flag=True,
     help="When stderr is not a terminal (cron), print a plain progress line to it every few seconds.")
@@ -99,8 +102,9 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, qu
     fmt, compression = _format(output, fmt, compress)
     conn = open_for_reading(db_path.expanduser())
     to_stdout = output == "-"
-    stats, size = _export_to(conn, None if to_stdout else Path(output), fmt, compression,
-                             _Shown(quiet or as_json, plain_progress))
+    progress = functools.partial(_progress, shown=_Shown(quiet or as_json, plain_progress))
+    stats, size = export_to(conn, None if to_stdout else Path(output), fmt, compression, progress,
+                            stream=sys.stdout.buffer if to_stdout else None)
     target = "stdout" if to_stdout else output
     _report(err=to_stdout, quiet=quiet, as_json=as_json, quiet_text=target,
             data={"path": target, "bytes": size, "format": fmt, "compression": compression, "counts": stats},
@@ -115,11 +119,12 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, qu
 @click.option("--yes", "-y", "--force", "yes", is_flag=True, help="Merge into a database that has data, without asking.")
 @click.option("--on-conflict", type=click.Choice(CONFLICT_MODES), default="skip", show_default=True,
               help="What a record does when its row is already there: skip it, replace the row, or fail.")
+@ignore_checksum_option
 @quiet_option
 @json_option
 @progress_option
 def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, on_conflict: str,
-            quiet: bool, as_json: bool, plain_progress: bool) -> None:
+            ignore_checksum: bool, quiet: bool, as_json: bool, plain_progress: bool) -> None:
     """Restore INPUT, a path or - for stdin, into the database, all or nothing.
 
     The header is checked before anything is written; every record is checked as it streams; one
@@ -134,7 +139,7 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
     _warn_slow_parser()
     db_path = db_path.expanduser()
     shown = _Shown(quiet or as_json, plain_progress)
-    with _backup_in(input, fmt) as backup, \
+    with _backup_in(input, fmt, ignore_checksum) as backup, \
             _import_target(db_path, clear or yes, stdin_is_data=input == "-") as (conn, create), \
             _progress(sum(backup.stats.values()), "Importing", shown) as progress:
         report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=create, progress=progress)
@@ -148,10 +153,12 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
 @cli.command()
 @click.argument("input")
 @format_option
+@ignore_checksum_option
 @quiet_option
 @json_option
 @progress_option
-def validate(input: str, fmt: str | None, quiet: bool, as_json: bool, plain_progress: bool) -> None:
+def validate(input: str, fmt: str | None, ignore_checksum: bool, quiet: bool, as_json: bool,
+             plain_progress: bool) -> None:
     """Check INPUT, a path or - for stdin, as import would, without touching any database.
 
     Exit 0 if every record passes; exit 1 with the first fault and where it is.
@@ -161,7 +168,7 @@ def validate(input: str, fmt: str | None, quiet: bool, as_json: bool, plain_prog
       memory validate ~/backups/memory.json.gz
     """
     _warn_slow_parser()
-    with _backup_in(input, fmt) as backup:
+    with _backup_in(input, fmt, ignore_checksum) as backup:
         with _progress(sum(backup.stats.values()), "Validating", _Shown(quiet or as_json, plain_progress)) \
                 as progress:
             report = validate_backup(backup, progress)
@@ -175,7 +182,7 @@ def validate(input: str, fmt: str | None, quiet: bool, as_json: bool, plain_prog
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @db_option
 @click.option("--keep", type=click.IntRange(min=1), default=7, show_default=True,
-              help="How many of its own backups to keep in DIRECTORY; older ones are removed.")
+              help="How many of its own backups to keep in DIRECTORY, the new one included; older ones are removed.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
               help="json or jsonl.")
 @click.option("--compress", type=click.Choice(COMPRESSIONS), default="zstd", show_default=True,
@@ -188,36 +195,23 @@ def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, q
     """Write a new backup into DIRECTORY, check it, then drop the oldest beyond --keep.
 
     The file is memory-<UTC time>.json.zst (or as --format and --compress say), written atomically and
-    validated before any old backup is removed. Other files in DIRECTORY are never touched.
-    Exit 0 only when the new backup was written and validated.
+    validated, checksum included, before any old backup is removed. The new backup is never removed; one
+    named for a time in the future is warned about and kept. Other files in DIRECTORY are never touched.
+    Runs into one DIRECTORY take turns. Exit 0 only when the new backup was written and validated.
 
     \b
     Example (crontab, daily at 03:15):
       15 3 * * * memory backup --keep 14 ~/backups/memory || echo "memory backup failed" | mail -s backup me
     """
     conn = open_for_reading(db_path.expanduser())
-    directory.mkdir(parents=True, exist_ok=True)
-    shown = _Shown(quiet or as_json, plain_progress)
-    for attempt in range(5):   # a name is taken only by a run in the same microsecond; take the next
-        path = directory / backup_name(fmt, compress)
-        try:
-            stats, size = _export_to(conn, path, fmt, compress, shown, replace=False)
-            break
-        except FileExistsError:
-            if attempt == 4:
-                raise
-    try:
-        with _backup_in(str(path), fmt) as written, _progress(sum(stats.values()), "Checking", shown) as progress:
-            report = validate_backup(written, progress)
-        if report.records != stats:
-            raise BackupFailed(f"{path} does not read back as written ({report.records} != {stats})")
-    except PipelineError as exc:
-        path.unlink(missing_ok=True)
-        raise BackupFailed(f"the new backup failed its check and was removed; no old backup was touched: {exc}")
-    removed = rotate(directory, keep)
-    _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(path),
-            data={"path": str(path), "bytes": size, "counts": stats, "removed": [str(p) for p in removed]},
-            text=str(path))
+    progress = functools.partial(_progress, shown=_Shown(quiet or as_json, plain_progress))
+    with new_backup(conn, directory, keep, fmt, compress, progress) as done:   # the folder stays locked
+        for warning in done.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(done.path),
+                data={"path": str(done.path), "bytes": done.bytes, "counts": done.counts,
+                      "removed": [str(p) for p in done.removed]},
+                text=str(done.path))
 
 
 @cli.command()
@@ -245,25 +239,6 @@ def stats(db_path: Path, as_json: bool) -> None:
 
 # ---- helpers of the commands ------------------------------------------------------------------------------
 
-class BackupFailed(PipelineError):
-    pass
-
-
-def _export_to(conn, path: Path | None, fmt: str, compression: str, shown: "_Shown",
-               replace: bool = True) -> tuple[dict[str, int], int]:
-    """Export to a file that appears whole or not at all (or to stdout, path None): (counts, bytes)."""
-    try:
-        with (nullcontext(sys.stdout.buffer) if path is None else atomic_file(path, replace)) as raw:
-            with output_stack(raw, compression) as (out, counted):
-                with _progress(sum(counts(conn).values()), "Exporting", shown) as progress:
-                    stats = export_database(conn, out, fmt, progress)
-    except OSError as exc:
-        if exc.filename is None and exc.errno is not None:   # a write failed: say which file
-            raise OSError(exc.errno, exc.strerror, "stdout" if path is None else str(path)) from exc
-        raise
-    return stats, counted.bytes
-
-
 def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]:
     named_fmt, named_compression = format_from_name(name) if name != "-" else ("json", "none")
     fmt = fmt or named_fmt
@@ -273,15 +248,15 @@ def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]
 
 
 @contextmanager
-def _backup_in(name: str, fmt: str | None) -> Iterator[Backup]:
+def _backup_in(name: str, fmt: str | None, ignore_checksum: bool) -> Iterator[Backup]:
     """The backup at `name` (a path, or - for stdin), its header read and checked, whatever it is compressed
     with; the format from --format, else from the name."""
     fmt = _format(name, fmt, None)[0]
     if name == "-":
-        yield open_backup(decompressed_reader(sys.stdin.buffer), fmt)
+        yield open_backup(decompressed_reader(sys.stdin.buffer), fmt, ignore_checksum)
         return
-    with open(name, "rb") as raw:
-        yield open_backup(decompressed_reader(raw), fmt)
+    with opened(Path(name), fmt, ignore_checksum) as backup:
+        yield backup
 
 
 @contextmanager

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
 from .database import counts, transaction
 from .formats import WRITERS
+from .output import atomic_file, output_stack
 from .records import records_of
 from .tables import FORMAT_VERSION, TABLES, Table
 from .values import INFINITIES, PLAIN, tagged, text_or_raw
@@ -63,6 +66,31 @@ def export(conn: sqlite3.Connection, out: IO[bytes], fmt: str,
         header = {"version": FORMAT_VERSION, "exportedAt": utc_now(), "stats": stats}
         WRITERS[fmt](out, header, sections, progress)
     return stats
+
+
+Progress = Callable[[int], None]
+ProgressFor = Callable[[int, str], AbstractContextManager[Progress]]   # (total, label) -> where to count
+
+
+def no_progress(total: int, label: str) -> AbstractContextManager[Progress]:
+    return nullcontext(lambda n: None)
+
+
+def export_to(conn: sqlite3.Connection, path: Path | None, fmt: str, compression: str,
+              progress: ProgressFor = no_progress, replace: bool = True,
+              stream: IO[bytes] | None = None) -> tuple[dict[str, int], int]:
+    """Export to a file that appears whole or not at all (or, with path None, to `stream`): (counts, bytes).
+    With replace=False an existing file is never replaced: FileExistsError."""
+    try:
+        with (nullcontext(stream) if path is None else atomic_file(path, replace)) as raw:
+            with output_stack(raw, compression) as (out, counted):
+                with progress(sum(counts(conn).values()), "Exporting") as step:
+                    stats = export(conn, out, fmt, step)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:   # a write failed: say which file
+            raise OSError(exc.errno, exc.strerror, "stdout" if path is None else str(path)) from exc
+        raise
+    return stats, counted.bytes
 
 
 def utc_now() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import gzip
 import io
@@ -19,10 +20,13 @@ from ijson.utils import sendable_list
 
 from . import records
 from .errors import BadBackup
+from .integrity import Summed, trailer
 from .tables import Record
 from .values import tagged
 
 Header = dict
+Ended = Callable[[Any], None]                # told the checksum at the end of the file, once all is read
+CHECKSUM = "checksum"                        # the key of the checksum, last in the file
 Section = Tuple[str, Iterator[Any]]          # (array key, its records as they stream)
 HEADER_KEYS = ("version", "exportedAt", "stats")
 FORMATS = ("json", "jsonl")
@@ -33,6 +37,10 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Imports are several times slower on a pure-Python backend; the CLI warns when this is not "yajl2_c".
 IJSON_BACKEND = ijson.backend
 _YAJL = ijson.get_backend(IJSON_BACKEND)
+
+
+def _nothing(checksum: Any) -> None:
+    return None
 
 
 def encode(value: Any, option: int = 0) -> bytes:
@@ -62,7 +70,8 @@ def compressed_writer(raw: IO[bytes], compression: str) -> IO[bytes]:
         return gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0)
     if compression == "zstd":
         import zstandard
-        return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False)
+        # The frame's own content checksum too: without it, flipped bytes can decompress to other data.
+        return zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(raw, closefd=False)
     return raw
 
 
@@ -124,27 +133,41 @@ class Decompressed(io.RawIOBase):
 def write_json(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Iterable[Record]]],
                progress: Callable[[int], None]) -> None:
     """One JSON document in memory-nexus's key order: the header first, then one array per table,
-    one record per line so the file reads and diffs well."""
-    out.write(b"{" + b",".join(encode(k) + b":" + encode(header[k]) for k in HEADER_KEYS))
-    for key, table_records in sections:
-        out.write(b",\n" + encode(key) + b":[")
-        separators = itertools.chain((b"\n",), itertools.repeat(b",\n"))
-        count = _write_each(out, (s + encode(r) for s, r in zip(separators, table_records)), progress)
-        out.write(b"\n]" if count else b"]")
-    out.write(b"}\n")
+    one record per line so the file reads and diffs well, and last the checksum of all that."""
+    with summed(out, "json") as out:
+        out.write(b"{" + b",".join(encode(k) + b":" + encode(header[k]) for k in HEADER_KEYS))
+        for key, table_records in sections:
+            out.write(b",\n" + encode(key) + b":[")
+            separators = itertools.chain((b"\n",), itertools.repeat(b",\n"))
+            count = _write_each(out, (s + encode(r) for s, r in zip(separators, table_records)), progress)
+            out.write(b"\n]" if count else b"]")
 
 
 def write_jsonl(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Iterable[Record]]],
                 progress: Callable[[int], None]) -> None:
-    """JSON Lines: the header, then {"table": key, "record": {...}} per record, then {"end": true},
-    so a file cut anywhere is told from a whole one."""
-    writer = jsonlines.Writer(out, dumps=encode)
-    writer.write({k: header[k] for k in HEADER_KEYS})
-    for key, table_records in sections:
-        lines = (encode({"table": key, "record": r}, orjson.OPT_APPEND_NEWLINE)
-                 for r in table_records)
-        _write_each(out, lines, progress)
-    writer.write({"end": True})
+    """JSON Lines: the header, then {"table": key, "record": {...}} per record, then {"end": true} with the
+    checksum of all that, so a file cut anywhere, or changed, is told from a whole one."""
+    with summed(out, "jsonl") as out:
+        out.write(encode({k: header[k] for k in HEADER_KEYS}, orjson.OPT_APPEND_NEWLINE))
+        for key, table_records in sections:
+            lines = (encode({"table": key, "record": r}, orjson.OPT_APPEND_NEWLINE)
+                     for r in table_records)
+            _write_each(out, lines, progress)
+
+
+@contextlib.contextmanager
+def summed(out: IO[bytes], fmt: str) -> Iterator[IO[bytes]]:
+    """What to write the body to; when the block ends well, the layout's trailer with the body's checksum.
+    The sum is taken under a 1 MiB buffer: per record it would cost more than the hashing itself."""
+    checksummed = Summed(out)
+    body = io.BufferedWriter(checksummed, buffer_size=1 << 20)
+    try:
+        yield body
+    except BaseException:
+        checksummed.out = None      # what the buffer still holds, flushed when it is collected, goes nowhere
+        raise
+    body.flush()
+    out.write(trailer(fmt, checksummed.value()))
 
 
 def _write_each(out: IO[bytes], chunks: Iterable[bytes], progress: Callable[[int], None]) -> int:
@@ -164,8 +187,9 @@ WRITERS = {"json": write_json, "jsonl": write_jsonl}
 
 # ---- reading ----------------------------------------------------------------------------------------------
 
-def read_json(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
-    """The header of a JSON backup, read before anything else, and the arrays that follow it as streams.
+def read_json(stream: IO[bytes], end: Ended = _nothing) -> tuple[Header, Iterator[Section]]:
+    """The header of a JSON backup, read before anything else, and the arrays that follow it as streams;
+    once the whole file is read, `end` is given the checksum that closes the document (None if none).
 
     Only the top level is walked in Python; each array's records are built by ijson's C backend."""
     # basic_parse, not parse: parse keeps a prefix string per level of nesting, so memory grows with the
@@ -181,7 +205,7 @@ def read_json(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
     header: Header = {}
     for event, key in events:
         if event == "end_map":
-            return header, iter(())
+            return header, _json_end(events, None, end)
         if key not in HEADER_KEYS:
             break
         if key in header:
@@ -193,19 +217,31 @@ def read_json(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
     if missing:
         raise BadBackup(f"no {missing[0]!r} in the header before the data starts at {key!r}: a backup begins with "
                         "version, exportedAt and stats (was it re-ordered, e.g. by jq -S?)")
-    return header, _json_sections(events, key)
+    return header, _json_sections(events, key, end)
 
 
-def _json_sections(events: Iterator[tuple], key: str) -> Iterator[Section]:
-    while True:
+def _json_sections(events: Iterator[tuple], key: str, end: Ended) -> Iterator[Section]:
+    while key != CHECKSUM:
         yield key, _array_items(events, key)
         event, key = next(events)
         if event == "end_map":
-            for _ in events:   # let the parser see anything after the document
-                raise BadBackup("data after the end of the JSON document")
+            yield from _json_end(events, None, end)
             return
         if key in HEADER_KEYS:
             raise BadBackup(f"{key!r} comes after the data; the header must come first")
+    checksum = _value(events, key)
+    event, key = next(events)
+    if event != "end_map":
+        raise BadBackup(f"{key!r} comes after the checksum; the checksum must be last")
+    yield from _json_end(events, checksum, end)
+
+
+def _json_end(events: Iterator[tuple], checksum: Any, end: Ended) -> Iterator[Section]:
+    """After the document's last brace: nothing may follow, and the whole file has then been read."""
+    for _ in events:   # let the parser see anything after the document
+        raise BadBackup("data after the end of the JSON document")
+    end(checksum)
+    yield from ()
 
 
 _DEPTH = {"start_map": 1, "start_array": 1, "end_map": -1, "end_array": -1}.get
@@ -324,8 +360,9 @@ def _value(events: Iterator[tuple], key: str) -> Any:
     raise BadBackup(f"the file ends inside {key!r}")
 
 
-def read_jsonl(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
-    """The header line of a JSON Lines backup, and its records grouped by table as they stream."""
+def read_jsonl(stream: IO[bytes], end: Ended = _nothing) -> tuple[Header, Iterator[Section]]:
+    """The header line of a JSON Lines backup, and its records grouped by table as they stream; once the
+    whole file is read, `end` is given the checksum of the end line (None if none)."""
     # json, not orjson: its object_pairs_hook lets a field named twice be refused (orjson keeps the last).
     lines = _lines(jsonlines.Reader(stream, loads=_LOADS))
     lineno, header = next(lines, (1, None))
@@ -336,7 +373,7 @@ def read_jsonl(stream: IO[bytes]) -> tuple[Header, Iterator[Section]]:
     unknown = [k for k in header if k not in HEADER_KEYS]
     if unknown:
         raise BadBackup(f"line 1: unknown header key {unknown[0]!r}")
-    tagged = _tagged(lines)
+    tagged = _tagged(lines, end)
     return header, ((key, (record for _, record in group))
                     for key, group in itertools.groupby(tagged, key=lambda pair: pair[0]))
 
@@ -355,13 +392,14 @@ def _lines(reader: jsonlines.Reader) -> Iterator[tuple[int, Any]]:
             raise
 
 
-def _tagged(lines: Iterator[tuple[int, Any]]) -> Iterator[tuple[str, Any]]:
+def _tagged(lines: Iterator[tuple[int, Any]], end: Ended) -> Iterator[tuple[str, Any]]:
     for lineno, line in lines:
         if type(line) is dict and line.keys() == {"table", "record"} and type(line["table"]) is str:
             yield line["table"], line["record"]
-        elif line == {"end": True}:
+        elif type(line) is dict and line.get("end") is True and line.keys() <= {"end", CHECKSUM}:
             for extra, _ in lines:
                 raise BadBackup(f"line {extra}: data after the end line")
+            end(line.get(CHECKSUM))
             return
         else:
             raise BadBackup(f'line {lineno}: expected {{"table": ..., "record": ...}} or {{"end": true}}')

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import functools
+import io
 import re
 import sqlite3
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
 from .database import IMPORT_CACHE_KIB, SUMMARY_ON_INSERT, counts, create_schema, derived_rebuilt, transaction
 from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup
-from .formats import READERS, Section
+from .formats import READERS, Section, decompressed_reader
+from .integrity import SINCE as CHECKSUM_SINCE
+from .integrity import Summing
 from .records import BATCH, batches, checked, rows_of, shown
 from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
 from .values import NeedsCast, RawText
@@ -45,11 +49,22 @@ class Report:
         return {k: n - self.inserted.get(k, 0) for k, n in self.records.items()}
 
 
-def open_backup(stream: IO[bytes], fmt: str) -> Backup:
-    """Read and check the header; nothing after it is read yet."""
+def open_backup(stream: IO[bytes], fmt: str, ignore_checksum: bool = False) -> Backup:
+    """Read and check the header; nothing after it is read yet. The checksum is checked when the sections
+    have been read to their end (a file of version 1.2 on must have one), unless `ignore_checksum`."""
+    summing = Summing(stream, fmt, ignore_checksum)
     with _located(lambda: "the header"):
-        header, sections = READERS[fmt](stream)
-    return Backup(header, check_header(header), sections, arrays_required=fmt == "json")
+        header, sections = READERS[fmt](io.BufferedReader(summing, 1 << 16), summing.end)
+    minor = check_header(header)
+    summing.required = minor >= CHECKSUM_SINCE
+    return Backup(header, minor, sections, arrays_required=fmt == "json")
+
+
+@contextmanager
+def opened(path: Path, fmt: str, ignore_checksum: bool = False) -> Iterator[Backup]:
+    """The backup at `path`, its header read and checked, whatever it is compressed with."""
+    with open(path, "rb") as raw:
+        yield open_backup(decompressed_reader(raw), fmt, ignore_checksum)
 
 
 def check_header(header: dict) -> int:

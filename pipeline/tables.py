@@ -8,7 +8,7 @@ from typing import Any, Dict
 Record = Dict[str, Any]
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1          # 1.0 is memory-nexus 0.1.2's; 1.1 adds what 1.0 leaves out
+FORMAT_MINOR = 2          # 1.0 is memory-nexus 0.1.2's; 1.1 adds what 1.0 leaves out; 1.2 adds the checksum
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 INT64 = (-(2**63), 2**63 - 1)
 

@@ -1,5 +1,6 @@
 """`memory backup` and `memory stats` as cron runs them: rotation, zstd, exit statuses, no terminal."""
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -10,13 +11,14 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from conftest import SAMPLE, memory, snapshot
 
-from pipeline.backup import backup_name, own_backups
+from pipeline.backup import backup_name, new_backup, own_backups, rotate
 
 
 def test_backup_writes_a_validated_zstd_file_and_prints_its_path(tmp_path, sample_db):
     result = memory("backup", "--db", sample_db, tmp_path / "backups")
     assert result.exit_code == 0, result.output
-    (path,) = (tmp_path / "backups").iterdir()
+    (path,) = own_backups(tmp_path / "backups")
+    assert sorted(p.name for p in (tmp_path / "backups").iterdir()) == [".memory-backup.lock", path.name]
     assert result.stdout == f"{path}\n"
     assert path.name.startswith("memory-") and path.name.endswith(".json.zst")
     assert path.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
@@ -42,7 +44,7 @@ def test_rotation_keeps_exactly_n_and_never_touches_other_files(tmp_path, sample
     kept = own_backups(folder)
     assert [p.name for p in kept][:2] == [backup_name("json", "zstd", old + timedelta(days=d)) for d in (2, 3)]
     assert str(kept[-1]) == report["path"] and report["counts"]["messages"] == 5
-    assert sorted(p.name for p in folder.iterdir() if p not in kept) == sorted(others)
+    assert sorted(p.name for p in folder.iterdir() if p not in kept) == sorted(others + [".memory-backup.lock"])
     for name in others:
         assert (folder / name).read_text() == "not ours"
 
@@ -138,3 +140,86 @@ def test_stats_of_a_missing_database(tmp_path):
     result = memory("stats", "--db", tmp_path / "x.db")
     assert (result.exit_code, result.stderr) == (1, f"Error: no database at {tmp_path / 'x.db'}\n")
     assert not (tmp_path / "x.db").exists()
+
+
+def test_a_backup_named_in_the_future_is_warned_about_and_never_costs_the_new_one(tmp_path, sample_db):
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    future = folder / "memory-20990101T000000.000000Z.json.zst"
+    future.write_text("written while the clock said 2099")
+    for _ in range(2):
+        result = memory("backup", "--db", sample_db, "--keep", "1", folder)
+        assert result.exit_code == 0, result.output
+        path = own_backups(folder)[0]
+        assert result.stdout == f"{path}\n" and path.exists() and path != future
+        assert result.stderr == (f"warning: {future} is named for a time in the future; it is kept, not counted "
+                                 "among the --keep newest: was the clock wrong? Remove it once you no longer "
+                                 "need it\n")
+        assert sorted(own_backups(folder)) == sorted([path, future])
+        assert memory("validate", path).exit_code == 0
+
+
+def test_with_the_clock_set_back_the_new_backup_is_kept(tmp_path, sample_db):
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    later = datetime.now(timezone.utc) + timedelta(minutes=10)   # written before the clock went back
+    olds = [folder / backup_name("json", "zstd", later + timedelta(seconds=s)) for s in range(3)]
+    for old in olds:
+        old.write_text("old")
+    result = memory("backup", "--db", sample_db, "--keep", "3", "-q", folder)
+    assert result.exit_code == 0, result.output
+    new = folder / result.stdout.strip()
+    assert sorted(own_backups(folder)) == sorted([new, olds[1], olds[2]])
+    assert result.stderr == ""
+
+
+def test_concurrent_backups_into_one_folder_take_turns(tmp_path, sample_db):
+    folder = tmp_path / "backups"
+    env = {k: v for k, v in os.environ.items() if k != "MEMORY_DB"} | {"MEMORY_DB": str(sample_db)}
+    runs = [subprocess.Popen([sys.executable, "-m", "pipeline", "backup", "--keep", "1", str(folder)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env) for _ in range(8)]
+    outcomes = [(run.wait(timeout=120), run.stdout.read(), run.stderr.read()) for run in runs]
+    for run in runs:
+        run.stdout.close(), run.stderr.close()
+    assert [(code, err) for code, _, err in outcomes] == [(0, "")] * 8
+    printed = {out for _, out, _ in outcomes}
+    assert len(printed) == 8
+    (left,) = own_backups(folder)
+    assert f"{left}\n" in printed
+    assert memory("validate", left).exit_code == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted([left.name, ".memory-backup.lock"])
+    assert (folder / ".memory-backup.lock").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("now_offset, keep, kept", [
+    # names are minutes 0..3 of the day, the new backup's minute 1; "now" is set relative to minute 3
+    (timedelta(0), 1, ["m1"]),
+    (timedelta(0), 2, ["m1", "m3"]),
+    (timedelta(0), 9, ["m0", "m1", "m2", "m3"]),
+    (-timedelta(minutes=59), 2, ["m1", "m3"]),               # m3 is 2 minutes ahead: within the tolerance
+    (-timedelta(hours=1, seconds=90), 1, ["m1", "m2", "m3"]),   # m2, m3 beyond it: kept, not counted
+    (-timedelta(hours=1, seconds=90), 2, ["m0", "m1", "m2", "m3"]),
+])
+def test_rotation_keeps_the_new_backup_and_the_newest_others_and_never_counts_future_names(
+        tmp_path, now_offset, keep, kept):
+    day = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    names = {f"m{i}": tmp_path / backup_name("json", "zstd", day + timedelta(minutes=i)) for i in range(4)}
+    for path in names.values():
+        path.write_text("x")
+    removed, future = rotate(tmp_path, keep, names["m1"], now=day + timedelta(minutes=3) + now_offset)
+    assert own_backups(tmp_path) == [names[k] for k in kept]
+    assert sorted(removed) == sorted(set(names.values()) - set(own_backups(tmp_path)))
+    assert future == ([names["m2"], names["m3"]] if now_offset < -timedelta(hours=1) else [])
+
+
+def test_the_backup_flow_runs_without_click_and_holds_the_folder_while_reporting(tmp_path, sample_db):
+    conn = sqlite3.connect(sample_db)
+    folder = tmp_path / "b"
+    with new_backup(conn, folder, keep=1, fmt="jsonl", compression="gzip") as done:
+        assert done.path.exists() and done.counts["messages"] == 5 and done.removed == []
+        fd = os.open(folder / ".memory-backup.lock", os.O_RDWR)
+        with pytest.raises(BlockingIOError):     # another run would wait here
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+    assert memory("validate", done.path).exit_code == 0

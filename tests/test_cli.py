@@ -98,7 +98,7 @@ def test_quiet_and_json_reports(tmp_path, sample_db):
     assert as_json["counts"]["messages"] == 5 and as_json["format"] == "jsonl"
     assert as_json["bytes"] == (tmp_path / "b.jsonl").stat().st_size
     checked = json.loads(memory("validate", "--json", tmp_path / "b.jsonl").stdout)
-    assert checked == {"path": str(tmp_path / "b.jsonl"), "valid": True, "version": "1.1",
+    assert checked == {"path": str(tmp_path / "b.jsonl"), "valid": True, "version": "1.2",
                        "counts": as_json["counts"]}
     assert memory("validate", "-q", SAMPLE).stdout == f"{SAMPLE}\n"
     imported = json.loads(memory("import", "--db", tmp_path / "n.db", "--json", SAMPLE).stdout)
