@@ -24,11 +24,13 @@ from .database import (
     open_for_writing,
 )
 from .errors import PipelineError, Refused
+from .export import Exported
 from .export import export as export_database
 from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, decompressed_reader, format_from_name
 from .output import atomic_file, output_stack
 from .restore import CONFLICT_MODES, Backup, load, open_backup
 from .restore import validate as validate_backup
+from .schema_check import check_for_import
 from .tables import TABLES
 
 
@@ -64,6 +66,10 @@ format_option = click.option(
     "--format", "fmt", type=click.Choice(FORMATS), help="json or jsonl, where the file name does not say.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print only the path; nothing else.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+skip_unknown_option = click.option(
+    "--skip-unknown", is_flag=True,
+    help="Back up even though the database has columns or tables (holding rows) that memory-nexus 0.1.2's "
+         "schema has not; they are left out, and the report names them.")
 progress_option = click.option(
     "--progress", "plain_progress", is_flag=True,
     help="When stderr is not a terminal (cron), print a plain progress line to it every few seconds.")
@@ -81,11 +87,13 @@ def cli() -> None:
 @format_option
 @click.option("--compress", type=click.Choice(COMPRESSIONS),
               help="gzip, zstd or none, where the file name does not say (.gz, .zst).")
+@skip_unknown_option
+@click.option("--check", is_flag=True, help="Run PRAGMA quick_check in the export's read transaction first.")
 @quiet_option
 @json_option
 @progress_option
-def export(output: str, db_path: Path, fmt: str | None, compress: str | None, quiet: bool, as_json: bool,
-           plain_progress: bool) -> None:
+def export(output: str, db_path: Path, fmt: str | None, compress: str | None, skip_unknown: bool, check: bool,
+           quiet: bool, as_json: bool, plain_progress: bool) -> None:
     """Back up the database to OUTPUT, a path or - for stdout.
 
     The format comes from the name: .json, .jsonl, each optionally .gz or .zst.
@@ -99,12 +107,13 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, qu
     fmt, compression = _format(output, fmt, compress)
     conn = open_for_reading(db_path.expanduser())
     to_stdout = output == "-"
-    stats, size = _export_to(conn, None if to_stdout else Path(output), fmt, compression,
-                             _Shown(quiet or as_json, plain_progress))
+    exported, size = _export_to(conn, None if to_stdout else Path(output), fmt, compression,
+                                _Shown(quiet or as_json, plain_progress), skip_unknown=skip_unknown, check=check)
     target = "stdout" if to_stdout else output
     _report(err=to_stdout, quiet=quiet, as_json=as_json, quiet_text=target,
-            data={"path": target, "bytes": size, "format": fmt, "compression": compression, "counts": stats},
-            text=f"Exported {_counts(stats)} to {target} ({_size(size)})")
+            data={"path": target, "bytes": size, "format": fmt, "compression": compression,
+                  "counts": exported.counts, "leftOut": exported.left_out},
+            text=f"Exported {_counts(exported.counts)} to {target} ({_size(size)}){_left_out(exported)}")
 
 
 @cli.command(name="import")
@@ -135,7 +144,7 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
     db_path = db_path.expanduser()
     shown = _Shown(quiet or as_json, plain_progress)
     with _backup_in(input, fmt) as backup, \
-            _import_target(db_path, clear or yes, stdin_is_data=input == "-") as (conn, create), \
+            _import_target(db_path, clear, clear or yes, stdin_is_data=input == "-") as (conn, create), \
             _progress(sum(backup.stats.values()), "Importing", shown) as progress:
         report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=create, progress=progress)
     others = "replaced" if on_conflict == "replace" else "skipped"
@@ -180,14 +189,16 @@ def validate(input: str, fmt: str | None, quiet: bool, as_json: bool, plain_prog
               help="json or jsonl.")
 @click.option("--compress", type=click.Choice(COMPRESSIONS), default="zstd", show_default=True,
               help="zstd, gzip or none (zstd: see BENCHMARKS.md for why).")
+@skip_unknown_option
 @quiet_option
 @json_option
 @progress_option
-def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, quiet: bool, as_json: bool,
-           plain_progress: bool) -> None:
+def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, skip_unknown: bool, quiet: bool,
+           as_json: bool, plain_progress: bool) -> None:
     """Write a new backup into DIRECTORY, check it, then drop the oldest beyond --keep.
 
-    The file is memory-<UTC time>.json.zst (or as --format and --compress say), written atomically and
+    The database is checked first (PRAGMA quick_check, in the backup's read transaction). The file is
+    memory-<UTC time>.json.zst (or as --format and --compress say), written atomically and
     validated before any old backup is removed. Other files in DIRECTORY are never touched.
     Exit 0 only when the new backup was written and validated.
 
@@ -201,7 +212,9 @@ def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, q
     for attempt in range(5):   # a name is taken only by a run in the same microsecond; take the next
         path = directory / backup_name(fmt, compress)
         try:
-            stats, size = _export_to(conn, path, fmt, compress, shown, replace=False)
+            exported, size = _export_to(conn, path, fmt, compress, shown, replace=False,
+                                        skip_unknown=skip_unknown, check=True)
+            stats = exported.counts
             break
         except FileExistsError:
             if attempt == 4:
@@ -216,8 +229,9 @@ def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, q
         raise BackupFailed(f"the new backup failed its check and was removed; no old backup was touched: {exc}")
     removed = rotate(directory, keep)
     _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(path),
-            data={"path": str(path), "bytes": size, "counts": stats, "removed": [str(p) for p in removed]},
-            text=str(path))
+            data={"path": str(path), "bytes": size, "counts": stats, "leftOut": exported.left_out,
+                  "removed": [str(p) for p in removed]},
+            text=f"{path}{_left_out(exported)}")
 
 
 @cli.command()
@@ -250,18 +264,22 @@ class BackupFailed(PipelineError):
 
 
 def _export_to(conn, path: Path | None, fmt: str, compression: str, shown: "_Shown",
-               replace: bool = True) -> tuple[dict[str, int], int]:
-    """Export to a file that appears whole or not at all (or to stdout, path None): (counts, bytes)."""
+               replace: bool = True, **checks: bool) -> tuple[Exported, int]:
+    """Export to a file that appears whole or not at all (or to stdout, path None): (what, bytes)."""
     try:
         with (nullcontext(sys.stdout.buffer) if path is None else atomic_file(path, replace)) as raw:
             with output_stack(raw, compression) as (out, counted):
                 with _progress(sum(counts(conn).values()), "Exporting", shown) as progress:
-                    stats = export_database(conn, out, fmt, progress)
+                    exported = export_database(conn, out, fmt, progress, **checks)
     except OSError as exc:
         if exc.filename is None and exc.errno is not None:   # a write failed: say which file
             raise OSError(exc.errno, exc.strerror, "stdout" if path is None else str(path)) from exc
         raise
-    return stats, counted.bytes
+    return exported, counted.bytes
+
+
+def _left_out(exported: Exported) -> str:
+    return f"; left out, as --skip-unknown asked: {', '.join(exported.left_out)}" if exported.left_out else ""
 
 
 def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]:
@@ -285,9 +303,10 @@ def _backup_in(name: str, fmt: str | None) -> Iterator[Backup]:
 
 
 @contextmanager
-def _import_target(db_path: Path, merge_allowed: bool, stdin_is_data: bool) -> Iterator[tuple]:
+def _import_target(db_path: Path, clear: bool, merge_allowed: bool, stdin_is_data: bool) -> Iterator[tuple]:
     """(connection, whether it needs the schema): a new database, which appears only once the import has
-    committed, or an existing one that is empty or a memory database, the merge agreed to."""
+    committed, or an existing one that is empty or a memory database whose schema takes the import, the
+    merge agreed to."""
     if not db_path.exists():
         with new_database(db_path) as conn:
             yield conn, True
@@ -297,6 +316,7 @@ def _import_target(db_path: Path, merge_allowed: bool, stdin_is_data: bool) -> I
         if not empty:
             if not all(has_table(conn, t.name) for t in TABLES):
                 raise Refused(f"{db_path} is not a memory database (no table {_missing_table(conn)})")
+            check_for_import(conn, clear)
             _confirm_merge(conn, db_path, merge_allowed, stdin_is_data)
         yield conn, empty
 
