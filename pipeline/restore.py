@@ -25,6 +25,7 @@ from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
 from .values import NeedsCast, RawText
 
 CONFLICT_MODES = ("skip", "replace", "fail")
+NOTHING_IMPORTED = "; nothing was imported"
 Progress = Callable[[int], None]
 
 
@@ -145,7 +146,8 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
         bulk = clear or not conn.execute("SELECT 1 FROM messages_meta LIMIT 1").fetchone()
         with derived_rebuilt(conn) if bulk else nullcontext():
             if clear:
-                _clear(conn)
+                with database_faults(conn, "emptying the database (--clear)", NOTHING_IMPORTED):
+                    _clear(conn)
             before = counts(conn)
             # Into an empty database nothing can collide but the file with itself: that is a bad file.
             merging = any(before.values())
@@ -155,7 +157,8 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
                 for batch in batches(rows_of(table, backup.minor, records)):
                     _insert(conn, table, sql, batch, report.records[table.key], on_conflict if merging else None)
                     report.records[table.key] += len(batch)
-        _check_foreign_keys(conn)
+        with database_faults(conn, "checking foreign keys", NOTHING_IMPORTED):
+            _check_foreign_keys(conn)
         after = counts(conn)
         report.inserted = {k: after[k] - before[k] for k in report.records}
         if not merging:
@@ -253,6 +256,6 @@ def _position(report: Report) -> Callable[[], str]:
 
 @contextmanager
 def _located(where: Callable[[], str], conn: sqlite3.Connection | None = None) -> Iterator[None]:
-    faults = database_faults(conn, where, "; nothing was imported") if conn else nullcontext()
+    faults = database_faults(conn, where, NOTHING_IMPORTED) if conn else nullcontext()
     with corrupt_as_bad_backup(where), faults:
         yield
