@@ -206,7 +206,8 @@ def database_summary(conn: sqlite3.Connection, path: Path) -> dict:
     """Rows per table, bytes on disk (with the WAL), and the newest session's start time."""
     size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
     # Shown, not restored: TEXT that is not UTF-8 is shown with U+FFFD; typed oddities are left out.
-    newest = conn.execute("SELECT CAST(max(start_time) AS BLOB) FROM sessions WHERE typeof(start_time) = 'text'"
-                          ).fetchone()[0]
+    with database_faults(conn, "the newest session"):
+        newest = conn.execute("SELECT CAST(max(s.start_time) AS BLOB) FROM sessions AS s "
+                              "WHERE typeof(s.start_time) = 'text'").fetchone()[0]
     newest = newest.decode("utf-8", "replace") if newest is not None else None
     return {"path": str(path), "bytes": size, "counts": counts(conn), "newestSession": newest}

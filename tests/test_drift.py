@@ -183,3 +183,11 @@ def test_a_merge_that_breaks_another_tables_foreign_key_is_one_line_and_changes_
                             "the database nor earlier in the file, or a row of another table points at the row " \
                             "it would replace\n"
     assert db.read_bytes() == before
+
+
+def test_stats_of_a_database_without_a_column_it_shows_is_one_line(tmp_path):
+    db = altered(make_database(tmp_path / "x.db"), "DROP INDEX idx_sessions_start_time",
+                 "ALTER TABLE sessions DROP COLUMN start_time")
+    result = memory("stats", "--db", db)
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        1, "", "Error: the newest session: no such column: s.start_time\n")
