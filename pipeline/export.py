@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Callable, Iterable, Iterator
 
-from .database import counts, damaged, quick_check, database_faults, transaction
+from .database import counts, damaged, database_faults, quick_check, transaction
 from .formats import WRITERS
 from .records import records_of
 from .schema_check import check_for_export

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Iterator
 
+from .database import database_faults
 from .errors import Refused
 from .tables import TABLES, Table
 
@@ -69,8 +70,9 @@ def beyond_schema(conn: sqlite3.Connection) -> list[str]:
 def check_for_export(conn: sqlite3.Connection, skip_unknown: bool) -> list[str]:
     """Before reading: refuse a known column missing; refuse data a backup would leave out unless
     `skip_unknown`, and then return it, so the report can say what was left out."""
-    refuse_missing_columns(conn)
-    left_out = beyond_schema(conn)
+    with database_faults(conn, "checking the schema"):
+        refuse_missing_columns(conn)
+        left_out = beyond_schema(conn)
     if left_out and not skip_unknown:
         raise Refused(f"the database holds what {SCHEMA}'s schema has not, and a backup would leave it out: "
                       f"{', '.join(left_out)}; pass {SKIP_OPTION} to back up without it")
@@ -81,9 +83,13 @@ def check_for_import(conn: sqlite3.Connection, clear: bool) -> None:
     """Before writing into an existing memory database: refuse a known column missing; with --clear, refuse
     what emptying the known tables would take with them (their unknown columns) or break (other tables
     pointing at them by a foreign key: ON DELETE CASCADE would empty those too)."""
-    refuse_missing_columns(conn)
-    if not clear:
-        return
+    with database_faults(conn, "checking the schema"):
+        refuse_missing_columns(conn)
+        if clear:
+            _refuse_what_clear_would_take(conn)
+
+
+def _refuse_what_clear_would_take(conn: sqlite3.Connection) -> None:
     extra = next(unknown_columns(conn), None)
     if extra:
         raise Refused(f"{extra}: --clear would empty this column, which is not {SCHEMA}'s and no backup holds; "
