@@ -31,10 +31,15 @@ def test_a_missing_known_column_is_refused_by_name_not_written_as_its_name(tmp_p
     db = altered(make_database(tmp_path / "x.db"), "ALTER TABLE sessions DROP COLUMN updated_at")
     before = db.read_bytes()
     out = tmp_path / ("out.json" if command == "export" else "backups")
+    if command == "export":
+        out.write_bytes(b"the old backup")
     result = memory(command, "--db", db, "--skip-unknown", out)
     assert (result.exit_code, result.stdout, result.stderr) == (
         1, "", f"Error: sessions: column updated_at is missing: {NOT_OURS}\n")
-    assert files(tmp_path) == (["x.db"] if command == "export" else ["backups", "x.db"])
+    if command == "export":
+        assert out.read_bytes() == b"the old backup" and files(tmp_path) == ["out.json", "x.db"]
+    else:
+        assert files(tmp_path) == ["backups", "x.db"] and files(out) == []
     assert db.read_bytes() == before
 
 
