@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import PipelineError
-from .export import ProgressFor, export_to, no_progress
+from .export import Exported, ProgressFor, export_to, no_progress
 from .restore import opened, validate
 
 EXTENSIONS = {("json", "none"): ".json", ("json", "gzip"): ".json.gz", ("json", "zstd"): ".json.zst",
@@ -39,6 +39,7 @@ class Done:
     bytes: int
     counts: dict[str, int]
     removed: list[Path] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)     # what --skip-unknown left out
     warnings: list[str] = field(default_factory=list)
 
 
@@ -84,13 +85,15 @@ def folder_lock(directory: Path) -> Iterator[None]:
 
 @contextmanager
 def new_backup(conn: sqlite3.Connection, directory: Path, keep: int, fmt: str, compression: str,
-               progress: ProgressFor = no_progress, now: datetime | None = None) -> Iterator[Done]:
+               progress: ProgressFor = no_progress, now: datetime | None = None,
+               skip_unknown: bool = False) -> Iterator[Done]:
     """Write a new backup into `directory`, read it back through every check (the checksum included), and
     only then rotate. The folder stays locked until the block ends, so what it reports of the new backup
     holds while it reports it: no other run can remove it before."""
     directory.mkdir(parents=True, exist_ok=True)
     with folder_lock(directory):
-        path, stats, size = _written(conn, directory, fmt, compression, progress, now)
+        path, exported, size = _written(conn, directory, fmt, compression, progress, now, skip_unknown)
+        stats = exported.counts
         try:
             with opened(path, fmt) as written, progress(sum(stats.values()), "Checking") as step:
                 report = validate(written, step)
@@ -101,18 +104,20 @@ def new_backup(conn: sqlite3.Connection, directory: Path, keep: int, fmt: str, c
             raise BackupFailed("the new backup failed its check and was removed; no old backup was touched: "
                                f"{exc}") from exc
         removed, future = rotate(directory, keep, path, now)
-        yield Done(path, size, stats, removed, [
+        yield Done(path, size, stats, removed, exported.left_out, [
             f"{p} is named for a time in the future; it is kept, not counted among the --keep newest: was the "
             "clock wrong? Remove it once you no longer need it" for p in future])
 
 
 def _written(conn: sqlite3.Connection, directory: Path, fmt: str, compression: str, progress: ProgressFor,
-             now: datetime | None) -> tuple[Path, dict[str, int], int]:
+             now: datetime | None, skip_unknown: bool) -> tuple[Path, Exported, int]:
+    """The new backup, written under a name no other has; the database is checked first (quick_check)."""
     tries = 5      # a name is taken only by a run in the same microsecond (or a clock set back): take the next
     while True:
         path = directory / backup_name(fmt, compression, now)
         try:
-            return (path, *export_to(conn, path, fmt, compression, progress, replace=False))
+            return (path, *export_to(conn, path, fmt, compression, progress, replace=False,
+                                     skip_unknown=skip_unknown, check=True))
         except FileExistsError:
             tries -= 1
             if not tries:

@@ -29,6 +29,7 @@ from .export import export_to
 from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, decompressed_reader, format_from_name
 from .restore import CONFLICT_MODES, Backup, load, open_backup, opened
 from .restore import validate as validate_backup
+from .schema_check import check_for_import
 from .tables import TABLES
 
 
@@ -67,6 +68,10 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 ignore_checksum_option = click.option(
     "--ignore-checksum", is_flag=True,
     help="Read a file whose checksum no longer matches (or was removed), e.g. one you edited on purpose.")
+skip_unknown_option = click.option(
+    "--skip-unknown", is_flag=True,
+    help="Back up even though the database has columns or tables (holding rows) that memory-nexus 0.1.2's "
+         "schema has not; they are left out, and the report names them.")
 progress_option = click.option(
     "--progress", "plain_progress", is_flag=True,
     help="When stderr is not a terminal (cron), print a plain progress line to it every few seconds.")
@@ -84,11 +89,13 @@ def cli() -> None:
 @format_option
 @click.option("--compress", type=click.Choice(COMPRESSIONS),
               help="gzip, zstd or none, where the file name does not say (.gz, .zst).")
+@skip_unknown_option
+@click.option("--check", is_flag=True, help="Run PRAGMA quick_check in the export's read transaction first.")
 @quiet_option
 @json_option
 @progress_option
-def export(output: str, db_path: Path, fmt: str | None, compress: str | None, quiet: bool, as_json: bool,
-           plain_progress: bool) -> None:
+def export(output: str, db_path: Path, fmt: str | None, compress: str | None, skip_unknown: bool, check: bool,
+           quiet: bool, as_json: bool, plain_progress: bool) -> None:
     """Back up the database to OUTPUT, a path or - for stdout.
 
     The format comes from the name: .json, .jsonl, each optionally .gz or .zst.
@@ -103,12 +110,14 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, qu
     conn = open_for_reading(db_path.expanduser())
     to_stdout = output == "-"
     progress = functools.partial(_progress, shown=_Shown(quiet or as_json, plain_progress))
-    stats, size = export_to(conn, None if to_stdout else Path(output), fmt, compression, progress,
-                            stream=sys.stdout.buffer if to_stdout else None)
+    exported, size = export_to(conn, None if to_stdout else Path(output), fmt, compression, progress,
+                               stream=sys.stdout.buffer if to_stdout else None, skip_unknown=skip_unknown,
+                               check=check)
     target = "stdout" if to_stdout else output
     _report(err=to_stdout, quiet=quiet, as_json=as_json, quiet_text=target,
-            data={"path": target, "bytes": size, "format": fmt, "compression": compression, "counts": stats},
-            text=f"Exported {_counts(stats)} to {target} ({_size(size)})")
+            data={"path": target, "bytes": size, "format": fmt, "compression": compression,
+                  "counts": exported.counts, "leftOut": exported.left_out},
+            text=f"Exported {_counts(exported.counts)} to {target} ({_size(size)}){_left_out(exported.left_out)}")
 
 
 @cli.command(name="import")
@@ -140,7 +149,7 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
     db_path = db_path.expanduser()
     shown = _Shown(quiet or as_json, plain_progress)
     with _backup_in(input, fmt, ignore_checksum) as backup, \
-            _import_target(db_path, clear or yes, stdin_is_data=input == "-") as (conn, create), \
+            _import_target(db_path, clear, clear or yes, stdin_is_data=input == "-") as (conn, create), \
             _progress(sum(backup.stats.values()), "Importing", shown) as progress:
         report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=create, progress=progress)
     others = "replaced" if on_conflict == "replace" else "skipped"
@@ -187,17 +196,19 @@ def validate(input: str, fmt: str | None, ignore_checksum: bool, quiet: bool, as
               help="json or jsonl.")
 @click.option("--compress", type=click.Choice(COMPRESSIONS), default="zstd", show_default=True,
               help="zstd, gzip or none (zstd: see BENCHMARKS.md for why).")
+@skip_unknown_option
 @quiet_option
 @json_option
 @progress_option
-def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, quiet: bool, as_json: bool,
-           plain_progress: bool) -> None:
+def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, skip_unknown: bool, quiet: bool,
+           as_json: bool, plain_progress: bool) -> None:
     """Write a new backup into DIRECTORY, check it, then drop the oldest beyond --keep.
 
-    The file is memory-<UTC time>.json.zst (or as --format and --compress say), written atomically and
-    validated, checksum included, before any old backup is removed. The new backup is never removed; one
-    named for a time in the future is warned about and kept. Other files in DIRECTORY are never touched.
-    Runs into one DIRECTORY take turns. Exit 0 only when the new backup was written and validated.
+    The database is checked first (PRAGMA quick_check, in the backup's read transaction). The file is
+    memory-<UTC time>.json.zst (or as --format and --compress say), written atomically and validated,
+    checksum included, before any old backup is removed. The new backup is never removed; one named for a
+    time in the future is warned about and kept. Other files in DIRECTORY are never touched. Runs into one
+    DIRECTORY take turns. Exit 0 only when the new backup was written and validated.
 
     \b
     Example (crontab, daily at 03:15):
@@ -205,13 +216,13 @@ def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, q
     """
     conn = open_for_reading(db_path.expanduser())
     progress = functools.partial(_progress, shown=_Shown(quiet or as_json, plain_progress))
-    with new_backup(conn, directory, keep, fmt, compress, progress) as done:   # the folder stays locked
-        for warning in done.warnings:
+    with new_backup(conn, directory, keep, fmt, compress, progress, skip_unknown=skip_unknown) as done:
+        for warning in done.warnings:    # the folder stays locked while this reports
             click.echo(f"warning: {warning}", err=True)
         _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(done.path),
                 data={"path": str(done.path), "bytes": done.bytes, "counts": done.counts,
-                      "removed": [str(p) for p in done.removed]},
-                text=str(done.path))
+                      "leftOut": done.left_out, "removed": [str(p) for p in done.removed]},
+                text=f"{done.path}{_left_out(done.left_out)}")
 
 
 @cli.command()
@@ -239,6 +250,10 @@ def stats(db_path: Path, as_json: bool) -> None:
 
 # ---- helpers of the commands ------------------------------------------------------------------------------
 
+def _left_out(left_out: list[str]) -> str:
+    return f"; left out, as --skip-unknown asked: {', '.join(left_out)}" if left_out else ""
+
+
 def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]:
     named_fmt, named_compression = format_from_name(name) if name != "-" else ("json", "none")
     fmt = fmt or named_fmt
@@ -260,9 +275,10 @@ def _backup_in(name: str, fmt: str | None, ignore_checksum: bool) -> Iterator[Ba
 
 
 @contextmanager
-def _import_target(db_path: Path, merge_allowed: bool, stdin_is_data: bool) -> Iterator[tuple]:
+def _import_target(db_path: Path, clear: bool, merge_allowed: bool, stdin_is_data: bool) -> Iterator[tuple]:
     """(connection, whether it needs the schema): a new database, which appears only once the import has
-    committed, or an existing one that is empty or a memory database, the merge agreed to."""
+    committed, or an existing one that is empty or a memory database whose schema takes the import, the
+    merge agreed to."""
     if not db_path.exists():
         with new_database(db_path) as conn:
             yield conn, True
@@ -272,6 +288,7 @@ def _import_target(db_path: Path, merge_allowed: bool, stdin_is_data: bool) -> I
         if not empty:
             if not all(has_table(conn, t.name) for t in TABLES):
                 raise Refused(f"{db_path} is not a memory database (no table {_missing_table(conn)})")
+            check_for_import(conn, clear)
             _confirm_merge(conn, db_path, merge_allowed, stdin_is_data)
         yield conn, empty
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sqlite3
 from contextlib import closing, contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import quote
 
 from .errors import DatabaseProblem
@@ -68,11 +69,17 @@ def new_database(path: Path) -> Iterator[sqlite3.Connection]:
     so a failed or killed import leaves nothing at `path` (the next run removes what a killed one left).
     It loads with a rollback journal, which for a new file holds next to nothing where WAL would write every
     page twice, and becomes WAL, as memory-nexus keeps it, once in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(path.parent, path.name)
     temp = temp_beside(path)
-    remove_database(temp)
-    conn = _configure(sqlite3.connect(str(temp), isolation_level=None))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(path.parent, path.name)
+        remove_database(temp)
+        conn = _configure(sqlite3.connect(str(temp), isolation_level=None))
+    except FileExistsError as exc:       # a part of the path is a file, not a folder
+        raise DatabaseProblem(f"cannot create a database at {path}: {exc.filename} is not a folder") from exc
+    except (OSError, sqlite3.OperationalError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DatabaseProblem(f"cannot create a database at {path}: {reason}") from exc
     try:
         os.chmod(temp, 0o600)
         yield conn
@@ -83,6 +90,40 @@ def new_database(path: Path) -> Iterator[sqlite3.Connection]:
     finally:
         conn.close()
         remove_database(temp)
+
+
+def damaged(conn: sqlite3.Connection, what: str) -> DatabaseProblem:
+    """The one message for a database found damaged: what was seen, and what to run on it."""
+    path = shlex.quote(conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:")
+    return DatabaseProblem(f"{what}: the database is damaged; check it with sqlite3 {path} 'PRAGMA integrity_check' "
+                           f"and save what can be read with sqlite3 {path} .recover")
+
+
+@contextmanager
+def database_faults(conn: sqlite3.Connection, where: str | Callable[[], str], then: str = "") -> Iterator[None]:
+    """SQLite's faults as one line that says where, and `then` (what became of the work): damage with what to
+    run on it; an OperationalError (I/O, a lock, a missing column) or an IntegrityError (a constraint of a
+    table we do not know) as it is. The sqlite3 module raises damage ("database disk image is malformed",
+    "file is not a database": SQLITE_CORRUPT, SQLITE_NOTADB) as DatabaseError itself, no subclass. Others
+    (a ProgrammingError is our bug) pass."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        place = where() if callable(where) else where
+        if type(exc) is sqlite3.DatabaseError:
+            raise damaged(conn, f"{place}: {exc}{then}") from exc
+        if isinstance(exc, (sqlite3.OperationalError, sqlite3.IntegrityError)):
+            raise DatabaseProblem(f"{place}: {exc}{then}") from exc
+        raise
+
+
+def quick_check(conn: sqlite3.Connection) -> None:
+    """PRAGMA quick_check (every page and b-tree; not the indexes against the rows), in the caller's transaction."""
+    with database_faults(conn, "PRAGMA quick_check"):
+        first = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if first != "ok":      # "*** in database main ***\nOn tree page 6 cell 1: Rowid 54 out of order": one line
+        found = "; ".join(line for line in first.splitlines() if not line.startswith("***"))
+        raise damaged(conn, f"PRAGMA quick_check: {found}")
 
 
 def remove_database(path: Path) -> None:
@@ -114,7 +155,8 @@ def _statements(sql: str) -> Iterator[str]:
 
 def counts(conn: sqlite3.Connection, tables: tuple[Table, ...] = TABLES) -> dict[str, int]:
     """Rows per table, keyed as the file's stats are."""
-    return {t.key: conn.execute(f'SELECT count(*) FROM "{t.name}"').fetchone()[0] for t in tables}
+    with database_faults(conn, "counting rows"):
+        return {t.key: conn.execute(f'SELECT count(*) FROM "{t.name}"').fetchone()[0] for t in tables}
 
 
 @contextmanager
@@ -164,7 +206,8 @@ def database_summary(conn: sqlite3.Connection, path: Path) -> dict:
     """Rows per table, bytes on disk (with the WAL), and the newest session's start time."""
     size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
     # Shown, not restored: TEXT that is not UTF-8 is shown with U+FFFD; typed oddities are left out.
-    newest = conn.execute("SELECT CAST(max(start_time) AS BLOB) FROM sessions WHERE typeof(start_time) = 'text'"
-                          ).fetchone()[0]
+    with database_faults(conn, "the newest session"):
+        newest = conn.execute("SELECT CAST(max(s.start_time) AS BLOB) FROM sessions AS s "
+                              "WHERE typeof(s.start_time) = 'text'").fetchone()[0]
     newest = newest.decode("utf-8", "replace") if newest is not None else None
     return {"path": str(path), "bytes": size, "counts": counts(conn), "newestSession": newest}

@@ -4,26 +4,44 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
-from .database import counts, transaction
+from .database import counts, damaged, database_faults, quick_check, transaction
 from .formats import WRITERS
 from .output import atomic_file, output_stack
 from .records import records_of
+from .schema_check import check_for_export
 from .tables import FORMAT_VERSION, TABLES, Table
 from .values import INFINITIES, PLAIN, tagged, text_or_raw
 
 
+@dataclass
+class Exported:
+    counts: dict[str, int]      # rows per table, keyed as the file's stats are: what the file holds
+    left_out: list[str]         # 'column sessions.tags', 'table notes': what --skip-unknown left out
+
+
+def select_sql(table: Table) -> str:
+    """The table's columns, then its rowid, in rowid order. Every column is qualified by the table: SQLite
+    reads a bare double-quoted name that matches no column as a string ("updated_at"), a qualified one never."""
+    columns = ", ".join(f't."{c.name}"' for c in table.columns)
+    return f'SELECT {columns}, t.rowid FROM "{table.name}" AS t ORDER BY t.rowid'
+
+
 def rows_from(conn: sqlite3.Connection, table: Table) -> Iterator[tuple]:
-    """The table's rows in rowid order, so a restore into an empty table gives them the same rowids.
-    The cursor hands them over one at a time: no batch list is built here.
+    """The table's rows, each ending with its rowid, in rowid order, so a restore into an empty table gives
+    them the same rowids. The cursor hands them over one at a time: no batch list is built here.
 
     sqlite3 fails on TEXT whose bytes are not UTF-8. From the row where it does, the rest of the table is read
     again, in the same read transaction, with a text factory that keeps such values as RawText."""
-    columns = ", ".join(f'"{c.name}"' for c in table.columns)
-    sql = f'SELECT {columns} FROM "{table.name}" ORDER BY rowid'
+    with database_faults(conn, table.key):
+        yield from _decoded(conn, select_sql(table))
+
+
+def _decoded(conn: sqlite3.Connection, sql: str) -> Iterator[tuple]:
     read = 0
     try:
         for row in conn.execute(sql):
@@ -38,6 +56,21 @@ def rows_from(conn: sqlite3.Connection, table: Table) -> Iterator[tuple]:
         yield from conn.execute(sql + " LIMIT -1 OFFSET ?", (read,))
     finally:
         conn.text_factory = str
+
+
+def intact(conn: sqlite3.Connection, table: Table, expected: int, rows: Iterable[tuple]) -> Iterator[tuple]:
+    """The rows without their rowid, once each is seen to follow the one before it and until the number read
+    is the table's count. A b-tree page copied over another gives rows twice and loses others: the rowids
+    step back where the copy begins, and the count, which SQLite takes from an index, differs."""
+    last, read = None, 0
+    for row in rows:
+        rowid = row[-1]
+        if last is not None and rowid <= last:
+            raise damaged(conn, f"{table.key}: rowid {rowid} read after rowid {last}")
+        last, read = rowid, read + 1
+        yield row[:-1]
+    if read != expected:
+        raise damaged(conn, f"{table.key}: {read:,} rows read but the table counts {expected:,}")
 
 
 def typed(table: Table, rows: Iterable[tuple]) -> Iterator[tuple]:
@@ -56,16 +89,23 @@ def typed(table: Table, rows: Iterable[tuple]) -> Iterator[tuple]:
         yield row
 
 
-def export(conn: sqlite3.Connection, out: IO[bytes], fmt: str,
-           progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
-    """Write the whole database to `out`; return the counts written. Counts and rows come from one read
-    transaction, so the file is one snapshot while others write (in WAL mode they are not blocked)."""
-    sections = ((table.key, records_of(table, typed(table, rows_from(conn, table)))) for table in TABLES)
+def export(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: Callable[[int], None] = lambda n: None,
+           *, skip_unknown: bool = False, check: bool = False) -> Exported:
+    """Write the whole database to `out`. The schema check, PRAGMA quick_check when `check` is set, the counts
+    and the rows come from one read transaction, so the file is one snapshot while others write (in WAL mode
+    they are not blocked). Rows that disagree with the counts raise inside the writer: the caller's atomic
+    file is then never linked in."""
     with transaction(conn, "DEFERRED"):
+        left_out = check_for_export(conn, skip_unknown)
+        if check:
+            quick_check(conn)
         stats = counts(conn)
         header = {"version": FORMAT_VERSION, "exportedAt": utc_now(), "stats": stats}
+        sections = ((table.key, records_of(table, typed(table, intact(conn, table, stats[table.key],
+                                                                       rows_from(conn, table)))))
+                    for table in TABLES)
         WRITERS[fmt](out, header, sections, progress)
-    return stats
+    return Exported(stats, left_out)
 
 
 Progress = Callable[[int], None]
@@ -78,19 +118,19 @@ def no_progress(total: int, label: str) -> AbstractContextManager[Progress]:
 
 def export_to(conn: sqlite3.Connection, path: Path | None, fmt: str, compression: str,
               progress: ProgressFor = no_progress, replace: bool = True,
-              stream: IO[bytes] | None = None) -> tuple[dict[str, int], int]:
-    """Export to a file that appears whole or not at all (or, with path None, to `stream`): (counts, bytes).
-    With replace=False an existing file is never replaced: FileExistsError."""
+              stream: IO[bytes] | None = None, **checks: bool) -> tuple[Exported, int]:
+    """Export to a file that appears whole or not at all (or, with path None, to `stream`): (what, bytes).
+    With replace=False an existing file is never replaced: FileExistsError. `checks` go to `export`."""
     try:
         with (nullcontext(stream) if path is None else atomic_file(path, replace)) as raw:
             with output_stack(raw, compression) as (out, counted):
                 with progress(sum(counts(conn).values()), "Exporting") as step:
-                    stats = export(conn, out, fmt, step)
+                    exported = export(conn, out, fmt, step, **checks)
     except OSError as exc:
         if exc.filename is None and exc.errno is not None:   # a write failed: say which file
             raise OSError(exc.errno, exc.strerror, "stdout" if path is None else str(path)) from exc
         raise
-    return stats, counted.bytes
+    return exported, counted.bytes
 
 
 def utc_now() -> str:

@@ -360,16 +360,23 @@ def _value(events: Iterator[tuple], key: str) -> Any:
     raise BadBackup(f"the file ends inside {key!r}")
 
 
+# The longest line a JSON Lines backup may hold (one record: SQLite's own limit on one value is 1,000,000,000
+# bytes). A line is read a piece at a time, so a longer one is refused having held at most this much.
+MAX_LINE = 1 << 30
+LINE_PIECE = 1 << 20
+NOT_A_HEADER = "line 1: not a memory backup header (version, exportedAt, stats)"
+NOT_A_RECORD = 'line {}: expected {{"table": ..., "record": ...}} or {{"end": true}}'
+
+
 def read_jsonl(stream: IO[bytes], end: Ended = _nothing) -> tuple[Header, Iterator[Section]]:
     """The header line of a JSON Lines backup, and its records grouped by table as they stream; once the
     whole file is read, `end` is given the checksum of the end line (None if none)."""
-    # json, not orjson: its object_pairs_hook lets a field named twice be refused (orjson keeps the last).
-    lines = _lines(jsonlines.Reader(stream, loads=_LOADS))
+    lines = _lines(stream)
     lineno, header = next(lines, (1, None))
     if header is None:
         raise BadBackup("the file is empty")
     if not isinstance(header, dict) or "table" in header or "end" in header:
-        raise BadBackup("line 1: not a memory backup header (version, exportedAt, stats)")
+        raise BadBackup(NOT_A_HEADER)
     unknown = [k for k in header if k not in HEADER_KEYS]
     if unknown:
         raise BadBackup(f"line 1: unknown header key {unknown[0]!r}")
@@ -378,18 +385,41 @@ def read_jsonl(stream: IO[bytes], end: Ended = _nothing) -> tuple[Header, Iterat
                     for key, group in itertools.groupby(tagged, key=lambda pair: pair[0]))
 
 
-def _lines(reader: jsonlines.Reader) -> Iterator[tuple[int, Any]]:
-    """(line number, value) of each line; a field named twice becomes a BadBackup naming the line."""
-    values = iter(reader)
-    for lineno in itertools.count(1):
+def _lines(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each line. A field named twice becomes a BadBackup naming the line; JSON that
+    does not parse, a jsonlines.InvalidLineError, which the caller places."""
+    # json, not orjson: its object_pairs_hook lets a field named twice be refused (orjson keeps the last).
+    for lineno, line in _raw_lines(stream):
         try:
-            yield lineno, next(values)
-        except StopIteration:
+            yield lineno, _LOADS(line.decode("utf-8"))
+        except DuplicateField as exc:
+            raise BadBackup(f"line {lineno}: field {exc.args[0]!r} appears twice") from None
+        except UnicodeDecodeError as exc:
+            raise jsonlines.InvalidLineError(f"line is not valid utf-8: {exc}", line, lineno) from exc
+        except ValueError as exc:
+            raise jsonlines.InvalidLineError(f"line contains invalid json: {exc}", line, lineno) from exc
+
+
+def _raw_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each line, read LINE_PIECE at a time and never more than MAX_LINE of one line
+    (its newline counted). Every line of a backup is one object, so a line that does not start with '{' (a file
+    of spaces, of zero bytes) is refused at its first piece."""
+    for lineno in itertools.count(1):
+        line = stream.readline(min(LINE_PIECE, MAX_LINE + 1))
+        if not line:
             return
-        except jsonlines.InvalidLineError as exc:
-            if isinstance(exc.__cause__, DuplicateField):
-                raise BadBackup(f"line {exc.lineno}: field {exc.__cause__.args[0]!r} appears twice") from None
-            raise
+        if not line.startswith(b"{"):
+            raise BadBackup(NOT_A_HEADER if lineno == 1 else NOT_A_RECORD.format(lineno))
+        if not line.endswith(b"\n"):
+            line = bytearray(line)
+            while not line.endswith(b"\n") and len(line) <= MAX_LINE:
+                piece = stream.readline(min(LINE_PIECE, MAX_LINE + 1 - len(line)))
+                if not piece:
+                    break
+                line += piece
+        if len(line) > MAX_LINE:
+            raise BadBackup(f"line {lineno}: longer than {MAX_LINE:,} bytes, the most a line may hold")
+        yield lineno, line
 
 
 def _tagged(lines: Iterator[tuple[int, Any]], end: Ended) -> Iterator[tuple[str, Any]]:
@@ -402,7 +432,7 @@ def _tagged(lines: Iterator[tuple[int, Any]], end: Ended) -> Iterator[tuple[str,
             end(line.get(CHECKSUM))
             return
         else:
-            raise BadBackup(f'line {lineno}: expected {{"table": ..., "record": ...}} or {{"end": true}}')
+            raise BadBackup(NOT_A_RECORD.format(lineno))
     raise BadBackup("the file is cut short: no end line")
 
 

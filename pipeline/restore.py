@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
-from .database import IMPORT_CACHE_KIB, SUMMARY_ON_INSERT, counts, create_schema, derived_rebuilt, transaction
+from .database import (
+    IMPORT_CACHE_KIB,
+    SUMMARY_ON_INSERT,
+    counts,
+    create_schema,
+    database_faults,
+    derived_rebuilt,
+    transaction,
+)
 from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup
 from .formats import READERS, Section, decompressed_reader
 from .integrity import SINCE as CHECKSUM_SINCE
@@ -21,6 +29,7 @@ from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
 from .values import NeedsCast, RawText
 
 CONFLICT_MODES = ("skip", "replace", "fail")
+NOTHING_IMPORTED = "; nothing was imported"
 Progress = Callable[[int], None]
 
 
@@ -145,14 +154,15 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
     """Insert the backup in ONE transaction: any fault, Ctrl-C included, leaves the database as it was."""
     report = Report()
     conn.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
-    with transaction(conn), _located(_position(report)):
+    with transaction(conn), _located(_position(report), conn):
         if create:
             create_schema(conn)
         conn.execute(SUMMARY_ON_INSERT)
         bulk = clear or not conn.execute("SELECT 1 FROM messages_meta LIMIT 1").fetchone()
         with derived_rebuilt(conn) if bulk else nullcontext():
             if clear:
-                _clear(conn)
+                with database_faults(conn, "emptying the database (--clear)", NOTHING_IMPORTED):
+                    _clear(conn)
             before = counts(conn)
             # Into an empty database nothing can collide but the file with itself: that is a bad file.
             merging = any(before.values())
@@ -160,9 +170,10 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
                 report.records[table.key] = 0
                 sql = functools.partial(insert_sql, table, backup.minor, on_conflict if merging else "fail")
                 for batch in batches(rows_of(table, backup.minor, records)):
-                    _insert(conn, table, sql, batch, report.records[table.key], merging)
+                    _insert(conn, table, sql, batch, report.records[table.key], on_conflict if merging else None)
                     report.records[table.key] += len(batch)
-        _check_foreign_keys(conn)
+        with database_faults(conn, "checking foreign keys", NOTHING_IMPORTED):
+            _check_foreign_keys(conn)
         after = counts(conn)
         report.inserted = {k: after[k] - before[k] for k in report.records}
         if not merging:
@@ -196,7 +207,7 @@ def insert_sql(table: Table, minor: int, on_conflict: str, casts: Iterable[bool]
 
 
 def _insert(conn: sqlite3.Connection, table: Table, sql: Callable[..., str], batch: list[tuple], start: int,
-            merging: bool) -> None:
+            merging: str | None) -> None:
     """executemany one batch. When the database rejects a row, insert them one by one to find which and say
     so; when a row holds TEXT that is not UTF-8 (RawText refuses to be bound), to CAST its bytes."""
     conn.execute("SAVEPOINT batch")
@@ -218,10 +229,12 @@ def _insert(conn: sqlite3.Connection, table: Table, sql: Callable[..., str], bat
     conn.execute("RELEASE batch")
 
 
-def _explain(exc: sqlite3.IntegrityError, merging: bool) -> str:
+def _explain(exc: sqlite3.IntegrityError, merging: str | None) -> str:
+    """What a rejected row means; `merging` is the --on-conflict mode, None into empty tables."""
     text = str(exc)
     if text.startswith("FOREIGN KEY"):
-        return f"{text}: it names a row that is neither in the database nor earlier in the file"
+        return f"{text}: it names a row that is neither in the database nor earlier in the file" + (
+            ", or a row of another table points at the row it would replace" if merging == "replace" else "")
     if text.startswith("UNIQUE"):
         return text + (" (--on-conflict skip or replace merges it)" if merging else
                        ": the file holds this row twice")
@@ -257,9 +270,7 @@ def _position(report: Report) -> Callable[[], str]:
 
 
 @contextmanager
-def _located(where: Callable[[], str]) -> Iterator[None]:
-    with corrupt_as_bad_backup(where):
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            raise DatabaseProblem(f"{where()}: {exc}; nothing was imported") from exc
+def _located(where: Callable[[], str], conn: sqlite3.Connection | None = None) -> Iterator[None]:
+    faults = database_faults(conn, where, NOTHING_IMPORTED) if conn else nullcontext()
+    with corrupt_as_bad_backup(where), faults:
+        yield

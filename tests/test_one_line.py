@@ -1,0 +1,160 @@
+"""One line, never a traceback, in bounded memory: a database that cannot be made, lines that never end."""
+
+import io
+import itertools
+import json
+import resource
+import subprocess
+import sys
+import tracemalloc
+import zlib
+
+import pytest
+from conftest import ROOT, SAMPLE, memory
+
+from pipeline import formats
+from pipeline.errors import BadBackup
+from pipeline.formats import read_jsonl
+from test_bad_input import as_jsonl
+
+JSONL = as_jsonl(json.loads(SAMPLE.read_bytes()))
+HEADER_END = JSONL.index(b"\n")
+
+
+@pytest.mark.parametrize("where, reason", [
+    ("file/x.db", "{tmp}/file is not a folder"),
+    ("file/deeper/x.db", "Not a directory"),
+    ("/proc/x.db", "unable to open database file"),
+    ("/proc/none/x.db", "No such file or directory"),
+])
+def test_a_database_that_cannot_be_created_is_one_line(tmp_path, where, reason):
+    (tmp_path / "file").write_bytes(b"a file, not a folder")
+    db = tmp_path / where
+    result = memory("import", "--db", db, SAMPLE)
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        1, "", f"Error: cannot create a database at {db}: {reason.format(tmp=tmp_path)}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert (tmp_path / "file").read_bytes() == b"a file, not a folder"
+
+
+def limited(megabytes):
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_AS, (megabytes << 20, megabytes << 20))
+    return preexec
+
+
+def test_validate_of_dev_zero_is_refused_at_once_in_bounded_memory():
+    """It grew to the 4 GB ulimit and died with MemoryError; here it has 300 MB of address space."""
+    run = subprocess.run([sys.executable, "-m", "pipeline", "validate", "--format", "jsonl", "/dev/zero"],
+                         preexec_fn=limited(300), capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (run.returncode, run.stdout, run.stderr) == (
+        1, "", "Error: line 1: not a memory backup header (version, exportedAt, stats)\n")
+
+
+def test_an_endless_line_from_a_pipe_is_refused_in_bounded_memory():
+    """'{' and then spaces for ever, from a generator, into a process with 300 MB of address space and the
+    longest line lowered to 64 MiB: refused once the line passes it."""
+    code = ("import sys; from pipeline import formats; formats.MAX_LINE = 64 << 20; "
+            "from pipeline.cli import main; sys.argv = ['memory', 'validate', '--format', 'jsonl', '-']; main()")
+    reader = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, preexec_fn=limited(300), cwd=ROOT)
+    written = 0
+    try:
+        reader.stdin.write(b"{")
+        while written < 4 << 30:      # 4 GiB: far past what it may hold
+            reader.stdin.write(b" " * (1 << 20))
+            written += 1 << 20
+    except BrokenPipeError:
+        pass
+    out, err = reader.communicate(timeout=60)
+    assert (reader.returncode, out, err.decode()) == (
+        1, b"", "Error: line 1: longer than 67,108,864 bytes, the most a line may hold\n")
+    assert 64 << 20 <= written < 1 << 30
+
+
+class Endless(io.RawIOBase):
+    """A stream that starts with `start` and then gives `fill` for ever."""
+
+    def __init__(self, start: bytes, fill: bytes):
+        self.start, self.fill = start, fill
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        n = len(buffer)
+        data = (self.start + self.fill * n)[:n]
+        self.start = self.start[n:]
+        buffer[:n] = data
+        return n
+
+
+def peak_of(call):
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("start, fill, message", [
+    (b"", b" ", "line 1: not a memory backup header (version, exportedAt, stats)"),
+    (b"", b"\0", "line 1: not a memory backup header (version, exportedAt, stats)"),
+    (b"{", b" ", "line 1: longer than 4,194,304 bytes, the most a line may hold"),
+    (JSONL[:HEADER_END + 1], b" ", 'line 2: expected {"table": ..., "record": ...} or {"end": true}'),
+    (JSONL[:HEADER_END + 1] + b'{"table": "sessions", "record": {"id": "', b"x",
+     "line 2: longer than 4,194,304 bytes, the most a line may hold"),
+])
+def test_the_json_lines_reader_refuses_an_endless_stream_holding_at_most_one_line(monkeypatch, start, fill,
+                                                                                   message):
+    monkeypatch.setattr(formats, "MAX_LINE", 4 << 20)
+
+    def read():
+        header, sections = read_jsonl(io.BufferedReader(Endless(start, fill)))
+        for _, records in sections:
+            for _ in records:
+                pass
+    with pytest.raises(BadBackup) as refused:
+        read()
+    assert str(refused.value) == message
+    assert peak_of(lambda: pytest.raises(BadBackup, read)) < 3 * (4 << 20)   # the line, a piece, the buffer
+
+
+def spaces_file(path, start: bytes, megabytes: int, compress: bool) -> None:
+    """`start`, then that many MiB of spaces and a newline, gzipped a MiB at a time if asked."""
+    packer = zlib.compressobj(wbits=31) if compress else None
+    with open(path, "wb") as out:
+        for chunk in itertools.chain([start], itertools.repeat(b" " * (1 << 20), megabytes), [b"\n"]):
+            out.write(packer.compress(chunk) if packer else chunk)
+        if packer:
+            out.write(packer.flush())
+
+
+# Plain: a line is at most MAX_LINE (1 MiB here) and a piece; gzip: the decompressor's own steps (each 16 KiB
+# of input, which spaces expand 1000-fold) come on top, bounded whatever the file's length.
+@pytest.mark.parametrize("compress, megabytes, bound", [(False, 32, 4 << 20), (True, 256, 64 << 20)])
+def test_a_file_of_spaces_is_refused_at_once_and_an_overlong_line_in_bounded_memory(tmp_path, monkeypatch,
+                                                                                    compress, megabytes, bound):
+    monkeypatch.setattr(formats, "MAX_LINE", 1 << 20)
+    spaces_file(tmp_path / "spaces.jsonl", b"", megabytes, compress)
+    spaces_file(tmp_path / "long.jsonl", JSONL[:HEADER_END], megabytes, compress)
+    for name, message in (("spaces.jsonl", "line 1: not a memory backup header (version, exportedAt, stats)"),
+                          ("long.jsonl", "line 1: longer than 1,048,576 bytes, the most a line may hold")):
+        results = []
+        peak = peak_of(lambda: results.append(memory("validate", tmp_path / name)))
+        assert (results[0].exit_code, results[0].stdout, results[0].stderr) == (1, "", f"Error: {message}\n")
+        assert peak < bound
+
+
+def test_a_line_of_exactly_the_longest_length_is_read(tmp_path, monkeypatch):
+    header = JSONL[:HEADER_END]
+    monkeypatch.setattr(formats, "MAX_LINE", 1000)
+    for length, code in ((1000, 0), (1001, 1)):
+        padded = header + b" " * (length - 1 - len(header)) + b"\n"
+        (tmp_path / "x.jsonl").write_bytes(padded + JSONL[HEADER_END + 1:])
+        result = memory("validate", tmp_path / "x.jsonl")
+        assert result.exit_code == code, result.output
+        if code:
+            assert result.stderr == "Error: line 1: longer than 1,000 bytes, the most a line may hold\n"
