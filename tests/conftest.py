@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import re
@@ -46,23 +45,14 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@functools.cache
-def _set_up_peer():
-    """The peer, or why it cannot be set up: tried once per run, however many tests ask (pytest retries a
-    session fixture that skipped or failed for every test)."""
-    try:
-        return peer_script.setup()
-    except peer_script.PeerUnavailable as exc:
-        return f"memory-nexus 0.1.2 cannot be set up: {exc}"
-
-
 @pytest.fixture(scope="session")
 def peer():
     """The real memory-nexus 0.1.2 (scripts/peer.py), set up once, or found set up in its cache folder."""
-    found = _set_up_peer()
-    if isinstance(found, str):
-        unavailable(found)
-    return found
+    try:
+        return peer_script.setup()
+    except peer_script.PeerUnavailable as exc:
+        reason = f"memory-nexus 0.1.2 cannot be set up: {exc}"
+    unavailable(reason)
 
 
 def memory(*args: str, input: bytes | str | None = None):
