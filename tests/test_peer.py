@@ -183,6 +183,7 @@ def test_the_peer_writes_the_tables_compared(peer_export):
 
 def test_the_peer_imports_our_export_into_a_new_database(source, peer_import_of_ours):
     assert rows_in_1_0(peer_script.database(peer_import_of_ours)) == rows_in_1_0(source)
+    assert counts(source)["topics"] == 3 and counts(peer_script.database(peer_import_of_ours))["topics"] == 0
 
 
 def test_the_peer_imports_our_export_with_clear_over_an_existing_database(peer, source, ours, tmp_path):
@@ -237,6 +238,9 @@ def test_the_peer_refuses_typed_values_and_its_clear_then_empties_its_database(p
     assert peer.import_(new, typed_file) == (1, "", TYPED_VALUE_REFUSED)
     assert set(counts(peer_script.database(new)).values()) == {0}      # its one transaction rolled back
     existing = peer_home(tmp_path / "existing", source)
+    before = rows_in_1_0(peer_script.database(existing))
+    assert peer.run(existing, "import", typed_file, "--force") == (1, "", TYPED_VALUE_REFUSED)
+    assert rows_in_1_0(peer_script.database(existing)) == before                # merging: rolled back
     assert counts(peer_script.database(existing))["messages_meta"] > 0
     assert peer.import_(existing, typed_file, clear=True) == (1, "", TYPED_VALUE_REFUSED)
     # What memory-nexus 0.1.2 does, and README warns of: it deleted everything outside that transaction.
