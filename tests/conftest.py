@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,35 @@ COMPAT_DB = COMPAT / "memory-nexus.db"
 COMPAT_EXPORT = COMPAT / "memory-nexus-export.json"
 
 needs_compat = pytest.mark.skipif(not COMPAT_DB.exists(), reason="../shared/compat is not beside the project")
+
+
+def _script(name: str):
+    """A module of scripts/, imported by path (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+peer_script = _script("peer")
+
+
+def unavailable(reason: str) -> None:
+    """What a test does when something it needs from ../shared is missing: in CI (CI set) it fails, so a
+    compatibility check can never quietly stop running; elsewhere, as in a fresh clone, it is skipped."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def peer():
+    """The real memory-nexus 0.1.2 (scripts/peer.py), set up once, or found set up in its cache folder."""
+    try:
+        return peer_script.setup()
+    except peer_script.PeerUnavailable as exc:
+        reason = f"memory-nexus 0.1.2 cannot be set up: {exc}"
+    unavailable(reason)
 
 
 def memory(*args: str, input: bytes | str | None = None):
