@@ -1,0 +1,141 @@
+"""Merging another machine's backup: rows matched by natural keys, never by surrogate ids; every record and
+every relation of both sides kept; one transaction; --dry-run."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import memory, snapshot
+
+from pipeline.database import create_schema
+
+# Two machines, numbered independently: the same entity, topic, link ids and message rowids name different
+# things on each. They share session s-shared (B holds one more message in it), entity ('term', 'shared'),
+# topic 'cron', the link cron -> s-shared, tool use t-shared and extraction state x-shared, with other values.
+MACHINES = {
+    "a": {
+        "sessions": [("s-shared", "shared session about wombats", None), ("a-1", "alpha only aardvark", "2026-01-02")],
+        "messages": [("m-shared-1", "s-shared", "first shared message"), ("m-shared-2", "s-shared", "second shared"),
+                     ("a-1-m1", "a-1", "alpha aardvark speaking")],
+        "tool_uses": [("t-shared", "s-shared", "success"), ("t-a", "a-1", "pending")],
+        "entities": [(1, "concept", "wombat", None), (2, "file", "a.py", None), (3, "term", "shared", "from a")],
+        "topics": [(1, "backups"), (2, "cron")],
+        "links": [(1, "topic", "1", "session", "a-1", 1.0), (2, "topic", "2", "session", "s-shared", 0.5),
+                  (3, "session", "s-shared", "message", "m-shared-1", 0.5)],
+        "session_entities": [("s-shared", 3, 2), ("a-1", 1, 1)],
+        "entity_links": [(1, 3, "related", 0.5)],
+        "extraction_state": [("x-a", "/pa", "complete"), ("x-shared", "/ps", "complete")],
+    },
+    "b": {
+        "sessions": [("b-1", "beta quokka summary", None), ("s-shared", None, "2026-01-09")],
+        "messages": [("b-1-m1", "b-1", "beta zebra quokka"), ("m-shared-1", "s-shared", "first shared message"),
+                     ("m-shared-2", "s-shared", "second shared"), ("m-shared-3", "s-shared", "kangaroo arrives")],
+        "tool_uses": [("t-shared", "s-shared", "error"), ("t-b", "b-1", "success")],
+        "entities": [(1, "file", "b.py", "{}"), (2, "term", "shared", "from b"), (3, "concept", "quokka", None)],
+        "topics": [(1, "cron"), (2, "zstd")],
+        "links": [(1, "topic", "1", "session", "s-shared", 0.25), (2, "topic", "2", "session", "b-1", 1.0),
+                  (3, "session", "s-shared", "message", "m-shared-3", 1.0)],
+        "session_entities": [("s-shared", 2, 5), ("b-1", 3, 1), ("s-shared", 1, 1)],
+        "entity_links": [(3, 2, "implies", 1.0), (1, 2, "related", 0.75)],
+        "extraction_state": [("x-b", "/pb", "complete"), ("x-shared", "/ps", "error")],
+    },
+}
+ONLY_B = "kangaroo"     # a word only B's messages hold
+
+
+def machine(path: Path, name: str) -> Path:
+    """One machine's database, made with plain SQL as memory-nexus would leave it."""
+    data = MACHINES[name]
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("BEGIN")
+    create_schema(conn)
+    for sid, summary, end in data["sessions"]:
+        conn.execute("INSERT INTO sessions (id, project_path_encoded, project_path_decoded, project_name, start_time, "
+                     "end_time, created_at, updated_at) VALUES (?, '-p', '/p', 'p', '2026-01-01', ?, 'c', 'u')",
+                     (sid, end))
+        conn.execute("UPDATE sessions SET summary = ? WHERE id = ?", (summary, sid))   # indexes it, as memory-nexus
+    for mid, sid, content in data["messages"]:
+        conn.execute("INSERT INTO messages_meta (id, session_id, role, content, timestamp) VALUES (?, ?, 'user', ?, 't')",
+                     (mid, sid, content))
+    for tid, sid, status in data["tool_uses"]:
+        conn.execute("INSERT INTO tool_uses VALUES (?, ?, 'Bash', '{}', 't', ?, NULL)", (tid, sid, status))
+    conn.executemany("INSERT INTO entities (id, type, name, metadata, created_at) VALUES (?, ?, ?, ?, 'c')",
+                     data["entities"])
+    conn.executemany("INSERT INTO topics (id, name, created_at) VALUES (?, ?, 'c')", data["topics"])
+    conn.executemany("INSERT INTO links VALUES (?, ?, ?, ?, ?, 'related_to', ?)", data["links"])
+    conn.executemany("INSERT INTO session_entities VALUES (?, ?, ?)", data["session_entities"])
+    conn.executemany("INSERT INTO entity_links VALUES (?, ?, ?, ?)", data["entity_links"])
+    conn.executemany("INSERT INTO extraction_state (id, session_path, started_at, status) VALUES (?, ?, 's', ?)",
+                     data["extraction_state"])
+    conn.execute("COMMIT")
+    conn.close()
+    return path
+
+
+def facts(db: Path) -> dict[str, dict]:
+    """Every fact of a database named by its natural key, surrogate ids resolved to what they name."""
+    conn = sqlite3.connect(db)
+    entity = "(SELECT json_array(type, name) FROM entities WHERE id = {})"
+    topic_end = ("CASE WHEN {0}_type = 'topic' THEN (SELECT name FROM topics WHERE CAST(id AS TEXT) = {0}_id) "
+                 "ELSE {0}_id END")
+    queries = {
+        "sessions": "SELECT id, * FROM sessions",
+        "messages": "SELECT id, id, session_id, role, content, timestamp, tool_use_ids FROM messages_meta",
+        "tool_uses": "SELECT id, * FROM tool_uses",
+        "entities": "SELECT json_array(type, name), type, name, metadata, confidence, created_at FROM entities",
+        "topics": "SELECT name, name, created_at FROM topics",
+        "links": f"SELECT json_array(source_type, {topic_end.format('source')}, target_type, "
+                 f"{topic_end.format('target')}, relationship), weight FROM links",
+        "session_entities": f"SELECT json_array(session_id, {entity.format('entity_id')}), frequency "
+                            "FROM session_entities",
+        "entity_links": f"SELECT json_array({entity.format('source_id')}, {entity.format('target_id')}, relationship),"
+                        " weight FROM entity_links",
+        "extraction_state": "SELECT id, * FROM extraction_state",
+    }
+    found = {}
+    for table, sql in queries.items():
+        rows = conn.execute(sql).fetchall()
+        found[table] = {row[0]: row[1:] for row in rows}
+        assert len(found[table]) == len(rows), f"{table}: two rows with one natural key"
+        assert None not in found[table], f"{table}: a relation points at nothing"
+    conn.close()
+    return found
+
+
+def union(winner: dict, loser: dict) -> dict:
+    return {table: {**loser[table], **winner[table]} for table in winner}
+
+
+def search(db: Path, word: str) -> list[str]:
+    conn = sqlite3.connect(db)
+    found = conn.execute("SELECT m.id FROM messages_fts JOIN messages_meta AS m ON m.rowid = messages_fts.rowid "
+                         "WHERE messages_fts MATCH ? ORDER BY m.id", (word,)).fetchall()
+    conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')")
+    conn.close()
+    return [row[0] for row in found]
+
+
+def restored(db: Path, tmp_path: Path) -> dict:
+    """A snapshot of what a restore of this database's export holds: every id and rowid kept."""
+    memory("export", "--db", db, "-q", tmp_path / "again.json")
+    (tmp_path / "again.db").unlink(missing_ok=True)
+    assert memory("import", "--db", tmp_path / "again.db", "-q", tmp_path / "again.json").exit_code == 0
+    return snapshot(tmp_path / "again.db")
+
+
+@pytest.mark.parametrize("mode", ["skip", "replace"])
+@pytest.mark.parametrize("into, other", [("a", "b"), ("b", "a")])
+def test_merging_another_machine_keeps_the_union_of_both_by_natural_keys(tmp_path, into, other, mode):
+    target, source = machine(tmp_path / f"{into}.db", into), machine(tmp_path / f"{other}.db", other)
+    mine, theirs = facts(target), facts(source)
+    memory("export", "--db", source, "-q", tmp_path / "other.json")
+    result = memory("import", "--db", target, "--yes", "--on-conflict", mode, tmp_path / "other.json")
+    assert result.exit_code == 0, result.output
+    assert facts(target) == (union(theirs, mine) if mode == "replace" else union(mine, theirs))
+    assert search(target, ONLY_B) == ["m-shared-3"]      # only B holds it, whichever side B is
+    assert search(target, "aardvark") == ["a-1-m1"] and search(target, "zebra") == ["b-1-m1"]
+    assert snapshot(target) == restored(target, tmp_path)     # both full-text indexes as a restore has them
