@@ -22,6 +22,7 @@ from .database import (
     new_database,
     open_for_reading,
     open_for_writing,
+    scratch_database,
 )
 from .errors import PipelineError, Refused
 from .export import export as export_database
@@ -114,35 +115,47 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, qu
 @click.option("--clear", is_flag=True, help="Replace everything in the database (in the same transaction).")
 @click.option("--yes", "-y", "--force", "yes", is_flag=True, help="Merge into a database that has data, without asking.")
 @click.option("--on-conflict", type=click.Choice(CONFLICT_MODES), default="skip", show_default=True,
-              help="What a record does when its row is already there: skip it, replace the row, or fail.")
+              help="Merging, a record whose fact the database holds with other values (same natural key): keep "
+                   "the database's, take the file's, or refuse the file.")
+@click.option("--dry-run", is_flag=True,
+              help="Do the whole import in its transaction, then roll it back: report what it would do.")
 @quiet_option
 @json_option
 @progress_option
-def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, on_conflict: str,
+def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, on_conflict: str, dry_run: bool,
             quiet: bool, as_json: bool, plain_progress: bool) -> None:
     """Restore INPUT, a path or - for stdin, into the database, all or nothing.
 
     The header is checked before anything is written; every record is checked as it streams; one
     transaction holds the whole import, --clear included, so any fault leaves the database as it was.
-    A database that does not exist is created with the memory-nexus schema.
+    A database that does not exist is created with the memory-nexus schema. Into a database that has
+    data, a merge: records are matched to rows by natural keys, never by ids.
 
     \b
     Example:
       memory import --clear ~/backups/memory.json.gz
+      memory import --yes --dry-run other-machine.json.gz
       zstd -dc backup.json.zst | memory import --format json -
     """
     _warn_slow_parser()
     db_path = db_path.expanduser()
     shown = _Shown(quiet or as_json, plain_progress)
     with _backup_in(input, fmt) as backup, \
-            _import_target(db_path, clear or yes, stdin_is_data=input == "-") as (conn, create), \
+            _import_target(db_path, clear or yes, stdin_is_data=input == "-", dry_run=dry_run) as (conn, create), \
             _progress(sum(backup.stats.values()), "Importing", shown) as progress:
-        report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=create, progress=progress)
-    others = "replaced" if on_conflict == "replace" else "skipped"
+        report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=create, dry_run=dry_run,
+                      progress=progress)
     source = "stdin" if input == "-" else input
+    tally = {"skipped": report.skipped, "updated": report.updated, "renumbered": report.renumbered}
+    said = "; ".join(_others(counted, word) for word, counted in tally.items() if word == "skipped" or any(counted.values()))
+    if any(report.inserted.values()) or any(report.updated.values()) or not any(report.records.values()):
+        text = f"{'Would import' if dry_run else 'Imported'} {_counts(report.inserted)} ({said}) from {source}"
+    else:
+        text = (f"Nothing {'would be ' if dry_run else ''}imported from {source}: the database holds every record "
+                f"of it already ({said})")
     _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(db_path),
-            data={"path": source, "database": str(db_path), "inserted": report.inserted, others: report.others},
-            text=f"Imported {_counts(report.inserted)} ({_others(report.others, others)}) from {source}")
+            data={"path": source, "database": str(db_path), "dryRun": dry_run, "inserted": report.inserted, **tally},
+            text=text)
 
 
 @cli.command()
@@ -285,9 +298,14 @@ def _backup_in(name: str, fmt: str | None) -> Iterator[Backup]:
 
 
 @contextmanager
-def _import_target(db_path: Path, merge_allowed: bool, stdin_is_data: bool) -> Iterator[tuple]:
+def _import_target(db_path: Path, merge_allowed: bool, stdin_is_data: bool, dry_run: bool) -> Iterator[tuple]:
     """(connection, whether it needs the schema): a new database, which appears only once the import has
-    committed, or an existing one that is empty or a memory database, the merge agreed to."""
+    committed (in memory, for a dry run), or an existing one that is empty or a memory database, the merge
+    agreed to."""
+    if not db_path.exists() and dry_run:
+        with closing(scratch_database()) as conn:
+            yield conn, True
+        return
     if not db_path.exists():
         with new_database(db_path) as conn:
             yield conn, True
