@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .errors import DatabaseProblem, Refused, rejected
 from .records import shown
@@ -27,9 +28,12 @@ def _ids(key: str) -> str:
 @dataclass
 class Merge:
     """A merge in progress, in the import's transaction. The import inserts each batch of records into the
-    table's TEMP staging table (`stage`), then `merge_staged` merges it into the database with a few set-wise
-    statements and empties it. A table that holds ids of a table not yet read (links come before topics in
-    the file) waits in its staging table, on disk, and is merged by `finish`."""
+    table's TEMP staging table (`stage`); `merge_staged` then merges into the database, set-wise, the records
+    whose fact it holds and those whose id or rowid is free there, and forgets them. Those whose id or rowid
+    is taken by another fact stay staged (on disk) until the table ends, and are then inserted after the
+    database's highest id: inserted at once, each would take an id that a later record of the file has, and
+    the renumbering would run on through the file. A table that holds ids of a table not yet read (links
+    come before topics in the file) stays staged whole, and is merged by `finish`."""
     conn: sqlite3.Connection
     minor: int
     on_conflict: str
@@ -37,6 +41,8 @@ class Merge:
     renumbered: dict[str, int] = field(default_factory=dict)
     read: set[str] = field(default_factory=set)        # tables whose records have all been read
     waiting: list[Table] = field(default_factory=list)
+    sql: dict[str, Statements] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)    # the last pos the first phase has seen
 
     def __post_init__(self) -> None:
         for key in sorted(POINTED_AT):
@@ -46,55 +52,61 @@ class Merge:
         """A staging table for the table's records, in the file's order (pos - 1 is the record's index)."""
         columns = ", ".join(f'"{c.name}" {c.type.upper()}' for c in table.columns_in(self.minor))
         self.conn.execute(f"CREATE TEMP TABLE {staging_name(table)} (pos INTEGER PRIMARY KEY AUTOINCREMENT, {columns})")
-        self.updated[table.key] = self.renumbered[table.key] = 0
+        self.updated[table.key] = self.renumbered[table.key] = self.done[table.key] = 0
+        self.sql[table.key] = Statements(table, self.minor)
         if any(c.points_at not in self.read for c in table.columns_in(self.minor) if c.points_at):
             self.waiting.append(table)
         return staging_name(table)
 
     def merge_staged(self, table: Table) -> None:
         if table not in self.waiting:
-            self._merge(table)
-            self.conn.execute(f"DELETE FROM {staging_name(table)}")
+            self._merge(table, self._in_place)
 
     def ended(self, table: Table) -> None:
         self.read.add(table.key)
+        if table not in self.waiting:
+            self._merge(table, self._elsewhere)
 
     def finish(self) -> None:
         """Merge the tables that waited, in the file's table order; drop the TEMP tables."""
         for table in TABLES:
             if table in self.waiting:
-                self._merge(table)
+                self._merge(table, self._in_place)
+                self._merge(table, self._elsewhere)
         for table in TABLES:
             self.conn.execute(f"DROP TABLE IF EXISTS {staging_name(table)}")
         for key in sorted(POINTED_AT):
             self.conn.execute(f"DROP TABLE {_ids(key)}")
 
-    def _merge(self, table: Table) -> None:
-        """Merge what is staged, set-wise. Where that fails (the file holds a fact twice, or the database
-        refuses a record), merge record by record in the file's order: what a fact met again does is then what
-        a row already there does, and a record the database refuses is named."""
-        sql = Statements(table, self.minor)
+    def _merge(self, table: Table, phase: Callable[[Table, Statements, int, int], tuple[int, int]]) -> None:
+        """One phase over what is staged, set-wise; then forget the records whose fact the database now holds.
+        Where the set-wise statements fail (the file holds a fact twice, or the database refuses a record),
+        the phase runs record by record in the file's order: a fact met again then does what a row already
+        there does, and a record the database refuses is named."""
+        sql = self.sql[table.key]
+        # The first phase sees each record once: those it leaves staged wait for the second.
+        first = self.done[table.key] + 1 if phase == self._in_place else 1
         self.conn.execute("SAVEPOINT merge")
         try:
-            counted = self._apply(table, sql, 1, 2**62)
+            counted = phase(table, sql, first, 2**62)
         except sqlite3.IntegrityError:
             self.conn.execute("ROLLBACK TO merge")
             counted = (0, 0)
-            for (pos,) in self.conn.execute(f"SELECT pos FROM {staging_name(table)} ORDER BY pos").fetchall():
+            for (pos,) in self.conn.execute(f"SELECT pos FROM {staging_name(table)} WHERE pos >= ? ORDER BY pos",
+                                            (first,)).fetchall():
                 try:
-                    counted = tuple(map(sum, zip(counted, self._apply(table, sql, pos, pos))))
+                    counted = tuple(map(sum, zip(counted, phase(table, sql, pos, pos))))
                 except sqlite3.IntegrityError as error:
                     raise DatabaseProblem(f"{table.key}[{pos - 1}]: {rejected(error, TWICE)}") from error
+        self.done[table.key] = self.conn.execute(f"SELECT coalesce(max(pos), 0) FROM {staging_name(table)}").fetchone()[0]
+        self.conn.execute(sql.forget, (first, 2**62))
         self.conn.execute("RELEASE merge")
         self.updated[table.key] += counted[0]
         self.renumbered[table.key] += counted[1]
 
-    def _apply(self, table: Table, sql: Statements, first: int, last: int) -> tuple[int, int]:
-        """Merge the staged records from pos `first` to `last`: (rows updated, rows inserted elsewhere)."""
-        def run(statement: str) -> int:
-            self.conn.execute(statement, (first, last))
-            return self.conn.execute("SELECT changes()").fetchone()[0]   # rowcount is -1 after WITH ...
-
+    def _in_place(self, table: Table, sql: Statements, first: int, last: int) -> tuple[int, int]:
+        """The staged records from pos `first` to `last` whose fact the database holds, and the new ones whose
+        id or rowid is free there: (rows updated, 0)."""
         if self.on_conflict == "fail":
             clash = self.conn.execute(sql.clash, (first, last)).fetchone()
             if clash:
@@ -102,13 +114,22 @@ class Merge:
                 named = ", ".join(f"{c.field} {shown(v)}" for c, v in zip(sql.key, key))
                 raise Refused(f"{table.key}[{pos - 1}]: {named} is in the database with other values; nothing was "
                               "imported (--on-conflict skip keeps the database's, replace takes the file's)")
-        updated = run(sql.update) if self.on_conflict == "replace" else 0
-        if sql.place:
-            run(sql.insert_in_place)
-        elsewhere = run(sql.insert_elsewhere)
-        if table.key in POINTED_AT:
-            run(sql.map_ids)
-        return updated, elsewhere if sql.place else 0
+        updated = self._run(sql.update, first, last) if self.on_conflict == "replace" else 0
+        self._run(sql.insert_in_place, first, last)
+        self._run(sql.map_ids, first, last)
+        return updated, 0
+
+    def _elsewhere(self, table: Table, sql: Statements, first: int, last: int) -> tuple[int, int]:
+        """The rest: new facts whose id or rowid is taken, inserted with new ones: (0, rows renumbered)."""
+        renumbered = self._run(sql.insert_elsewhere, first, last)
+        self._run(sql.map_ids, first, last)
+        return 0, renumbered
+
+    def _run(self, statement: str, first: int, last: int) -> int:
+        if not statement:
+            return 0
+        self.conn.execute(statement, (first, last))
+        return self.conn.execute("SELECT changes()").fetchone()[0]   # rowcount is -1 after WITH ...
 
 
 class Statements:
@@ -127,7 +148,6 @@ class Statements:
         rows = f"WITH r AS (SELECT s.pos, {picked} FROM {staging_name(table)} AS s{joins} WHERE s.pos BETWEEN ? AND ?) "
         match = " OR ".join("(" + " AND ".join(f't."{k}" = r."{k}"' for k in key) + ")" for key in table.natural)
         same = " AND ".join(f't."{c.name}" IS r."{c.name}"' for c in values)
-        there = f"EXISTS (SELECT 1 FROM {name} AS t WHERE {match})"
 
         def insert(cols: list[Column], where: str) -> str:
             names = [f'"{c.name}"' for c in cols]
@@ -139,15 +159,17 @@ class Statements:
                       f"(SELECT 1 FROM {name} AS t WHERE ({match}) AND NOT ({same})) ORDER BY r.pos LIMIT 1")
         sets = ", ".join(f'"{c.name}" = r."{c.name}"' for c in values)
         self.update = f"{rows}UPDATE {name} AS t SET {sets} FROM r WHERE ({match}) AND NOT ({same})"
-        if place:
-            taken = f'EXISTS (SELECT 1 FROM {name} AS t WHERE t."{place.name}" = r."{place.name}")'
-            self.insert_in_place = insert(list(columns), f"NOT {there} AND NOT {taken}")
-        self.insert_elsewhere = insert(values, f"NOT {there}")
+        there = f"EXISTS (SELECT 1 FROM {name} AS t WHERE {match})"
+        free = f'NOT EXISTS (SELECT 1 FROM {name} AS t WHERE t."{place.name}" = r."{place.name}")' if place else "1"
+        self.insert_in_place = insert(list(columns), f"NOT {there} AND {free}")
+        self.insert_elsewhere = insert(values, f"NOT {there}") if place else ""
+        self.map_ids = ""
         if table.key in POINTED_AT:
             first = " AND ".join(f't."{k}" = r."{k}"' for k in table.natural[0])
             self.map_ids = (f"{rows}INSERT INTO {_ids(table.key)} (file_id, target_id) "
                             f'SELECT r."{place.name}", t."{place.name}" FROM r JOIN {name} AS t ON {first} '
                             "ORDER BY r.pos")
+        self.forget = (f"{rows}DELETE FROM {staging_name(table)} WHERE pos IN (SELECT r.pos FROM r WHERE {there})")
 
 
 def _mapped(column: Column, i: int) -> str:
