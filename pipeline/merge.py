@@ -86,6 +86,8 @@ class Merge:
         sql = self.sql[table.key]
         # The first phase sees each record once: those it leaves staged wait for the second.
         first = self.done[table.key] + 1 if phase == self._in_place else 1
+        if not self.conn.execute(f"SELECT 1 FROM {staging_name(table)} WHERE pos >= ? LIMIT 1", (first,)).fetchone():
+            return      # an INSERT of no rows would still write a row of sqlite_sequence for the table
         self.conn.execute("SAVEPOINT merge")
         try:
             counted = phase(table, sql, first, 2**62)
