@@ -139,3 +139,124 @@ def test_merging_another_machine_keeps_the_union_of_both_by_natural_keys(tmp_pat
     assert search(target, ONLY_B) == ["m-shared-3"]      # only B holds it, whichever side B is
     assert search(target, "aardvark") == ["a-1-m1"] and search(target, "zebra") == ["b-1-m1"]
     assert snapshot(target) == restored(target, tmp_path)     # both full-text indexes as a restore has them
+
+
+def test_the_report_counts_per_table_and_merging_again_changes_nothing_and_says_so(tmp_path):
+    target, source = machine(tmp_path / "a.db", "a"), machine(tmp_path / "b.db", "b")
+    memory("export", "--db", source, "-q", tmp_path / "b.json")
+    first = json.loads(memory("import", "--db", target, "-y", "--on-conflict", "replace", "--json",
+                              tmp_path / "b.json").stdout)
+    # Worked out by hand from MACHINES: b's rowid 1 and entity, topic and link ids 1 to 3 are a's too.
+    assert {k: first[k] for k in ("inserted", "skipped", "updated", "renumbered")} == {
+        "inserted": {"sessions": 1, "messages": 2, "toolUses": 1, "entities": 2, "links": 2, "sessionEntities": 2,
+                     "entityLinks": 2, "extractionStates": 1, "topics": 1},
+        "skipped": {"sessions": 0, "messages": 2, "toolUses": 0, "entities": 0, "links": 0, "sessionEntities": 0,
+                    "entityLinks": 0, "extractionStates": 0, "topics": 1},
+        "updated": {"sessions": 1, "messages": 0, "toolUses": 1, "entities": 1, "links": 1, "sessionEntities": 1,
+                    "entityLinks": 0, "extractionStates": 1, "topics": 0},
+        "renumbered": {"sessions": 0, "messages": 1, "toolUses": 0, "entities": 2, "links": 2, "sessionEntities": 0,
+                       "entityLinks": 0, "extractionStates": 0, "topics": 1}}
+    merged = snapshot(target)
+    for mode in ("skip", "replace", "fail"):
+        again = memory("import", "--db", target, "-y", "--on-conflict", mode, tmp_path / "b.json")
+        assert (again.exit_code, again.stdout) == (0, (
+            f"Nothing imported from {tmp_path / 'b.json'}: the database holds every record of it already (23 "
+            "skipped: 2 sessions, 4 messages, 2 tool uses, 3 entities, 3 links, 3 session entities, 2 entity links, "
+            "2 extraction states, 2 topics)\n"))
+        assert snapshot(target) == merged
+
+
+def test_fail_refuses_the_first_fact_held_with_other_values_and_changes_nothing(tmp_path):
+    target, source = machine(tmp_path / "a.db", "a"), machine(tmp_path / "b.db", "b")
+    memory("export", "--db", source, "-q", tmp_path / "b.json")
+    before = snapshot(target)
+    result = memory("import", "--db", target, "-y", "--on-conflict", "fail", tmp_path / "b.json")
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", (
+        "Error: sessions[1]: id 's-shared' is in the database with other values; nothing was imported "
+        "(--on-conflict skip keeps the database's, replace takes the file's)\n"))
+    assert snapshot(target) == before
+
+
+def both_ways_with(tmp_path: Path, edit) -> tuple[Path, Path]:
+    """Machine a, and b's backup changed by `edit(doc)`."""
+    target, source = machine(tmp_path / "a.db", "a"), machine(tmp_path / "b.db", "b")
+    memory("export", "--db", source, "-q", tmp_path / "b.json")
+    doc = json.loads((tmp_path / "b.json").read_text())
+    edit(doc)
+    (tmp_path / "b.json").write_text(json.dumps(doc))
+    return target, tmp_path / "b.json"
+
+
+def extraction_states(db: Path) -> list[tuple]:
+    return sqlite3.connect(db).execute("SELECT id, session_path, status FROM extraction_state ORDER BY id").fetchall()
+
+
+@pytest.mark.parametrize("mode, states", [
+    ("skip", [("x-a", "/pa", "complete"), ("x-b", "/pb", "complete"), ("x-shared", "/ps", "complete")]),
+    ("replace", [("x-a", "/pa", "complete"), ("x-b", "/pb", "complete"), ("x-other", "/ps", "error")]),
+])
+def test_an_extraction_state_of_the_same_session_path_under_another_id_is_the_same_fact(tmp_path, mode, states):
+    """memory-nexus looks a state up by its session_path (INSERT OR REPLACE): the path names the fact too."""
+    target, backup = both_ways_with(tmp_path, lambda d: d["extractionStates"][1].update(id="x-other"))
+    result = memory("import", "--db", target, "-y", "--on-conflict", mode, "--json", backup)
+    assert result.exit_code == 0, result.output
+    assert extraction_states(target) == states
+    report = json.loads(result.stdout)
+    assert (report["inserted"]["extractionStates"], report["skipped"]["extractionStates"],
+            report["updated"]["extractionStates"]) == ((1, 1, 0) if mode == "skip" else (1, 0, 1))
+
+
+def test_fail_refuses_an_extraction_state_of_the_same_path_under_another_id(tmp_path):
+    target = machine(tmp_path / "a.db", "a")
+    memory("export", "--db", target, "-q", tmp_path / "a.json")
+    doc = json.loads((tmp_path / "a.json").read_text())
+    doc["extractionStates"][1]["id"] = "x-other"                 # the rest of the file is a's own, as it is
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    before = snapshot(target)
+    result = memory("import", "--db", target, "-y", "--on-conflict", "fail", tmp_path / "a.json")
+    assert (result.exit_code, result.stderr) == (1, (
+        "Error: extractionStates[1]: id 'x-other' is in the database with other values; nothing was imported "
+        "(--on-conflict skip keeps the database's, replace takes the file's)\n"))
+    assert snapshot(target) == before
+
+
+def test_a_file_that_names_a_state_by_id_and_another_by_path_is_refused(tmp_path):
+    """x-a of the file has x-shared's path: one record, two rows of the database. Replacing would make the
+    two one; refused, naming it, and nothing changes."""
+    target, backup = both_ways_with(tmp_path, lambda d: d["extractionStates"].__setitem__(
+        0, {**d["extractionStates"][0], "id": "x-a", "sessionPath": "/ps"}))
+    before = snapshot(target)
+    result = memory("import", "--db", target, "-y", "--on-conflict", "replace", backup)
+    assert (result.exit_code, result.stderr) == (1, (
+        "Error: extractionStates[0]: UNIQUE constraint failed: extraction_state.session_path: the file holds this "
+        "fact twice, or its keys name two different rows of the database\n"))
+    assert snapshot(target) == before
+
+
+@pytest.mark.parametrize("wal", [False, True], ids=["rollback-journal", "wal"])
+@pytest.mark.parametrize("args", [["-y"], ["-y", "--on-conflict", "replace"], ["--clear"]],
+                         ids=["skip", "replace", "clear"])
+def test_dry_run_leaves_the_database_byte_for_byte_and_reports_what_a_real_run_then_does(tmp_path, wal, args):
+    target, source = machine(tmp_path / "a.db", "a"), machine(tmp_path / "b.db", "b")
+    if wal:
+        sqlite3.connect(target).execute("PRAGMA journal_mode = WAL").fetchone()
+    memory("export", "--db", source, "-q", tmp_path / "b.json")
+    pristine, files = target.read_bytes(), sorted(p.name for p in tmp_path.iterdir())
+    dry = memory("import", "--db", target, *args, "--dry-run", "--json", tmp_path / "b.json")
+    assert dry.exit_code == 0, dry.output
+    assert target.read_bytes() == pristine          # the main file; and no -wal, -shm or -journal left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    real = memory("import", "--db", target, *args, "--json", tmp_path / "b.json")
+    assert json.loads(dry.stdout) == {**json.loads(real.stdout), "dryRun": True}
+    assert any(json.loads(real.stdout)["inserted"].values())
+
+
+def test_dry_run_into_a_new_path_creates_nothing(tmp_path):
+    machine(tmp_path / "b.db", "b")
+    memory("export", "--db", tmp_path / "b.db", "-q", tmp_path / "b.json")
+    dry = memory("import", "--db", tmp_path / "new" / "m.db", "--dry-run", tmp_path / "b.json")
+    assert dry.stdout == (f"Would import 2 sessions, 4 messages, 2 tool uses, 3 entities, 3 links, 3 session entities, "
+                          f"2 entity links, 2 extraction states, 2 topics (0 skipped) from {tmp_path / 'b.json'}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.db", "b.json"]
+    real = memory("import", "--db", tmp_path / "new" / "m.db", tmp_path / "b.json")
+    assert real.stdout == dry.stdout.replace("Would import", "Imported")
