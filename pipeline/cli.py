@@ -147,15 +147,9 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
                       progress=progress)
     source = "stdin" if input == "-" else input
     tally = {"skipped": report.skipped, "updated": report.updated, "renumbered": report.renumbered}
-    said = "; ".join(_others(counted, word) for word, counted in tally.items() if word == "skipped" or any(counted.values()))
-    if any(report.inserted.values()) or any(report.updated.values()) or not any(report.records.values()):
-        text = f"{'Would import' if dry_run else 'Imported'} {_counts(report.inserted)} ({said}) from {source}"
-    else:
-        text = (f"Nothing {'would be ' if dry_run else ''}imported from {source}: the database holds every record "
-                f"of it already ({said})")
     _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(db_path),
             data={"path": source, "database": str(db_path), "dryRun": dry_run, "inserted": report.inserted, **tally},
-            text=text)
+            text=_imported(report.records, report.inserted, tally, source, dry_run))
 
 
 @cli.command()
@@ -399,6 +393,18 @@ def _others(counts: dict[str, int], word: str) -> str:
     if not total:
         return f"0 {word}"
     return f"{total:,} {word}: " + _counts({k: n for k, n in counts.items() if n})
+
+
+def _imported(records: dict[str, int], inserted: dict[str, int], tally: dict[str, dict[str, int]], source: str,
+              dry_run: bool) -> str:
+    """'Imported 2 sessions, ... (3 skipped: ...; 1 updated: ...; 2 renumbered: ...) from x', or, when a merge
+    changes nothing, that it does not."""
+    said = "; ".join(_others(counts, word) for word, counts in tally.items()
+                     if word == "skipped" or any(counts.values()))
+    if any(inserted.values()) or any(tally["updated"].values()) or not any(records.values()):
+        return f"{'Would import' if dry_run else 'Imported'} {_counts(inserted)} ({said}) from {source}"
+    return (f"Nothing {'would be ' if dry_run else ''}imported from {source}: the database holds every record of it "
+            f"already ({said})")
 
 
 def _label(key: str, n: int = 2) -> str:

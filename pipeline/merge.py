@@ -45,8 +45,12 @@ class Merge:
     done: dict[str, int] = field(default_factory=dict)    # the last pos the first phase has seen
 
     def __post_init__(self) -> None:
+        if sqlite3.sqlite_version_info < (3, 33):
+            raise DatabaseProblem(f"merging needs SQLite 3.33 or newer (UPDATE ... FROM); this Python has "
+                                  f"{sqlite3.sqlite_version}")
         for key in sorted(POINTED_AT):
-            self.conn.execute(f"CREATE TEMP TABLE {_ids(key)} (file_id INTEGER PRIMARY KEY, target_id INTEGER NOT NULL)")
+            self.conn.execute(f"CREATE TEMP TABLE {_ids(key)} "
+                              "(file_id INTEGER PRIMARY KEY, target_id INTEGER NOT NULL)")
 
     def stage(self, table: Table) -> str:
         """A staging table for the table's records, in the file's order (pos - 1 is the record's index)."""
@@ -100,7 +104,8 @@ class Merge:
                     counted = tuple(map(sum, zip(counted, phase(table, sql, pos, pos))))
                 except sqlite3.IntegrityError as error:
                     raise DatabaseProblem(f"{table.key}[{pos - 1}]: {rejected(error, TWICE)}") from error
-        self.done[table.key] = self.conn.execute(f"SELECT coalesce(max(pos), 0) FROM {staging_name(table)}").fetchone()[0]
+        last = self.conn.execute(f"SELECT coalesce(max(pos), 0) FROM {staging_name(table)}").fetchone()[0]
+        self.done[table.key] = last
         self.conn.execute(sql.forget, (first, 2**62))
         self.conn.execute("RELEASE merge")
         self.updated[table.key] += counted[0]

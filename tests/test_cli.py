@@ -68,8 +68,8 @@ def test_merge_skips_rows_already_there_and_counts_them(tmp_path, sample_db):
     result = memory("import", "--db", sample_db, "--yes", SAMPLE)
     assert result.exit_code == 0
     assert result.stdout == (f"Nothing imported from {SAMPLE}: the database holds every record of it already "
-                             "(19 skipped: 2 sessions, 5 messages, 2 tool uses, 3 entities, 2 links, 2 session entities, "
-                             "1 entity link, 2 extraction states)\n")
+                             "(19 skipped: 2 sessions, 5 messages, 2 tool uses, 3 entities, 2 links, "
+                             "2 session entities, 1 entity link, 2 extraction states)\n")
 
 
 def test_on_conflict_replace_overwrites_and_fail_refuses(tmp_path, sample_db):

@@ -59,8 +59,8 @@ def machine(path: Path, name: str) -> Path:
                      (sid, end))
         conn.execute("UPDATE sessions SET summary = ? WHERE id = ?", (summary, sid))   # indexes it, as memory-nexus
     for mid, sid, content in data["messages"]:
-        conn.execute("INSERT INTO messages_meta (id, session_id, role, content, timestamp) VALUES (?, ?, 'user', ?, 't')",
-                     (mid, sid, content))
+        conn.execute("INSERT INTO messages_meta (id, session_id, role, content, timestamp) "
+                     "VALUES (?, ?, 'user', ?, 't')", (mid, sid, content))
     for tid, sid, status in data["tool_uses"]:
         conn.execute("INSERT INTO tool_uses VALUES (?, ?, 'Bash', '{}', 't', ?, NULL)", (tid, sid, status))
     conn.executemany("INSERT INTO entities (id, type, name, metadata, created_at) VALUES (?, ?, ?, ?, 'c')",
