@@ -260,3 +260,15 @@ def test_dry_run_into_a_new_path_creates_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.db", "b.json"]
     real = memory("import", "--db", tmp_path / "new" / "m.db", tmp_path / "b.json")
     assert real.stdout == dry.stdout.replace("Would import", "Imported")
+
+
+def test_merging_with_an_sqlite_older_than_3_33_is_refused_saying_so(tmp_path, monkeypatch):
+    target, source = machine(tmp_path / "a.db", "a"), machine(tmp_path / "b.db", "b")
+    memory("export", "--db", source, "-q", tmp_path / "b.json")
+    before = snapshot(target)
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+    result = memory("import", "--db", target, "-y", tmp_path / "b.json")
+    assert (result.exit_code, result.stderr) == (
+        1, "Error: merging needs SQLite 3.33 or newer (UPDATE ... FROM); this Python has 3.31.1\n")
+    assert snapshot(target) == before
