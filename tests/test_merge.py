@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import memory, snapshot
+from conftest import COMPAT_DB, memory, needs_compat, snapshot
 
 from pipeline.database import create_schema
 
@@ -78,7 +78,7 @@ def machine(path: Path, name: str) -> Path:
 
 def facts(db: Path) -> dict[str, dict]:
     """Every fact of a database named by its natural key, surrogate ids resolved to what they name."""
-    conn = sqlite3.connect(db)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     entity = "(SELECT json_array(type, name) FROM entities WHERE id = {})"
     topic_end = ("CASE WHEN {0}_type = 'topic' THEN (SELECT name FROM topics WHERE CAST(id AS TEXT) = {0}_id) "
                  "ELSE {0}_id END")
@@ -272,3 +272,16 @@ def test_merging_with_an_sqlite_older_than_3_33_is_refused_saying_so(tmp_path, m
     assert (result.exit_code, result.stderr) == (
         1, "Error: merging needs SQLite 3.33 or newer (UPDATE ... FROM); this Python has 3.31.1\n")
     assert snapshot(target) == before
+
+
+@needs_compat
+@pytest.mark.parametrize("mode", ["skip", "replace"])
+def test_the_real_memory_nexus_database_merges_into_another_machines(tmp_path, mode):
+    """Its backup as memory writes it (1.1: with topics), into machine a, whose topic 1 is also 'backups'."""
+    memory("export", "--db", COMPAT_DB, "-q", tmp_path / "real.json")
+    target = machine(tmp_path / "a.db", "a")
+    mine, theirs = facts(target), facts(COMPAT_DB)
+    result = memory("import", "--db", target, "-y", "--on-conflict", mode, tmp_path / "real.json")
+    assert result.exit_code == 0, result.output
+    assert facts(target) == (union(theirs, mine) if mode == "replace" else union(mine, theirs))
+    assert snapshot(target) == restored(target, tmp_path)
