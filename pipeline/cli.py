@@ -23,6 +23,7 @@ from .database import (
     new_database,
     open_for_reading,
     open_for_writing,
+    scratch_database,
 )
 from .errors import PipelineError, Refused
 from .export import export_to
@@ -127,36 +128,43 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
 @click.option("--clear", is_flag=True, help="Replace everything in the database (in the same transaction).")
 @click.option("--yes", "-y", "--force", "yes", is_flag=True, help="Merge into a database that has data, without asking.")
 @click.option("--on-conflict", type=click.Choice(CONFLICT_MODES), default="skip", show_default=True,
-              help="What a record does when its row is already there: skip it, replace the row, or fail.")
+              help="Merging, a record whose fact the database holds with other values (same natural key): keep "
+                   "the database's, take the file's, or refuse the file.")
+@click.option("--dry-run", is_flag=True,
+              help="Do the whole import in its transaction, then roll it back: report what it would do.")
 @ignore_checksum_option
 @quiet_option
 @json_option
 @progress_option
-def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, on_conflict: str,
+def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, on_conflict: str, dry_run: bool,
             ignore_checksum: bool, quiet: bool, as_json: bool, plain_progress: bool) -> None:
     """Restore INPUT, a path or - for stdin, into the database, all or nothing.
 
     The header is checked before anything is written; every record is checked as it streams; one
     transaction holds the whole import, --clear included, so any fault leaves the database as it was.
-    A database that does not exist is created with the memory-nexus schema.
+    A database that does not exist is created with the memory-nexus schema. Into a database that has
+    data, a merge: records are matched to rows by natural keys, never by ids.
 
     \b
     Example:
       memory import --clear ~/backups/memory.json.gz
+      memory import --yes --dry-run other-machine.json.gz
       zstd -dc backup.json.zst | memory import --format json -
     """
     _warn_slow_parser()
     db_path = db_path.expanduser()
     shown = _Shown(quiet or as_json, plain_progress)
     with _backup_in(input, fmt, ignore_checksum) as backup, \
-            _import_target(db_path, clear, clear or yes, stdin_is_data=input == "-") as (conn, create), \
+            _import_target(db_path, clear, clear or yes, stdin_is_data=input == "-", dry_run=dry_run) \
+            as (conn, create), \
             _progress(sum(backup.stats.values()), "Importing", shown) as progress:
-        report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=create, progress=progress)
-    others = "replaced" if on_conflict == "replace" else "skipped"
+        report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=create, dry_run=dry_run,
+                      progress=progress)
     source = "stdin" if input == "-" else input
+    tally = {"skipped": report.skipped, "updated": report.updated, "renumbered": report.renumbered}
     _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(db_path),
-            data={"path": source, "database": str(db_path), "inserted": report.inserted, others: report.others},
-            text=f"Imported {_counts(report.inserted)} ({_others(report.others, others)}) from {source}")
+            data={"path": source, "database": str(db_path), "dryRun": dry_run, "inserted": report.inserted, **tally},
+            text=_imported(report.records, report.inserted, tally, source, dry_run))
 
 
 @cli.command()
@@ -275,10 +283,15 @@ def _backup_in(name: str, fmt: str | None, ignore_checksum: bool) -> Iterator[Ba
 
 
 @contextmanager
-def _import_target(db_path: Path, clear: bool, merge_allowed: bool, stdin_is_data: bool) -> Iterator[tuple]:
+def _import_target(db_path: Path, clear: bool, merge_allowed: bool, stdin_is_data: bool,
+                   dry_run: bool) -> Iterator[tuple]:
     """(connection, whether it needs the schema): a new database, which appears only once the import has
-    committed, or an existing one that is empty or a memory database whose schema takes the import, the
-    merge agreed to."""
+    committed (in memory, for a dry run), or an existing one that is empty or a memory database whose schema
+    takes the import, the merge agreed to."""
+    if not db_path.exists() and dry_run:
+        with closing(scratch_database()) as conn:
+            yield conn, True
+        return
     if not db_path.exists():
         with new_database(db_path) as conn:
             yield conn, True
@@ -373,6 +386,18 @@ def _others(counts: dict[str, int], word: str) -> str:
     if not total:
         return f"0 {word}"
     return f"{total:,} {word}: " + _counts({k: n for k, n in counts.items() if n})
+
+
+def _imported(records: dict[str, int], inserted: dict[str, int], tally: dict[str, dict[str, int]], source: str,
+              dry_run: bool) -> str:
+    """'Imported 2 sessions, ... (3 skipped: ...; 1 updated: ...; 2 renumbered: ...) from x', or, when a merge
+    changes nothing, that it does not."""
+    said = "; ".join(_others(counts, word) for word, counts in tally.items()
+                     if word == "skipped" or any(counts.values()))
+    if any(inserted.values()) or any(tally["updated"].values()) or not any(records.values()):
+        return f"{'Would import' if dry_run else 'Imported'} {_counts(inserted)} ({said}) from {source}"
+    return (f"Nothing {'would be ' if dry_run else ''}imported from {source}: the database holds every record of it "
+            f"already ({said})")
 
 
 def _label(key: str, n: int = 2) -> str:

@@ -29,6 +29,14 @@ WHEN new.summary IS NOT NULL AND new.summary != ''
 BEGIN
     INSERT INTO sessions_fts(session_id, summary) VALUES (new.id, new.summary);
 END"""
+# memory-nexus's own trigger leaves a summary in sessions_fts when an update clears it (to NULL or ''); a merge
+# with --on-conflict replace can, so this drops it, as a restore of the merged database would not have it.
+SUMMARY_CLEARED = """
+CREATE TEMP TRIGGER IF NOT EXISTS memory_import_summary_cleared AFTER UPDATE OF summary ON main.sessions
+WHEN new.summary IS NULL OR new.summary = ''
+BEGIN
+    DELETE FROM sessions_fts WHERE session_id = old.id;
+END"""
 
 
 def _configure(conn: sqlite3.Connection) -> sqlite3.Connection:
@@ -61,6 +69,11 @@ def open_for_writing(path: Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         raise DatabaseProblem(f"cannot open {path}: {exc}") from exc
     return conn
+
+
+def scratch_database() -> sqlite3.Connection:
+    """A database in memory, opened as any other: what a dry run into a path that does not exist imports into."""
+    return _configure(sqlite3.connect(":memory:", isolation_level=None))
 
 
 @contextmanager
@@ -160,8 +173,9 @@ def counts(conn: sqlite3.Connection, tables: tuple[Table, ...] = TABLES) -> dict
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
-    """One transaction: COMMIT when the block ends, ROLLBACK on any exception, Ctrl-C included."""
+def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool = True) -> Iterator[sqlite3.Connection]:
+    """One transaction: COMMIT when the block ends (ROLLBACK where `commit` is false: a dry run), ROLLBACK on
+    any exception, Ctrl-C included."""
     try:
         conn.execute(f"BEGIN {mode}")
     except sqlite3.OperationalError as exc:
@@ -171,6 +185,9 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[s
     except BaseException:
         conn.rollback()
         raise
+    if not commit:
+        conn.rollback()
+        return
     try:
         conn.execute("COMMIT")
     except sqlite3.OperationalError as exc:

@@ -22,6 +22,16 @@ class Refused(PipelineError):
     """The user's data would be touched in a way they did not ask for."""
 
 
+def rejected(exc: Exception, twice: str = "the file holds this row twice") -> str:
+    """What the database's refusal of one record (an IntegrityError) means, in the file's terms."""
+    text = str(exc)
+    if text.startswith("FOREIGN KEY"):
+        return f"{text}: it names a row that is neither in the database nor earlier in the file"
+    if text.startswith("UNIQUE"):
+        return f"{text}: {twice}"
+    return text
+
+
 class corrupt_as_bad_backup:
     """Turn a fault in the file's bytes (bad JSON, a cut gzip or zstd stream, bad UTF-8) into one BadBackup
     line that says where reading had got to. Every other exception passes through untouched."""

@@ -13,6 +13,7 @@ from typing import IO, Callable, Iterable, Iterator
 
 from .database import (
     IMPORT_CACHE_KIB,
+    SUMMARY_CLEARED,
     SUMMARY_ON_INSERT,
     counts,
     create_schema,
@@ -20,10 +21,11 @@ from .database import (
     derived_rebuilt,
     transaction,
 )
-from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup
+from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup, rejected
 from .formats import READERS, Section, decompressed_reader
 from .integrity import SINCE as CHECKSUM_SINCE
 from .integrity import Summing
+from .merge import Merge
 from .records import BATCH, batches, checked, rows_of, shown
 from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
 from .values import NeedsCast, RawText
@@ -51,11 +53,13 @@ class Report:
     """What an import or validation did, per table, keyed as the file's stats are."""
     records: dict[str, int] = field(default_factory=dict)     # in the file
     inserted: dict[str, int] = field(default_factory=dict)    # new rows in the database
+    updated: dict[str, int] = field(default_factory=dict)     # rows given the file's values (--on-conflict replace)
+    renumbered: dict[str, int] = field(default_factory=dict)  # of those inserted, given another id or rowid
 
     @property
-    def others(self) -> dict[str, int]:
-        """Records that met a row already there: skipped, or replaced with --on-conflict replace."""
-        return {k: n - self.inserted.get(k, 0) for k, n in self.records.items()}
+    def skipped(self) -> dict[str, int]:
+        """Records whose fact the database holds already and kept as it was."""
+        return {k: n - self.inserted.get(k, 0) - self.updated.get(k, 0) for k, n in self.records.items()}
 
 
 def open_backup(stream: IO[bytes], fmt: str, ignore_checksum: bool = False) -> Backup:
@@ -150,64 +154,71 @@ def validate(backup: Backup, progress: Progress = lambda n: None) -> Report:
 
 
 def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_conflict: str = "skip",
-         create: bool = False, progress: Progress = lambda n: None) -> Report:
-    """Insert the backup in ONE transaction: any fault, Ctrl-C included, leaves the database as it was."""
+         create: bool = False, dry_run: bool = False, progress: Progress = lambda n: None) -> Report:
+    """Insert the backup in ONE transaction: any fault, Ctrl-C included, leaves the database as it was. Into a
+    database that has rows, a merge: records are matched to rows by natural keys (see merge.py). A dry run
+    does all of it, then rolls back."""
     report = Report()
     conn.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
-    with transaction(conn), _located(_position(report), conn):
+    conn.execute("PRAGMA temp_store = FILE")       # a merge's staging and id maps stay out of memory
+    with transaction(conn, commit=not dry_run), _located(_position(report), conn):
         if create:
             create_schema(conn)
         conn.execute(SUMMARY_ON_INSERT)
+        conn.execute(SUMMARY_CLEARED)
         bulk = clear or not conn.execute("SELECT 1 FROM messages_meta LIMIT 1").fetchone()
         with derived_rebuilt(conn) if bulk else nullcontext():
             if clear:
                 with database_faults(conn, "emptying the database (--clear)", NOTHING_IMPORTED):
                     _clear(conn)
             before = counts(conn)
-            # Into an empty database nothing can collide but the file with itself: that is a bad file.
-            merging = any(before.values())
+            # Into an empty database every id and rowid is kept, and nothing can collide but the file with
+            # itself: that is a bad file.
+            merge = Merge(conn, backup.minor, on_conflict) if any(before.values()) else None
             for table, records in checked_sections(backup, progress):
                 report.records[table.key] = 0
-                sql = functools.partial(insert_sql, table, backup.minor, on_conflict if merging else "fail")
+                sql = functools.partial(insert_sql, table, backup.minor, into=merge.stage(table) if merge else None)
                 for batch in batches(rows_of(table, backup.minor, records)):
-                    _insert(conn, table, sql, batch, report.records[table.key], on_conflict if merging else None)
+                    _insert(conn, table, sql, batch, report.records[table.key])
                     report.records[table.key] += len(batch)
+                    if merge:
+                        merge.merge_staged(table)
+                if merge:
+                    merge.ended(table)
+            if merge:
+                merge.finish()
+                report.updated, report.renumbered = merge.updated, merge.renumbered
         with database_faults(conn, "checking foreign keys", NOTHING_IMPORTED):
             _check_foreign_keys(conn)
         after = counts(conn)
         report.inserted = {k: after[k] - before[k] for k in report.records}
-        if not merging:
+        if not merge:
             _check_counts(report.records, report.inserted)
         conn.execute("DROP TRIGGER temp.memory_import_summary")
+        conn.execute("DROP TRIGGER temp.memory_import_summary_cleared")
     return _with_empty_tables(report, backup)
 
 
 def _with_empty_tables(report: Report, backup: Backup) -> Report:
     """Tables the stats count but the file has no records of (JSON Lines writes no line for them)."""
     for key in backup.stats:
-        report.records.setdefault(key, 0)
-        report.inserted.setdefault(key, 0)
+        for counted in (report.records, report.inserted, report.updated, report.renumbered):
+            counted.setdefault(key, 0)
     return report
 
 
-def insert_sql(table: Table, minor: int, on_conflict: str, casts: Iterable[bool] = ()) -> str:
-    """INSERT for one row of the table's columns; where `casts` says so, the value is bytes to store as TEXT."""
+def insert_sql(table: Table, minor: int, casts: Iterable[bool] = (), into: str | None = None) -> str:
+    """INSERT for one row of the table's columns, into the table or `into` (a merge's staging table); where
+    `casts` says so, the value is bytes to store as TEXT."""
     columns = [c.name for c in table.columns_in(minor)]
     quoted = ", ".join(f'"{c}"' for c in columns)
     casts = list(casts) or [False] * len(columns)
     values = ", ".join("CAST(? AS TEXT)" if cast else "?" for cast in casts)
-    sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({values})'
-    if on_conflict == "skip":
-        return sql + " ON CONFLICT DO NOTHING"
-    if on_conflict == "replace":
-        updates = [f'"{c}" = excluded."{c}"' for c in columns if c not in table.identity]
-        target = ", ".join(f'"{c}"' for c in table.identity)
-        return sql + f" ON CONFLICT ({target}) DO " + (f"UPDATE SET {', '.join(updates)}" if updates else "NOTHING")
-    return sql
+    into = into or f'"{table.name}"'
+    return f"INSERT INTO {into} ({quoted}) VALUES ({values})"
 
 
-def _insert(conn: sqlite3.Connection, table: Table, sql: Callable[..., str], batch: list[tuple], start: int,
-            merging: str | None) -> None:
+def _insert(conn: sqlite3.Connection, table: Table, sql: Callable[..., str], batch: list[tuple], start: int) -> None:
     """executemany one batch. When the database rejects a row, insert them one by one to find which and say
     so; when a row holds TEXT that is not UTF-8 (RawText refuses to be bound), to CAST its bytes."""
     conn.execute("SAVEPOINT batch")
@@ -223,22 +234,10 @@ def _insert(conn: sqlite3.Connection, table: Table, sql: Callable[..., str], bat
                 else:
                     conn.execute(sql(), row)
             except sqlite3.IntegrityError as error:
-                raise DatabaseProblem(f"{table.key}[{start + offset}]: {_explain(error, merging)}") from error
+                raise DatabaseProblem(f"{table.key}[{start + offset}]: {rejected(error)}") from error
         if isinstance(exc, sqlite3.IntegrityError):
             raise        # the batch failed but no row alone did: not something to paper over
     conn.execute("RELEASE batch")
-
-
-def _explain(exc: sqlite3.IntegrityError, merging: str | None) -> str:
-    """What a rejected row means; `merging` is the --on-conflict mode, None into empty tables."""
-    text = str(exc)
-    if text.startswith("FOREIGN KEY"):
-        return f"{text}: it names a row that is neither in the database nor earlier in the file" + (
-            ", or a row of another table points at the row it would replace" if merging == "replace" else "")
-    if text.startswith("UNIQUE"):
-        return text + (" (--on-conflict skip or replace merges it)" if merging else
-                       ": the file holds this row twice")
-    return text
 
 
 def _clear(conn: sqlite3.Connection) -> None:

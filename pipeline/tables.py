@@ -27,6 +27,8 @@ class Column:
     between: tuple[float, float] | None = None  # mirrors a CHECK (col >= lo AND col <= hi)
     since: int = 0                             # the 1.x minor version whose files carry it
     rowid: bool = False                        # INTEGER PRIMARY KEY: an alias of the rowid, integers only
+    points_at: str = ""                        # the table (its key) whose surrogate id this column holds
+    where: str = ""                            # ... only in rows where this SQL condition holds
     field: str = ""                            # the key in the file: the name in camelCase
 
     def __post_init__(self) -> None:
@@ -38,7 +40,9 @@ class Table:
     key: str                      # the array in the file and its count in "stats"
     name: str                     # the SQL table
     columns: tuple[Column, ...]
-    identity: tuple[str, ...]     # what names a row when merging: the target of --on-conflict replace
+    # What names the fact a row holds, when merging (never a surrogate id): one key or more, a row of the
+    # file is the target's row that matches it on any of them; pointing columns compare after mapping.
+    natural: tuple[tuple[str, ...], ...]
     since: int = 0                # files of this minor version on must hold the array
 
     def columns_in(self, minor: int) -> tuple[Column, ...]:
@@ -73,7 +77,7 @@ TABLES: tuple[Table, ...] = (
         text("summary", nullable=True),
         text("created_at", nullable=True, since=1),
         text("updated_at", nullable=True, since=1),
-    ), identity=("id",)),
+    ), natural=(("id",),)),
     Table("messages", "messages_meta", (
         integer("rowid", since=1, rowid=True),
         text("id"),
@@ -82,7 +86,7 @@ TABLES: tuple[Table, ...] = (
         text("content"),
         text("timestamp"),
         text("tool_use_ids", nullable=True),
-    ), identity=("id",)),
+    ), natural=(("id",),)),
     Table("toolUses", "tool_uses", (
         text("id"),
         text("session_id"),
@@ -91,7 +95,7 @@ TABLES: tuple[Table, ...] = (
         text("timestamp"),
         text("status", choices=("pending", "success", "error")),
         text("result", nullable=True),
-    ), identity=("id",)),
+    ), natural=(("id",),)),
     Table("entities", "entities", (
         integer("id", rowid=True),
         text("type", choices=("concept", "file", "decision", "term")),
@@ -99,27 +103,27 @@ TABLES: tuple[Table, ...] = (
         text("metadata", nullable=True),
         real("confidence", nullable=True, between=UNIT),
         text("created_at", nullable=True, since=1),
-    ), identity=("id",)),
+    ), natural=(("type", "name"),)),
     Table("links", "links", (
         integer("id", since=1, rowid=True),
         text("source_type", choices=("session", "message", "topic")),
-        text("source_id"),
+        text("source_id", points_at="topics", where="source_type = 'topic'"),
         text("target_type", choices=("session", "message", "topic")),
-        text("target_id"),
+        text("target_id", points_at="topics", where="target_type = 'topic'"),
         text("relationship", choices=("mentions", "related_to", "continues")),
         real("weight", nullable=True, between=UNIT),
-    ), identity=("source_type", "source_id", "target_type", "target_id", "relationship")),
+    ), natural=(("source_type", "source_id", "target_type", "target_id", "relationship"),)),
     Table("sessionEntities", "session_entities", (
         text("session_id"),
-        integer("entity_id"),
+        integer("entity_id", points_at="entities"),
         integer("frequency", nullable=True),
-    ), identity=("session_id", "entity_id"), since=1),
+    ), natural=(("session_id", "entity_id"),), since=1),
     Table("entityLinks", "entity_links", (
-        integer("source_id"),
-        integer("target_id"),
+        integer("source_id", points_at="entities"),
+        integer("target_id", points_at="entities"),
         text("relationship", choices=("related", "implies", "contradicts")),
         real("weight", nullable=True, between=UNIT),
-    ), identity=("source_id", "target_id", "relationship"), since=1),
+    ), natural=(("source_id", "target_id", "relationship"),), since=1),
     Table("extractionStates", "extraction_state", (
         text("id"),
         text("session_path"),
@@ -130,12 +134,12 @@ TABLES: tuple[Table, ...] = (
         text("error_message", nullable=True),
         text("file_mtime", nullable=True),
         integer("file_size", nullable=True),
-    ), identity=("id",), since=1),
+    ), natural=(("id",), ("session_path",)), since=1),   # memory-nexus looks a state up by its path
     Table("topics", "topics", (
         integer("id", rowid=True),
         text("name"),
         text("created_at", nullable=True),
-    ), identity=("id",), since=1),
+    ), natural=(("name",),), since=1),
 )
 
 BY_KEY: dict[str, Table] = {t.key: t for t in TABLES}

@@ -32,7 +32,8 @@ def main() -> None:
     parser.add_argument("--fuzz", type=int, default=10_000, help="hypothesis cases (default 10,000)")
     args = parser.parse_args()
     runs = [
-        (f"kill -9 at {args.kills} points in each of 4 cases (export; import merge, --clear, new path)",
+        (f"kill -9 at {args.kills} points in each of 5 cases "
+         "(export; import merge, renumbering merge, --clear, new path)",
          "tests/test_crash.py", {"MEMORY_CRASH_POINTS": str(args.kills)}),
         (f"{args.fuzz:,} mutated files (flipped, deleted, inserted bytes, truncation; json and jsonl; the sample and the typed sample)",
          "tests/test_fuzz.py", {"MEMORY_FUZZ_EXAMPLES": str(args.fuzz)}),

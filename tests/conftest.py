@@ -101,14 +101,15 @@ def without(state: dict, table_name: str, columns: tuple[str, ...]) -> list[tupl
     return [tuple(row[i] for i in keep) for row in state[table_name]]
 
 
-def make_database(path: Path, sessions: int = 3, messages_per_session: int = 4) -> Path:
-    """A small memory database made with plain SQL, as memory-nexus would leave it."""
+def make_database(path: Path, sessions: int = 3, messages_per_session: int = 4, name: str = "session") -> Path:
+    """A small memory database made with plain SQL, as memory-nexus would leave it. Two made with different
+    names share no session or message, but their message rowids are the same numbers, as two machines' are."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("BEGIN")
     create_schema(conn)
     for s in range(sessions):
-        sid = f"session-{s}"
+        sid = f"{name}-{s}"
         conn.execute("INSERT INTO sessions (id, project_path_encoded, project_path_decoded, project_name, "
                      "start_time, message_count) VALUES (?, '-p', '/p', 'p', '2026-01-01T00:00:00Z', ?)",
                      (sid, messages_per_session))
@@ -123,8 +124,8 @@ def make_database(path: Path, sessions: int = 3, messages_per_session: int = 4) 
     conn.execute("INSERT INTO entities (type, name, confidence) VALUES ('concept', 'backups', 0.5)")
     conn.execute("INSERT INTO topics (name) VALUES ('cron')")
     conn.execute("INSERT INTO links (source_type, source_id, target_type, target_id, relationship) "
-                 "VALUES ('topic', '1', 'session', 'session-0', 'related_to')")
-    conn.execute("INSERT INTO session_entities VALUES ('session-0', 1, 2)")
+                 "VALUES ('topic', '1', 'session', ?, 'related_to')", (f"{name}-0",))
+    conn.execute("INSERT INTO session_entities VALUES (?, 1, 2)", (f"{name}-0",))
     conn.execute("COMMIT")
     conn.close()
     return path

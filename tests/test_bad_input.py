@@ -147,9 +147,9 @@ def test_bad_file_leaves_the_database_unchanged_when_merging(tmp_path, name, dat
     (tmp_path / name).write_bytes(data)
     before = snapshot(db)
     result = memory("import", "--db", db, "--yes", tmp_path / name)
-    if name == "twice.json":   # merging, a row met again is skipped and counted, as rows already there are:
-        assert result.exit_code == 0   # message m-1 the second time, and entity id 1, which other.db has
-        assert result.stdout.endswith(f"(2 skipped: 1 message, 1 entity) from {tmp_path / name}\n")
+    if name == "twice.json":   # merging, a fact met again is skipped and counted, as rows already there are:
+        assert result.exit_code == 0   # message m-1 the second time; entity 1 of the file is not other.db's 1
+        assert result.stdout.endswith(f"(1 skipped: 1 message; 1 renumbered: 1 entity) from {tmp_path / name}\n")
         return
     assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message}\n")
     assert snapshot(db) == before
@@ -184,3 +184,35 @@ def test_a_file_cut_anywhere_is_refused_and_changes_nothing(tmp_path, sample_db,
     result = memory("import", "--db", sample_db, "--clear", tmp_path / name)
     assert (result.exit_code, result.stderr) == (1, checked.stderr)
     assert snapshot(sample_db) == before
+
+
+@pytest.fixture
+def renumbering(tmp_path, sample_db):
+    """Another machine's database, and the sample as memory exports it (1.1: with rowids and ids) whose
+    message rowids 1 to 5, entity id 1 and link id 1 it holds as other things: a merge of the good file
+    renumbers."""
+    db = make_database(tmp_path / "other.db", name="other")
+    assert memory("export", "--db", sample_db, "-q", tmp_path / "sample.json").exit_code == 0
+    doc = json.loads((tmp_path / "sample.json").read_text())
+    good = memory("import", "--db", db, "-y", "--dry-run", "--json", tmp_path / "sample.json")
+    assert json.loads(good.stdout)["renumbered"] == {"sessions": 0, "messages": 5, "toolUses": 0, "entities": 1,
+                                                     "links": 1, "sessionEntities": 0, "entityLinks": 0,
+                                                     "extractionStates": 0, "topics": 0}
+    return db, doc
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["extractionStates"][-1].update(status="done"),
+     "extractionStates[1]: status must be one of 'pending', 'in_progress', 'complete', 'error', got 'done'"),
+    (lambda d: d["sessionEntities"][-1].update(sessionId="nope"),
+     "sessionEntities[1]: FOREIGN KEY constraint failed: it names a row that is neither in the database nor "
+     "earlier in the file"),
+], ids=["last-record", "foreign-key"])
+def test_a_renumbering_merge_is_all_or_nothing_under_a_bad_last_record(tmp_path, renumbering, edit, message):
+    db, doc = renumbering
+    edit(doc)
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    before = snapshot(db)
+    result = memory("import", "--db", db, "-y", tmp_path / "bad.json")
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message}\n")
+    assert snapshot(db) == before

@@ -67,10 +67,9 @@ def test_merge_asks_on_a_terminal(tmp_path, monkeypatch, answer, code):
 def test_merge_skips_rows_already_there_and_counts_them(tmp_path, sample_db):
     result = memory("import", "--db", sample_db, "--yes", SAMPLE)
     assert result.exit_code == 0
-    assert result.stdout == ("Imported 0 sessions, 0 messages, 0 tool uses, 0 entities, 0 links, 0 session entities, "
-                             f"0 entity links, 0 extraction states (19 skipped: 2 sessions, 5 messages, 2 tool uses, "
-                             f"3 entities, 2 links, 2 session entities, 1 entity link, 2 extraction states) "
-                             f"from {SAMPLE}\n")
+    assert result.stdout == (f"Nothing imported from {SAMPLE}: the database holds every record of it already "
+                             "(19 skipped: 2 sessions, 5 messages, 2 tool uses, 3 entities, 2 links, "
+                             "2 session entities, 1 entity link, 2 extraction states)\n")
 
 
 def test_on_conflict_replace_overwrites_and_fail_refuses(tmp_path, sample_db):
@@ -80,11 +79,13 @@ def test_on_conflict_replace_overwrites_and_fail_refuses(tmp_path, sample_db):
     before = snapshot(sample_db)
     failed = memory("import", "--db", sample_db, "-y", "--on-conflict", "fail", tmp_path / "changed.json")
     assert (failed.exit_code, failed.stderr) == (
-        1, "Error: sessions[0]: UNIQUE constraint failed: sessions.id (--on-conflict skip or replace merges it)\n")
+        1, "Error: messages[0]: id 'm-1' is in the database with other values; nothing was imported "
+           "(--on-conflict skip keeps the database's, replace takes the file's)\n")
     assert snapshot(sample_db) == before
     replaced = memory("import", "--db", sample_db, "-y", "--on-conflict", "replace", "--json", tmp_path / "changed.json")
     report = json.loads(replaced.stdout)
-    assert report["inserted"]["messages"] == 0 and report["replaced"]["messages"] == 5
+    assert report["inserted"]["messages"] == 0 and report["updated"]["messages"] == 1
+    assert report["skipped"]["messages"] == 4 and report["renumbered"]["messages"] == 0
     conn = sqlite3.connect(sample_db)
     assert conn.execute("SELECT content FROM messages_meta WHERE id = 'm-1'").fetchone() == ("rewritten by the backup",)
     assert conn.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH 'rewritten'").fetchall() == [(1,)]
@@ -145,8 +146,8 @@ def test_ctrl_c_during_import_exits_130_and_changes_nothing(tmp_path, sample_db,
     before = snapshot(sample_db)
     real_insert = cli_module.load.__globals__["_insert"]
 
-    def interrupted(conn, table, sql, batch, start, merging):
-        real_insert(conn, table, sql, batch, start, merging)
+    def interrupted(conn, table, sql, batch, start):
+        real_insert(conn, table, sql, batch, start)
         if table.key == "toolUses":
             raise KeyboardInterrupt
     monkeypatch.setitem(cli_module.load.__globals__, "_insert", interrupted)

@@ -3,6 +3,7 @@ exactly as before. scripts/torture.py runs the same at many more points."""
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -58,17 +59,22 @@ def test_killed_export_leaves_the_last_backup_untouched_and_nothing_beside_it(tm
     assert killed >= POINTS // 2, f"only {killed} of {POINTS} runs were killed while running"
 
 
-@pytest.mark.parametrize("clear", [False, True], ids=["merge", "clear"])
-def test_killed_import_leaves_the_database_as_it_was(tmp_path, big_db, clear):
+@pytest.mark.parametrize("clear, name", [(False, "session"), (False, "other"), (True, "session")],
+                         ids=["merge", "renumbering-merge", "clear"])
+def test_killed_import_leaves_the_database_as_it_was(tmp_path, big_db, clear, name):
     backup = tmp_path / "b.jsonl"
     assert subprocess.run([sys.executable, "-m", "pipeline", "export", "--db", str(big_db), "-q", str(backup)],
                           cwd=ROOT, capture_output=True).returncode == 0
-    target = make_database(tmp_path / "target.db", sessions=2, messages_per_session=3)
+    # "other": another machine's sessions, whose message rowids 1 to 6 the backup's first 6 messages have too
+    target = make_database(tmp_path / "target.db", sessions=2, messages_per_session=3, name=name)
     pristine = target.read_bytes()
     before = snapshot(target)
     args = ["import", "--db", target, "--clear" if clear else "--yes", backup]
     took = duration(*args)
     after = snapshot(target)                                     # the whole import
+    if name == "other":
+        renumbered = sqlite3.connect(target).execute("SELECT count(*) FROM messages_meta WHERE rowid > 15000")
+        assert renumbered.fetchone() == (6,)
     killed = 0
     for i in range(POINTS):
         for leftover in tmp_path.glob("target.db-*"):

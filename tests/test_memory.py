@@ -6,7 +6,7 @@ import pytest
 from conftest import make_database
 
 from pipeline import records
-from pipeline.database import new_database, open_for_reading
+from pipeline.database import new_database, open_for_reading, open_for_writing
 from pipeline.export import export
 from pipeline.formats import decompressed_reader
 from pipeline.restore import load, open_backup
@@ -31,7 +31,17 @@ def peaks(tmp_path, messages_per_session: int, fmt: str) -> tuple[int, int]:
         tracemalloc.stop()
     assert open_for_reading(restored).execute("SELECT count(*) FROM messages_meta").fetchone()[0] == \
         20 * messages_per_session
-    return export_peak, import_peak
+    # A merge into another machine's database, whose message rowids 1 to 8 are taken: are those 8
+    # renumbered? Only those: the renumbered ones go after the highest rowid, where no later record is.
+    other = make_database(tmp_path / f"other-{messages_per_session}.db", sessions=2, name="other")
+    target = open_for_writing(other)
+    tracemalloc.start()
+    with open(backup, "rb") as raw:
+        report = load(target, open_backup(decompressed_reader(raw), fmt))
+    merge_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert report.renumbered["messages"] == 8                # the rowids 1 to 8 other holds: no more
+    return export_peak, import_peak, merge_peak
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl"])

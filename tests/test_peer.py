@@ -4,7 +4,6 @@ and on a database grown from it: each program reads what the other writes, row f
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
