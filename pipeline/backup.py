@@ -90,10 +90,9 @@ class Listed:
 
 @dataclass
 class Chosen:
-    """The backup a folder restore takes, opened at its start, and the newer ones it passed over and why."""
+    """The backup a folder restore takes, opened at its start."""
     path: Path
     backup: Backup
-    passed_over: list[tuple[Path, str]]
 
 
 def backup_name(fmt: str, compression: str, now: datetime | None = None) -> str:
@@ -193,14 +192,16 @@ def listing(directory: Path, check: bool = False, ignore_checksum: bool = False,
 
 
 @contextmanager
-def newest_whole(directory: Path, ignore_checksum: bool = False, progress: ProgressFor = no_progress,
-                 now: datetime | None = None) -> Iterator[Chosen]:
+def newest_whole(directory: Path, passed_over: Callable[[Path, str], None], ignore_checksum: bool = False,
+                 progress: ProgressFor = no_progress, now: datetime | None = None) -> Iterator[Chosen]:
     """The newest of our backups in `directory` that validates, checksum included, opened again at its start
     for an import. Each is read through one open file, so a run rotating it away meanwhile cannot take it
-    from under the import. Newer ones that fail are passed over, and so are those named in the future."""
+    from under the import. Newer ones that fail are passed over, and so are those named in the future: each
+    is told to `passed_over` with why, as it is."""
     past, future = _trusted(directory, now)
-    passed_over = [(p, "named for a time in the future (was the clock wrong?), so not trusted to be the newest; "
-                    "restore it by its path if it is the one you want") for p in reversed(future)]
+    for path in reversed(future):
+        passed_over(path, "named for a time in the future (was the clock wrong?), so not trusted to be the newest; "
+                    "restore it by its path if it is the one you want")
     for path in reversed(past):
         fmt = _layout(path)[0]
         with open(path, "rb") as raw:
@@ -209,16 +210,16 @@ def newest_whole(directory: Path, ignore_checksum: bool = False, progress: Progr
                 with progress(sum(backup.stats.values()), "Checking") as step:
                     validate(backup, step)
             except BadBackup as exc:
-                passed_over.append((path, str(exc)))
+                passed_over(path, str(exc))
                 continue
             raw.seek(0)
-            yield Chosen(path, open_backup(decompressed_reader(raw), fmt, ignore_checksum), passed_over)
+            yield Chosen(path, open_backup(decompressed_reader(raw), fmt, ignore_checksum))
             return
-    if not passed_over:
+    if not past and not future:
         raise NothingToRestore(f"{directory}: no backup of memory's here (it restores the files memory backup "
                                "names memory-<UTC time>.json.zst and the like)")
-    raise NothingToRestore(f"{directory}: none of its {len(passed_over)} backups can be restored; each is named "
-                           "above with its fault")
+    raise NothingToRestore(f"{directory}: none of its {len(past) + len(future)} backups can be restored; each "
+                           "is named above with its fault")
 
 
 @contextmanager

@@ -332,9 +332,11 @@ def _source(name: str, fmt: str | None, ignore_checksum: bool, shown: _Shown) ->
         return
     if fmt:
         raise click.UsageError("--format does not apply to a folder: its backups' names say theirs")
-    with newest_whole(Path(name), ignore_checksum, functools.partial(_progress, shown=shown)) as chosen:
-        for path, fault in chosen.passed_over:
-            click.echo(f"passed over {path}: {fault}", err=True)
+    def passed_over(path: Path, fault: str) -> None:
+        click.echo(f"passed over {path}: {fault}", err=True)
+
+    with newest_whole(Path(name), passed_over, ignore_checksum, functools.partial(_progress, shown=shown)) \
+            as chosen:
         yield str(chosen.path), chosen.backup
 
 
