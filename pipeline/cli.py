@@ -185,7 +185,7 @@ def validate(input: str, fmt: str | None, ignore_checksum: bool, quiet: bool, as
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @db_option
-@click.option("--keep", type=click.IntRange(min=1),
+@click.option("--keep", type=click.IntRange(min=1), metavar="N",
               help="Keep the newest N of its own backups in DIRECTORY, the new one included "
                    "(7 when no --keep option is given).")
 @click.option("--keep-daily", type=click.IntRange(min=1), metavar="N",
@@ -248,7 +248,7 @@ def _backup_dry_run(directory: Path, retention: Retention, fmt: str, compress: s
 @click.option("--check", is_flag=True,
               help="Validate each backup whole, checksum included, and mark the bad ones; exit 1 if any is bad.")
 @ignore_checksum_option
-@json_option
+@click.option("--json", "as_json", is_flag=True, help="Print the backups as one JSON array.")
 def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) -> None:
     """List memory's own backups in DIRECTORY, newest first: time, size, sessions, messages, format.
 

@@ -203,3 +203,154 @@ def listing(folder: Path) -> list:
     """Every name in the folder with its bytes, mode and modification time."""
     return sorted((p.name, p.is_dir(), p.is_dir() or p.read_bytes(), p.stat().st_mode, p.stat().st_mtime_ns)
                   for p in folder.iterdir())
+
+
+# ---- retention ----------------------------------------------------------------------------------------------
+
+def at(day: str, hour: int) -> datetime:
+    return datetime.fromisoformat(day).replace(hour=hour, tzinfo=timezone.utc)
+
+
+# Written by hand. 2026-02-04 is a Wednesday of ISO week 6; Sunday 2026-02-01 belongs to week 5 (with Jan 26-31);
+# 2025-12-30 to ISO week 1 of 2026. Nothing was written on Feb 2: restic counts days that have backups.
+SMALL = {"n": at("2026-02-04", 3),                                   # the new backup: week 6, February
+         "a": at("2026-02-03", 20), "b": at("2026-02-03", 3),       # two on one day
+         "c": at("2026-02-01", 3),                                   # week 5, February
+         "d": at("2026-01-31", 22), "e": at("2026-01-31", 3),       # week 5, January
+         "f": at("2026-01-28", 3),
+         "g": at("2026-01-25", 3), "h": at("2026-01-20", 3),        # week 4
+         "i": at("2025-12-30", 3), "j": at("2025-12-01", 3)}        # December
+
+
+@pytest.mark.parametrize("retention, kept", [
+    (Retention(daily=3), "n a c"),              # Feb 4, Feb 3 (its newest), Feb 1: not Feb 2, which has none
+    (Retention(weekly=2), "n c"),               # week 6, and week 5's newest is Sunday Feb 1
+    (Retention(monthly=3), "n d i"),            # February, January, December: each its newest
+    (Retention(monthly=5), "n d i j"),          # only 3 months: counts left, so the oldest is kept too (restic)
+    (Retention(daily=30), "n a c d f g h i j"),  # 9 days have backups: the newest of each
+    (Retention(last=2), "n a"),
+    (Retention(last=2, daily=2, weekly=3), "n a c g"),
+    (Retention(daily=3, weekly=2, monthly=3), "n a c d i"),
+    (Retention.given(), "n a b c d e f"),       # no option given: --keep 7, as before
+])
+def test_retention_keeps_what_restics_forget_keeps_small_case_by_hand(tmp_path, retention, kept):
+    paths = {key: tmp_path / backup_name("json", "zstd", time) for key, time in SMALL.items()}
+    future = tmp_path / "memory-20990101T000000.000000Z.json.zst"
+    for path in [*paths.values(), future]:
+        path.write_text("x")
+    removed, warned = rotate(tmp_path, retention, paths["n"], now=SMALL["n"])
+    assert sorted(own_backups(tmp_path)) == sorted([paths[k] for k in kept.split()] + [future])
+    assert removed == sorted(p for k, p in paths.items() if k not in kept.split())     # oldest first
+    assert warned == [future]
+
+
+def test_retention_always_keeps_the_new_backup_even_named_older_by_a_clock_set_back(tmp_path):
+    paths = {key: tmp_path / backup_name("json", "zstd", time) for key, time in SMALL.items()}
+    for path in paths.values():
+        path.write_text("x")
+    rotate(tmp_path, Retention(daily=1), paths["h"], now=SMALL["n"])
+    assert own_backups(tmp_path) == [paths["h"], paths["n"]]
+
+
+def reference(times: dict[Path, datetime], new: Path, retention: Retention) -> set[Path]:
+    """What restic's rules keep, put another way than the code: group the backups by day (ISO week, month),
+    take the newest of each of the N newest groups, and the oldest backup too when there are fewer than N
+    groups. --keep N: the new backup and the N-1 newest others. The new backup always."""
+    oldest_first = sorted(times, key=lambda p: times[p])
+    kept = {new}
+    if retention.last:
+        kept |= set(([new] + [p for p in reversed(oldest_first) if p != new])[: retention.last])
+    for count, key in ((retention.daily, lambda t: t.date()), (retention.weekly, lambda t: t.isocalendar()[:2]),
+                       (retention.monthly, lambda t: (t.year, t.month))):
+        if count:
+            groups: dict = {}
+            for path in oldest_first:
+                groups.setdefault(key(times[path]), []).append(path)
+            kept |= {groups[bucket][-1] for bucket in sorted(groups, reverse=True)[:count]}
+            if len(groups) < count:
+                kept.add(oldest_first[0])
+    return kept
+
+
+def four_months(folder: Path, end: datetime, content: bytes) -> dict[Path, datetime]:
+    """A backup at 03:15 each day for four months before `end`, a second at 21:40 every third day, and none
+    on every eleventh day."""
+    times = {}
+    for day in range(1, 122):
+        if day % 11 == 0:
+            continue
+        date = (end - timedelta(days=day)).replace(hour=3, minute=15, second=0, microsecond=0)
+        for time in [date] + ([date.replace(hour=21, minute=40)] if day % 3 == 0 else []):
+            path = folder / backup_name("json", "zstd", time)
+            path.write_bytes(content)
+            times[path] = time
+    return times
+
+
+POLICIES = [Retention(daily=7), Retention(weekly=5), Retention(monthly=3), Retention(monthly=6),
+            Retention(daily=200), Retention(last=5), Retention(last=3, daily=10, weekly=6, monthly=12),
+            Retention(daily=7, weekly=4, monthly=3)]
+
+
+@pytest.mark.parametrize("retention", POLICIES)
+def test_retention_over_four_months_keeps_what_an_independent_reference_keeps(tmp_path, retention):
+    now = datetime(2026, 5, 6, 3, 15, 0, 1234, tzinfo=timezone.utc)     # a Wednesday
+    times = four_months(tmp_path, now, b"x")
+    assert len(times) == 147 and len({t.date() for t in times.values()}) == 110
+    new = tmp_path / backup_name("json", "zstd", now)
+    new.write_bytes(b"x")
+    times[new] = now
+    expected = reference(times, new, retention)
+    assert 1 < len(expected) < len(times)
+    removed, _ = rotate(tmp_path, retention, new, now=now)
+    assert set(own_backups(tmp_path)) == expected
+    assert removed == sorted(set(times) - expected)
+
+
+def test_backup_with_calendar_retention_and_its_dry_run(tmp_path, sample_db):
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    content = exported(sample_db, tmp_path / "one.json.zst").read_bytes()
+    times = four_months(folder, datetime.now(timezone.utc), content)
+    (folder / "notes.txt").write_text("not ours")
+    options = ["--keep-daily", "7", "--keep-weekly", "4", "--keep-monthly", "3"]
+    before = listing(folder)
+    dry = memory("backup", "--db", sample_db, *options, "--dry-run", folder)
+    assert (dry.exit_code, dry.stderr) == (0, "")
+    assert listing(folder) == before                      # nothing written, nothing removed, no lock file
+    would = [line.removeprefix("would remove ") for line in dry.stdout.splitlines()]
+    result = memory("backup", "--db", sample_db, *options, "--json", folder)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    new = Path(report["path"])
+    times[new] = datetime.strptime(new.name[7:30], "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=timezone.utc)
+    expected = reference(times, new, Retention(daily=7, weekly=4, monthly=3))
+    assert set(own_backups(folder)) == expected and 7 < len(expected) < len(times)
+    assert report["removed"] == [str(p) for p in sorted(set(times) - expected)] == would
+    assert (folder / "notes.txt").read_text() == "not ours"
+
+
+def test_dry_run_json_and_quiet_and_an_empty_folder(tmp_path):
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    old = [folder / backup_name("json", "zstd", datetime(2026, 1, d, tzinfo=timezone.utc)) for d in (1, 2, 3)]
+    for path in old:
+        path.write_text("x")
+    result = memory("backup", "--keep", "2", "--dry-run", "--json", folder)
+    assert json.loads(result.stdout) == {"dryRun": True, "wouldRemove": [str(old[0]), str(old[1])]}
+    assert memory("backup", "--keep", "2", "--dry-run", "-q", folder).stdout == f"{old[0]}\n{old[1]}\n"
+    assert memory("backup", "--dry-run", folder).stdout == "would remove nothing\n"
+    assert memory("backup", "--dry-run", tmp_path / "none").stdout == "would remove nothing\n"
+    assert own_backups(folder) == old and not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["backup", "--keep-daily", "0"], "Invalid value for '--keep-daily': 0 is not in the range x>=1."),
+    (["backup", "--keep-monthly", "x"], "Invalid value for '--keep-monthly': 'x' is not a valid integer range."),
+    (["import", "--format", "json"], "--format does not apply to a folder: its backups' names say theirs"),
+])
+def test_usage_errors_of_the_folder_options(tmp_path, args, message):
+    result = memory(*args, tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == f"Error: {message}"
+    assert list(tmp_path.iterdir()) == []
