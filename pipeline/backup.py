@@ -146,27 +146,25 @@ def kept_by(retention: Retention, others: list[tuple[datetime, Path]], new: Path
     the new one first even when a clock set back named it older; the calendar rules see it at its time."""
     newest_first = others[::-1]
     kept = {new}
-    if retention.last:
-        kept |= _restic_rule([(new_time, new)] + newest_first, lambda t, p: p, retention.last)
+    if retention.last:      # each backup its own bucket
+        kept |= _restic_rule(list(enumerate([new] + [p for _, p in newest_first])), retention.last)
     by_time = sorted(newest_first + [(new_time, new)], key=lambda e: (e[0], e[1].name), reverse=True)
     for name, bucket in CALENDAR.items():
         count = getattr(retention, name)
         if count:
-            kept |= _restic_rule(by_time, lambda t, p: bucket(t), count)
+            kept |= _restic_rule([(bucket(time), path) for time, path in by_time], count)
     return kept
 
 
-def _restic_rule(newest_first: list[tuple[datetime, Path]], bucket: Callable[[datetime, Path], Hashable],
-                 count: int) -> set[Path]:
-    """restic's rule: walking newest first, keep a backup whose bucket differs from the last one kept, until
-    `count` are kept; the oldest backup too while count is left (restic 0.17 on), which keeps the longest
-    history a young folder has."""
+def _restic_rule(newest_first: list[tuple[Hashable, Path]], count: int) -> set[Path]:
+    """restic's rule over (bucket, backup) pairs: walking newest first, keep a backup whose bucket differs from
+    the last one kept, until `count` are kept; the oldest backup too while count is left (restic 0.17 on),
+    which keeps the longest history a young folder has."""
     kept: set[Path] = set()
     last: Hashable = object()
-    for at, (time, path) in enumerate(newest_first):
+    for at, (value, path) in enumerate(newest_first):
         if count == 0:
             break
-        value = bucket(time, path)
         if value != last or at == len(newest_first) - 1:
             kept.add(path)
             last = value
@@ -204,7 +202,11 @@ def newest_whole(directory: Path, passed_over: Callable[[Path, str], None], igno
                     "restore it by its path if it is the one you want")
     for path in reversed(past):
         fmt = _layout(path)[0]
-        with open(path, "rb") as raw:
+        try:
+            raw = open(path, "rb")
+        except FileNotFoundError:       # a backup run's rotation removed it since the folder was read
+            continue
+        with raw:
             try:
                 backup = open_backup(decompressed_reader(raw), fmt, ignore_checksum)
                 with progress(sum(backup.stats.values()), "Checking") as step:

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import click
 
 from . import __version__
-from .backup import Retention, dry_run, listing, new_backup, newest_whole
+from .backup import Listed, Retention, dry_run, listing, new_backup, newest_whole
 from .database import (
     DEFAULT_PATH,
     counts,
@@ -340,7 +340,7 @@ def _source(name: str, fmt: str | None, ignore_checksum: bool, shown: _Shown) ->
         yield str(chosen.path), chosen.backup
 
 
-def _listed_row(entry, check: bool) -> list[str]:
+def _listed_row(entry: Listed, check: bool) -> list[str]:
     """time, size, sessions, messages, format and name; the fault last, or with --check "ok"."""
     stats = (entry.header or {}).get("stats", {})
     counted = [f"{stats[key]:,} {_label(key, stats[key])}" if key in stats else "?" for key in ("sessions", "messages")]
@@ -350,7 +350,7 @@ def _listed_row(entry, check: bool) -> list[str]:
             entry.path.name, *mark]
 
 
-def _listed_data(entry) -> dict:
+def _listed_data(entry: Listed) -> dict:
     header = entry.header or {}
     return {"path": str(entry.path), "exportedAt": header.get("exportedAt"), "bytes": entry.bytes,
             "format": entry.fmt, "compression": entry.compression, "version": header.get("version"),
