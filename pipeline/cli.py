@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import click
 
 from . import __version__
-from .backup import new_backup
+from .backup import Listed, Retention, dry_run, listing, new_backup, newest_whole
 from .database import (
     DEFAULT_PATH,
     counts,
@@ -138,15 +138,17 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
 @progress_option
 def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, on_conflict: str, dry_run: bool,
             ignore_checksum: bool, quiet: bool, as_json: bool, plain_progress: bool) -> None:
-    """Restore INPUT, a path or - for stdin, into the database, all or nothing.
+    """Restore INPUT, a path, a folder of `memory backup`'s or - for stdin, into the database, all or nothing.
 
     The header is checked before anything is written; every record is checked as it streams; one
     transaction holds the whole import, --clear included, so any fault leaves the database as it was.
     A database that does not exist is created with the memory-nexus schema. Into a database that has
-    data, a merge: records are matched to rows by natural keys, never by ids.
+    data, a merge: records are matched to rows by natural keys, never by ids. From a folder, the newest
+    of its backups that validates is restored; each newer one that does not is named on stderr.
 
     \b
     Example:
+      memory import --clear ~/backups/memory
       memory import --clear ~/backups/memory.json.gz
       memory import --yes --dry-run other-machine.json.gz
       zstd -dc backup.json.zst | memory import --format json -
@@ -154,17 +156,19 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
     _warn_slow_parser()
     db_path = db_path.expanduser()
     shown = _Shown(quiet or as_json, plain_progress)
-    with _backup_in(input, fmt, ignore_checksum) as backup, \
+    with _source(input, fmt, ignore_checksum, shown) as (source, backup), \
             _import_target(db_path, clear, clear or yes, stdin_is_data=input == "-", dry_run=dry_run) \
             as (conn, create), \
             _progress(sum(backup.stats.values()), "Importing", shown) as progress:
         report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=create, dry_run=dry_run,
                       progress=progress)
-    source = "stdin" if input == "-" else input
     tally = {"skipped": report.skipped, "updated": report.updated, "renumbered": report.renumbered}
     _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(db_path),
             data={"path": source, "database": str(db_path), "dryRun": dry_run, "inserted": report.inserted, **tally},
             text=_imported(report.records, report.inserted, tally, source, dry_run))
+
+
+cli.add_command(import_, name="restore")     # `memory restore DIR` reads as what it does
 
 
 @cli.command()
@@ -198,8 +202,17 @@ def validate(input: str, fmt: str | None, ignore_checksum: bool, quiet: bool, as
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @db_option
-@click.option("--keep", type=click.IntRange(min=1), default=7, show_default=True,
-              help="How many of its own backups to keep in DIRECTORY, the new one included; older ones are removed.")
+@click.option("--keep", type=click.IntRange(min=1), metavar="N",
+              help="Keep the newest N of its own backups in DIRECTORY, the new one included "
+                   "(7 when no --keep option is given).")
+@click.option("--keep-daily", type=click.IntRange(min=1), metavar="N",
+              help="Keep the newest backup of each of the last N UTC days that have backups.")
+@click.option("--keep-weekly", type=click.IntRange(min=1), metavar="N",
+              help="Keep the newest backup of each of the last N ISO weeks that have backups.")
+@click.option("--keep-monthly", type=click.IntRange(min=1), metavar="N",
+              help="Keep the newest backup of each of the last N months that have backups.")
+@click.option("--dry-run", is_flag=True,
+              help="Write nothing, remove nothing: print what a backup now would remove.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
               help="json or jsonl.")
 @click.option("--compress", type=click.Choice(COMPRESSIONS), default="zstd", show_default=True,
@@ -208,29 +221,79 @@ def validate(input: str, fmt: str | None, ignore_checksum: bool, quiet: bool, as
 @quiet_option
 @json_option
 @progress_option
-def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, skip_unknown: bool, quiet: bool,
+def backup(directory: Path, db_path: Path, keep: int | None, keep_daily: int | None, keep_weekly: int | None,
+           keep_monthly: int | None, dry_run: bool, fmt: str, compress: str, skip_unknown: bool, quiet: bool,
            as_json: bool, plain_progress: bool) -> None:
-    """Write a new backup into DIRECTORY, check it, then drop the oldest beyond --keep.
+    """Write a new backup into DIRECTORY, check it, then remove the old ones no --keep option keeps.
 
     The database is checked first (PRAGMA quick_check, in the backup's read transaction). The file is
     memory-<UTC time>.json.zst (or as --format and --compress say), written atomically and validated,
-    checksum included, before any old backup is removed. The new backup is never removed; one named for a
-    time in the future is warned about and kept. Other files in DIRECTORY are never touched. Runs into one
-    DIRECTORY take turns. Exit 0 only when the new backup was written and validated.
+    checksum included, before any old backup is removed. The --keep options keep, as restic's forget does,
+    the union of what each keeps; with none given, --keep 7. The new backup is never removed; one named for
+    a time in the future is warned about and kept. Other files in DIRECTORY are never touched. Runs into
+    one DIRECTORY take turns. Exit 0 only when the new backup was written and validated.
 
     \b
     Example (crontab, daily at 03:15):
-      15 3 * * * memory backup --keep 14 ~/backups/memory || echo "memory backup failed" | mail -s backup me
+      15 3 * * * memory backup --keep-daily 7 --keep-weekly 4 --keep-monthly 12 ~/backups/memory
     """
+    retention = Retention.given(keep, keep_daily, keep_weekly, keep_monthly)
+    if dry_run:
+        _backup_dry_run(directory, retention, fmt, compress, quiet, as_json)
+        return
     conn = open_for_reading(db_path.expanduser())
     progress = functools.partial(_progress, shown=_Shown(quiet or as_json, plain_progress))
-    with new_backup(conn, directory, keep, fmt, compress, progress, skip_unknown=skip_unknown) as done:
+    with new_backup(conn, directory, retention, fmt, compress, progress, skip_unknown=skip_unknown) as done:
         for warning in done.warnings:    # the folder stays locked while this reports
             click.echo(f"warning: {warning}", err=True)
         _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(done.path),
                 data={"path": str(done.path), "bytes": done.bytes, "counts": done.counts,
                       "leftOut": done.left_out, "removed": [str(p) for p in done.removed]},
-                text=f"{done.path}{_left_out(done.left_out)}")
+                text="\n".join([f"{done.path}{_left_out(done.left_out)}"] + [f"removed {p}" for p in done.removed]))
+
+
+def _backup_dry_run(directory: Path, retention: Retention, fmt: str, compress: str, quiet: bool,
+                    as_json: bool) -> None:
+    removed, warnings = dry_run(directory, retention, fmt, compress)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    _report(err=False, quiet=quiet, as_json=as_json, quiet_text="\n".join(str(p) for p in removed),
+            data={"dryRun": True, "wouldRemove": [str(p) for p in removed]},
+            text="\n".join([f"would remove {p}" for p in removed] or ["would remove nothing"]))
+
+
+@cli.command(name="list")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--check", is_flag=True,
+              help="Validate each backup whole, checksum included, and mark the bad ones; exit 1 if any is bad.")
+@ignore_checksum_option
+@click.option("--json", "as_json", is_flag=True, help="Print the backups as one JSON array.")
+def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) -> None:
+    """List memory's own backups in DIRECTORY, newest first: time, size, sessions, messages, format.
+
+    Only each file's header is read, unless --check. Exit 1 if a backup cannot be read (with --check:
+    if one fails validation).
+
+    \b
+    Example:
+      memory list --check ~/backups/memory
+    """
+    entries = list(listing(directory, check, ignore_checksum))
+    if as_json:
+        click.echo(json.dumps([_listed_data(e) for e in entries]))
+    else:
+        rows = [_listed_row(e, check) for e in entries]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+        for row in rows:
+            cells = [cell.rjust(width) if i in (1, 2, 3) else cell.ljust(width)
+                     for i, (cell, width) in enumerate(zip(row, widths))]
+            click.echo("  ".join(cells).rstrip())
+        if not rows:
+            click.echo(f"{directory} holds no backup of memory's", err=True)
+    bad = sum(1 for e in entries if e.fault)
+    if bad:
+        raise click.ClickException(f"{directory}: {bad} of its {len(entries)} backups "
+                                   f"{'fail' if check else 'cannot be read'} (marked BAD)")
 
 
 @cli.command()
@@ -280,6 +343,41 @@ def _backup_in(name: str, fmt: str | None, ignore_checksum: bool) -> Iterator[Ba
         return
     with opened(Path(name), fmt, ignore_checksum) as backup:
         yield backup
+
+
+@contextmanager
+def _source(name: str, fmt: str | None, ignore_checksum: bool, shown: _Shown) -> Iterator[tuple[str, Backup]]:
+    """(what to call it, the backup): stdin, a file, or the newest whole backup of a folder, naming on stderr
+    each newer one passed over."""
+    if name == "-" or not Path(name).is_dir():
+        with _backup_in(name, fmt, ignore_checksum) as backup:
+            yield ("stdin" if name == "-" else name), backup
+        return
+    if fmt:
+        raise click.UsageError("--format does not apply to a folder: its backups' names say theirs")
+    def passed_over(path: Path, fault: str) -> None:
+        click.echo(f"passed over {path}: {fault}", err=True)
+
+    with newest_whole(Path(name), passed_over, ignore_checksum, functools.partial(_progress, shown=shown)) \
+            as chosen:
+        yield str(chosen.path), chosen.backup
+
+
+def _listed_row(entry: Listed, check: bool) -> list[str]:
+    """time, size, sessions, messages, format and name; the fault last, or with --check "ok"."""
+    stats = (entry.header or {}).get("stats", {})
+    counted = [f"{stats[key]:,} {_label(key, stats[key])}" if key in stats else "?" for key in ("sessions", "messages")]
+    layout = entry.fmt if entry.compression == "none" else f"{entry.fmt} {entry.compression}"
+    mark = [f"BAD: {entry.fault}"] if entry.fault else (["ok"] if check else [""])
+    return [entry.time.strftime("%Y-%m-%d %H:%M:%S UTC"), _size(entry.bytes), *counted, layout,
+            entry.path.name, *mark]
+
+
+def _listed_data(entry: Listed) -> dict:
+    header = entry.header or {}
+    return {"path": str(entry.path), "exportedAt": header.get("exportedAt"), "bytes": entry.bytes,
+            "format": entry.fmt, "compression": entry.compression, "version": header.get("version"),
+            "stats": header.get("stats"), "fault": entry.fault}
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from conftest import SAMPLE, memory, snapshot
 
-from pipeline.backup import backup_name, new_backup, own_backups, rotate
+from pipeline.backup import Retention, backup_name, new_backup, own_backups, rotate
 
 
 def test_backup_writes_a_validated_zstd_file_and_prints_its_path(tmp_path, sample_db):
@@ -147,13 +147,16 @@ def test_a_backup_named_in_the_future_is_warned_about_and_never_costs_the_new_on
     folder.mkdir()
     future = folder / "memory-20990101T000000.000000Z.json.zst"
     future.write_text("written while the clock said 2099")
+    before = []
     for _ in range(2):
         result = memory("backup", "--db", sample_db, "--keep", "1", folder)
         assert result.exit_code == 0, result.output
         path = own_backups(folder)[0]
-        assert result.stdout == f"{path}\n" and path.exists() and path != future
+        assert result.stdout == "".join(f"{line}\n" for line in [path] + [f"removed {p}" for p in before])
+        assert path.exists() and path != future
+        before = [path]
         assert result.stderr == (f"warning: {future} is named for a time in the future; it is kept, not counted "
-                                 "among the --keep newest: was the clock wrong? Remove it once you no longer "
+                                 "by the --keep options: was the clock wrong? Remove it once you no longer "
                                  "need it\n")
         assert sorted(own_backups(folder)) == sorted([path, future])
         assert memory("validate", path).exit_code == 0
@@ -183,10 +186,12 @@ def test_concurrent_backups_into_one_folder_take_turns(tmp_path, sample_db):
     for run in runs:
         run.stdout.close(), run.stderr.close()
     assert [(code, err) for code, _, err in outcomes] == [(0, "")] * 8
-    printed = {out for _, out, _ in outcomes}
+    printed = {out.splitlines()[0] for _, out, _ in outcomes}       # the new backup, then "removed ..."
+    removed = [line for _, out, _ in outcomes for line in out.splitlines()[1:]]
     assert len(printed) == 8
     (left,) = own_backups(folder)
-    assert f"{left}\n" in printed
+    assert str(left) in printed
+    assert sorted(removed) == sorted(f"removed {p}" for p in printed - {str(left)})   # each once, by one run
     assert memory("validate", left).exit_code == 0
     assert sorted(p.name for p in folder.iterdir()) == sorted([left.name, ".memory-backup.lock"])
     assert (folder / ".memory-backup.lock").stat().st_mode & 0o777 == 0o600
@@ -207,7 +212,7 @@ def test_rotation_keeps_the_new_backup_and_the_newest_others_and_never_counts_fu
     names = {f"m{i}": tmp_path / backup_name("json", "zstd", day + timedelta(minutes=i)) for i in range(4)}
     for path in names.values():
         path.write_text("x")
-    removed, future = rotate(tmp_path, keep, names["m1"], now=day + timedelta(minutes=3) + now_offset)
+    removed, future = rotate(tmp_path, Retention(last=keep), names["m1"], now=day + timedelta(minutes=3) + now_offset)
     assert own_backups(tmp_path) == [names[k] for k in kept]
     assert sorted(removed) == sorted(set(names.values()) - set(own_backups(tmp_path)))
     assert future == ([names["m2"], names["m3"]] if now_offset < -timedelta(hours=1) else [])
@@ -216,7 +221,7 @@ def test_rotation_keeps_the_new_backup_and_the_newest_others_and_never_counts_fu
 def test_the_backup_flow_runs_without_click_and_holds_the_folder_while_reporting(tmp_path, sample_db):
     conn = sqlite3.connect(sample_db)
     folder = tmp_path / "b"
-    with new_backup(conn, folder, keep=1, fmt="jsonl", compression="gzip") as done:
+    with new_backup(conn, folder, Retention(last=1), fmt="jsonl", compression="gzip") as done:
         assert done.path.exists() and done.counts["messages"] == 5 and done.removed == []
         fd = os.open(folder / ".memory-backup.lock", os.O_RDWR)
         with pytest.raises(BlockingIOError):     # another run would wait here
