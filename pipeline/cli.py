@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
-import time
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import click
 
@@ -25,8 +25,12 @@ from .database import (
 )
 from .errors import PipelineError, Refused
 from .export import export as export_database
-from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, decompressed_reader, format_from_name
+from .formats import (COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decompressed_reader,
+                      format_from_name)
 from .output import atomic_file, output_stack
+from .report import Shown, records, size, table
+from .report import progress as _progress
+from .report import report as _report
 from .restore import CONFLICT_MODES, Backup, load, open_backup
 from .restore import validate as validate_backup
 from .tables import TABLES
@@ -37,6 +41,7 @@ class Exit(enum.IntEnum):
     FAILURE = 1       # a bad file, a database fault, a refusal
     USAGE = 2         # click's UsageError
     INTERRUPTED = 130
+    BROKEN_PIPE = 141  # the reader of stdout went away: 128 + SIGPIPE, as the shell shows cat or gzip killed by it
 
 
 class MemoryGroup(click.Group):
@@ -45,6 +50,9 @@ class MemoryGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            _quiet_stdout()
+            ctx.exit(Exit.BROKEN_PIPE)
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:
@@ -56,26 +64,33 @@ class MemoryGroup(click.Group):
             click.echo("Interrupted: nothing was changed", err=True)
             ctx.exit(Exit.INTERRUPTED)
 
+    ALIASES = {"restore": "import"}
+
+    def get_command(self, ctx: click.Context, name: str):
+        return super().get_command(ctx, self.ALIASES.get(name, name))
+
 
 db_option = click.option(
     "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), envvar="MEMORY_DB",
     default=str(DEFAULT_PATH), show_default=True, help="The memory database (also $MEMORY_DB).")
 format_option = click.option(
     "--format", "fmt", type=click.Choice(FORMATS), help="json or jsonl, where the file name does not say.")
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print only the path; nothing else.")
+quiet_option = click.option("--quiet", "-q", is_flag=True,
+                            help="Print nothing on success (errors still go to stderr; the exit status is the same).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 progress_option = click.option(
     "--progress", "plain_progress", is_flag=True,
-    help="When stderr is not a terminal (cron), print a plain progress line to it every few seconds.")
+    help="Where stderr is not a terminal (cron), log progress there: a line every few seconds, each starting "
+         "with the UTC time and naming the file, and a closing line.")
 
 
-@click.group(cls=MemoryGroup)
+@click.group(cls=MemoryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="memory")
 def cli() -> None:
     """Back up and restore a memory-nexus session-memory database, streaming."""
 
 
-@cli.command()
+@cli.command(short_help="Write the database to a backup file or stdout.")
 @click.argument("output")
 @db_option
 @format_option
@@ -96,18 +111,25 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, qu
       memory export ~/backups/memory.json.gz
       memory export --format jsonl - | ssh host 'cat > memory.jsonl'
     """
+    output = _expanded(output)
     fmt, compression = _format(output, fmt, compress)
-    conn = open_for_reading(db_path.expanduser())
+    db_path = db_path.expanduser()
     to_stdout = output == "-"
-    stats, size = _export_to(conn, None if to_stdout else Path(output), fmt, compression,
-                             _Shown(quiet or as_json, plain_progress))
+    if to_stdout and compression != "none" and sys.stdout.isatty():
+        raise Refused(f"stdout is a terminal: {compression}-compressed data is not written there; "
+                      "redirect it to a file or a pipe")
+    conn = open_for_reading(db_path)
+    shown = Shown(quiet or as_json, plain_progress)
+    stats, nbytes = _export_to(conn, None if to_stdout else Path(output), fmt, compression, shown)
     target = "stdout" if to_stdout else output
-    _report(err=to_stdout, quiet=quiet, as_json=as_json, quiet_text=target,
-            data={"path": target, "bytes": size, "format": fmt, "compression": compression, "counts": stats},
-            text=f"Exported {_counts(stats)} to {target} ({_size(size)})")
+    _report(err=to_stdout, quiet=quiet, as_json=as_json, shown=shown,
+            data={"path": target, "database": str(db_path), "bytes": nbytes, "format": fmt,
+                  "compression": compression, "counts": stats},
+            lines=[f"Exported {records(sum(stats.values()))} ({size(nbytes)}) to {target}",
+                   f"from database {db_path}", *table({"records": stats})])
 
 
-@cli.command(name="import")
+@cli.command(name="import", short_help="Restore a backup into the database (also: restore).")
 @click.argument("input")
 @db_option
 @format_option
@@ -124,7 +146,8 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
 
     The header is checked before anything is written; every record is checked as it streams; one
     transaction holds the whole import, --clear included, so any fault leaves the database as it was.
-    A database that does not exist is created with the memory-nexus schema.
+    A database that does not exist is created with the memory-nexus schema, and the report says so.
+    `memory restore` is another name for this command.
 
     \b
     Example:
@@ -132,20 +155,26 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
       zstd -dc backup.json.zst | memory import --format json -
     """
     _warn_slow_parser()
-    db_path = db_path.expanduser()
-    shown = _Shown(quiet or as_json, plain_progress)
+    input, db_path = _expanded(input), db_path.expanduser()
+    new = not db_path.exists()
+    shown = Shown(quiet or as_json, plain_progress)
+    source = "stdin" if input == "-" else input
     with _backup_in(input, fmt) as backup, \
             _import_target(db_path, clear or yes, stdin_is_data=input == "-") as (conn, create), \
-            _progress(sum(backup.stats.values()), "Importing", shown) as progress:
-        report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=create, progress=progress)
+            _progress(sum(backup.stats.values()), "Importing", source, shown) as progress:
+        report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=create, progress=progress,
+                      phase=progress.phase)
     others = "replaced" if on_conflict == "replace" else "skipped"
-    source = "stdin" if input == "-" else input
-    _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(db_path),
-            data={"path": source, "database": str(db_path), "inserted": report.inserted, others: report.others},
-            text=f"Imported {_counts(report.inserted)} ({_others(report.others, others)}) from {source}")
+    into = f"into {'new ' if new else ''}database {db_path}"
+    total, inserted = sum(report.records.values()), sum(report.inserted.values())
+    _report(err=False, quiet=quiet, as_json=as_json, shown=shown,
+            data={"path": source, "database": str(db_path), "created": new, "records": report.records,
+                  "inserted": report.inserted, others: report.others},
+            lines=[f"Imported {records(total)} from {source}: {inserted:,} inserted, {total - inserted:,} {others}",
+                   into, *table({"records": report.records, "inserted": report.inserted, others: report.others})])
 
 
-@cli.command()
+@cli.command(short_help="Check a backup file as import would.")
 @click.argument("input")
 @format_option
 @quiet_option
@@ -161,17 +190,20 @@ def validate(input: str, fmt: str | None, quiet: bool, as_json: bool, plain_prog
       memory validate ~/backups/memory.json.gz
     """
     _warn_slow_parser()
-    with _backup_in(input, fmt) as backup:
-        with _progress(sum(backup.stats.values()), "Validating", _Shown(quiet or as_json, plain_progress)) \
-                as progress:
-            report = validate_backup(backup, progress)
+    input = _expanded(input)
     source = "stdin" if input == "-" else input
-    _report(err=False, quiet=quiet, as_json=as_json, quiet_text=source,
-            data={"path": source, "valid": True, "version": backup.header["version"], "counts": report.records},
-            text=f"{source} is a valid memory backup (version {backup.header['version']}): {_counts(report.records)}")
+    shown = Shown(quiet or as_json, plain_progress)
+    with _backup_in(input, fmt) as backup:
+        with _progress(sum(backup.stats.values()), "Validating", source, shown) as progress:
+            report = validate_backup(backup, progress)
+    version = backup.header["version"]
+    _report(err=False, quiet=quiet, as_json=as_json, shown=shown,
+            data={"path": source, "valid": True, "version": version, "counts": report.records},
+            lines=[f"{source} is a valid memory backup (version {version}, {records(sum(report.records.values()))})",
+                   *table({"records": report.records})])
 
 
-@cli.command()
+@cli.command(short_help="Write a new checked backup into a folder; rotate.")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @db_option
 @click.option("--keep", type=click.IntRange(min=1), default=7, show_default=True,
@@ -191,23 +223,30 @@ def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, q
     validated before any old backup is removed. Other files in DIRECTORY are never touched.
     Exit 0 only when the new backup was written and validated.
 
+    From cron, give the command's full path (cron's PATH does not have it) and --quiet, so that cron
+    mails you only a failure.
+
     \b
     Example (crontab, daily at 03:15):
-      15 3 * * * memory backup --keep 14 ~/backups/memory || echo "memory backup failed" | mail -s backup me
+      15 3 * * * $HOME/.local/memory/bin/memory backup --quiet $HOME/backups/memory
     """
-    conn = open_for_reading(db_path.expanduser())
+    if str(directory) == "-":
+        raise click.UsageError("backup writes into a folder, not to stdout: use `memory export -` for that")
+    directory, db_path = directory.expanduser(), db_path.expanduser()
+    conn = open_for_reading(db_path)
     directory.mkdir(parents=True, exist_ok=True)
-    shown = _Shown(quiet or as_json, plain_progress)
+    shown = Shown(quiet or as_json, plain_progress)
     for attempt in range(5):   # a name is taken only by a run in the same microsecond; take the next
         path = directory / backup_name(fmt, compress)
         try:
-            stats, size = _export_to(conn, path, fmt, compress, shown, replace=False)
+            stats, nbytes = _export_to(conn, path, fmt, compress, shown, replace=False)
             break
         except FileExistsError:
             if attempt == 4:
                 raise
     try:
-        with _backup_in(str(path), fmt) as written, _progress(sum(stats.values()), "Checking", shown) as progress:
+        with _backup_in(str(path), fmt) as written, \
+                _progress(sum(stats.values()), "Checking", str(path), shown) as progress:
             report = validate_backup(written, progress)
         if report.records != stats:
             raise BackupFailed(f"{path} does not read back as written ({report.records} != {stats})")
@@ -215,12 +254,16 @@ def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, q
         path.unlink(missing_ok=True)
         raise BackupFailed(f"the new backup failed its check and was removed; no old backup was touched: {exc}")
     removed = rotate(directory, keep)
-    _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(path),
-            data={"path": str(path), "bytes": size, "counts": stats, "removed": [str(p) for p in removed]},
-            text=str(path))
+    _report(err=False, quiet=quiet, as_json=as_json, shown=shown,
+            data={"path": str(path), "database": str(db_path), "bytes": nbytes, "counts": stats,
+                  "removed": [str(p) for p in removed]},
+            lines=[f"Backed up {records(sum(stats.values()))} ({size(nbytes)}) to {path}",
+                   f"from database {db_path}", *table({"records": stats}),
+                   f"removed {len(removed)} old backup{'' if len(removed) == 1 else 's'} (--keep {keep})"
+                   + "".join(f"\n  {p}" for p in removed)])
 
 
-@cli.command()
+@cli.command(short_help="Show rows per table, size, newest session.")
 @db_option
 @json_option
 def stats(db_path: Path, as_json: bool) -> None:
@@ -236,10 +279,8 @@ def stats(db_path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary))
         return
-    click.echo(f"{db_path} ({_size(summary['bytes'])})")
-    width = max(len(_label(k)) for k in summary["counts"])
-    for key, n in summary["counts"].items():
-        click.echo(f"  {_label(key):<{width}}  {n:>12,}")
+    click.echo(f"{db_path} ({size(summary['bytes'])})")
+    click.echo("\n".join(table({"rows": summary["counts"]})))
     click.echo(f"newest session: {summary['newestSession'] or 'none'}")
 
 
@@ -249,13 +290,13 @@ class BackupFailed(PipelineError):
     pass
 
 
-def _export_to(conn, path: Path | None, fmt: str, compression: str, shown: "_Shown",
+def _export_to(conn, path: Path | None, fmt: str, compression: str, shown: Shown,
                replace: bool = True) -> tuple[dict[str, int], int]:
     """Export to a file that appears whole or not at all (or to stdout, path None): (counts, bytes)."""
     try:
         with (nullcontext(sys.stdout.buffer) if path is None else atomic_file(path, replace)) as raw:
             with output_stack(raw, compression) as (out, counted):
-                with _progress(sum(counts(conn).values()), "Exporting", shown) as progress:
+                with _progress(sum(counts(conn).values()), "Exporting", str(path or "stdout"), shown) as progress:
                     stats = export_database(conn, out, fmt, progress)
     except OSError as exc:
         if exc.filename is None and exc.errno is not None:   # a write failed: say which file
@@ -265,6 +306,14 @@ def _export_to(conn, path: Path | None, fmt: str, compression: str, shown: "_Sho
 
 
 def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]:
+    """The format and compression to write `name` in: the options, else what the name says; never both
+    saying different things."""
+    if name != "-" and Path(name).is_dir():
+        raise click.UsageError(f"{name} is a directory; export writes one file (`memory backup {name}` writes "
+                               "a new dated backup into a folder)")
+    problem = contradiction(name, fmt, compress) if name != "-" else None
+    if problem:
+        raise click.UsageError(problem)
     named_fmt, named_compression = format_from_name(name) if name != "-" else ("json", "none")
     fmt = fmt or named_fmt
     if fmt is None:
@@ -272,15 +321,16 @@ def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]
     return fmt, compress or named_compression
 
 
+def _expanded(name: str) -> str:
+    """A path argument with ~ expanded, as --db and MEMORY_DB are (a quoted or a crontab ~ reaches us as is)."""
+    return name if name == "-" else os.path.expanduser(name)
+
+
 @contextmanager
 def _backup_in(name: str, fmt: str | None) -> Iterator[Backup]:
     """The backup at `name` (a path, or - for stdin), its header read and checked, whatever it is compressed
-    with; the format from --format, else from the name."""
-    fmt = _format(name, fmt, None)[0]
-    if name == "-":
-        yield open_backup(decompressed_reader(sys.stdin.buffer), fmt)
-        return
-    with open(name, "rb") as raw:
+    with; the format from --format, else told from the bytes, as the compression is."""
+    with (nullcontext(sys.stdin.buffer) if name == "-" else open(name, "rb")) as raw:
         yield open_backup(decompressed_reader(raw), fmt)
 
 
@@ -305,7 +355,8 @@ def _confirm_merge(conn, db_path: Path, allowed: bool, stdin_is_data: bool) -> N
     have = counts(conn)
     if allowed or not any(have.values()):
         return
-    question = f"The database has {have['sessions']:,} sessions and {have['messages']:,} messages. Merge into it?"
+    question = (f"The database {db_path} has {have['sessions']:,} sessions and {have['messages']:,} messages. "
+                "Merge into it?")
     if not stdin_is_data and _terminal_stdin():
         if click.confirm(question, default=False, err=True):
             return
@@ -316,87 +367,6 @@ def _confirm_merge(conn, db_path: Path, allowed: bool, stdin_is_data: bool) -> N
 
 def _missing_table(conn) -> str:
     return next(t.name for t in TABLES if not has_table(conn, t.name))
-
-
-class _Shown:
-    """What progress to show: nothing (--quiet, --json), a bar on a terminal, or with --progress a plain
-    line every few seconds where stderr is not a terminal."""
-
-    def __init__(self, silent: bool, plain: bool):
-        self.silent, self.plain = silent, plain
-
-
-@contextmanager
-def _progress(total: int, label: str, shown: _Shown) -> Iterator[Callable[[int], None]]:
-    if shown.silent:
-        yield lambda n: None
-    elif sys.stderr.isatty():
-        with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
-            yield bar.update
-    elif shown.plain:
-        line = _PlainProgress(total, label)
-        yield line.update
-        line.finish()
-    else:
-        yield lambda n: None
-
-
-class _PlainProgress:
-    EVERY = 5.0   # seconds
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done = total, label, 0
-        self.last = time.monotonic()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if time.monotonic() - self.last >= self.EVERY:
-            self.last = time.monotonic()
-            self._print()
-
-    def finish(self) -> None:
-        self._print()
-
-    def _print(self) -> None:
-        share = f" ({self.done * 100 // self.total}%)" if self.total else ""
-        click.echo(f"{self.label}: {self.done:,} of {self.total:,} records{share}", err=True)
-
-
-def _report(*, err: bool, quiet: bool, as_json: bool, quiet_text: str, data: dict, text: str) -> None:
-    if as_json:
-        click.echo(json.dumps(data), err=err)
-    elif quiet:
-        click.echo(quiet_text, err=err)
-    else:
-        click.echo(text, err=err)
-
-
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n:,} {_label(key, n)}" for key, n in counts.items())
-
-
-def _others(counts: dict[str, int], word: str) -> str:
-    """'0 skipped', or '19 skipped: 2 sessions, 5 messages, ...' naming the tables."""
-    total = sum(counts.values())
-    if not total:
-        return f"0 {word}"
-    return f"{total:,} {word}: " + _counts({k: n for k, n in counts.items() if n})
-
-
-def _label(key: str, n: int = 2) -> str:
-    """toolUses -> tool uses; with n=1, tool use (entities -> entity)."""
-    words = "".join(" " + ch.lower() if ch.isupper() else ch for ch in key)
-    if n != 1:
-        return words
-    return words[:-3] + "y" if words.endswith("ies") else words[:-1]
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:,} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 _warned: list[bool] = []
@@ -411,6 +381,14 @@ def _warn_slow_parser() -> None:
 
 def main() -> None:
     cli(prog_name="memory")
+
+
+def _quiet_stdout() -> None:
+    """After the reader of stdout has gone: point it at /dev/null, so that flushing what is still buffered
+    (at exit) does not fail a second time and print a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _terminal_stdin() -> bool:

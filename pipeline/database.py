@@ -7,7 +7,7 @@ import sqlite3
 from contextlib import closing, contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import quote
 
 from .errors import DatabaseProblem
@@ -137,7 +137,7 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[s
 
 
 @contextmanager
-def derived_rebuilt(conn: sqlite3.Connection) -> Iterator[None]:
+def derived_rebuilt(conn: sqlite3.Connection, phase: Callable[[str], None] = lambda text: None) -> Iterator[None]:
     """Within a transaction: drop what is derived from the rows (the messages_fts triggers and the tables'
     non-unique indexes), and on the way out build each once and put it back from its own SQL: far cheaper
     than upkeep row by row. For loads into empty tables. No finally: on an exception the transaction's
@@ -153,8 +153,10 @@ def derived_rebuilt(conn: sqlite3.Connection) -> Iterator[None]:
     for name, _ in indexes:
         conn.execute(f'DROP INDEX "{name}"')
     yield
+    phase("Rebuilding indexes")
     for _, sql in indexes:
         conn.execute(sql)
+    phase("Rebuilding the search index")
     conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
     for _, sql in triggers:
         conn.execute(sql)

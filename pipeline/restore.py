@@ -11,13 +11,14 @@ from typing import IO, Callable, Iterable, Iterator
 
 from .database import IMPORT_CACHE_KIB, SUMMARY_ON_INSERT, counts, create_schema, derived_rebuilt, transaction
 from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup
-from .formats import READERS, Section
+from .formats import READERS, Section, sniffed_format
 from .records import BATCH, batches, checked, rows_of, shown
 from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
 from .values import NeedsCast, RawText
 
 CONFLICT_MODES = ("skip", "replace", "fail")
 Progress = Callable[[int], None]
+Phase = Callable[[str], None]      # told the name of each step after the records ("Checking foreign keys")
 
 
 @dataclass
@@ -45,9 +46,11 @@ class Report:
         return {k: n - self.inserted.get(k, 0) for k, n in self.records.items()}
 
 
-def open_backup(stream: IO[bytes], fmt: str) -> Backup:
-    """Read and check the header; nothing after it is read yet."""
+def open_backup(stream: IO[bytes], fmt: str | None = None) -> Backup:
+    """Read and check the header; nothing after it is read yet. The format, unless given, is told from the
+    bytes (`stream` must then be able to peek)."""
     with _located(lambda: "the header"):
+        fmt = fmt or sniffed_format(stream)
         header, sections = READERS[fmt](stream)
     return Backup(header, check_header(header), sections, arrays_required=fmt == "json")
 
@@ -126,7 +129,7 @@ def validate(backup: Backup, progress: Progress = lambda n: None) -> Report:
 
 
 def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_conflict: str = "skip",
-         create: bool = False, progress: Progress = lambda n: None) -> Report:
+         create: bool = False, progress: Progress = lambda n: None, phase: Phase = lambda text: None) -> Report:
     """Insert the backup in ONE transaction: any fault, Ctrl-C included, leaves the database as it was."""
     report = Report()
     conn.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
@@ -135,7 +138,7 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
             create_schema(conn)
         conn.execute(SUMMARY_ON_INSERT)
         bulk = clear or not conn.execute("SELECT 1 FROM messages_meta LIMIT 1").fetchone()
-        with derived_rebuilt(conn) if bulk else nullcontext():
+        with derived_rebuilt(conn, phase) if bulk else nullcontext():
             if clear:
                 _clear(conn)
             before = counts(conn)
@@ -147,12 +150,14 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
                 for batch in batches(rows_of(table, backup.minor, records)):
                     _insert(conn, table, sql, batch, report.records[table.key], merging)
                     report.records[table.key] += len(batch)
+        phase("Checking foreign keys")
         _check_foreign_keys(conn)
         after = counts(conn)
         report.inserted = {k: after[k] - before[k] for k in report.records}
         if not merging:
             _check_counts(report.records, report.inserted)
         conn.execute("DROP TRIGGER temp.memory_import_summary")
+        phase("Committing")
     return _with_empty_tables(report, backup)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -12,12 +13,25 @@ from conftest import SAMPLE, memory, snapshot
 
 from pipeline.backup import backup_name, own_backups
 
+SAMPLE_TABLE = """\
+  sessions                      2
+  messages                      5
+  tool uses                     2
+  entities                      3
+  links                         2
+  session entities              2
+  entity links                  1
+  extraction states             2
+  topics                        0
+"""
 
-def test_backup_writes_a_validated_zstd_file_and_prints_its_path(tmp_path, sample_db):
+
+def test_backup_writes_a_validated_zstd_file_and_reports_it(tmp_path, sample_db):
     result = memory("backup", "--db", sample_db, tmp_path / "backups")
     assert result.exit_code == 0, result.output
     (path,) = (tmp_path / "backups").iterdir()
-    assert result.stdout == f"{path}\n"
+    assert result.stdout == (f"Backed up 19 records ({path.stat().st_size / 1000:.1f} kB) to {path}\n"
+                             f"from database {sample_db}\n" + SAMPLE_TABLE + "removed 0 old backups (--keep 7)\n")
     assert path.name.startswith("memory-") and path.name.endswith(".json.zst")
     assert path.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
     assert path.stat().st_mode & 0o777 == 0o600
@@ -48,7 +62,7 @@ def test_rotation_keeps_exactly_n_and_never_touches_other_files(tmp_path, sample
 
 
 def test_two_backups_in_one_second_do_not_overwrite_each_other(tmp_path, sample_db):
-    paths = {memory("backup", "--db", sample_db, "-q", tmp_path).stdout for _ in range(3)}
+    paths = {json.loads(memory("backup", "--db", sample_db, "--json", tmp_path).stdout)["path"] for _ in range(3)}
     assert len(paths) == 3 and len(own_backups(tmp_path)) == 3
 
 
@@ -71,11 +85,16 @@ def test_backup_of_a_missing_database_fails_and_writes_nothing(tmp_path):
 
 def test_backup_from_cron_no_terminal_no_stdin(tmp_path, sample_db):
     env = {k: v for k, v in os.environ.items() if k != "MEMORY_DB"} | {"MEMORY_DB": str(sample_db)}
-    run = subprocess.run([sys.executable, "-m", "pipeline", "backup", "--progress", str(tmp_path)],
+    run = subprocess.run([sys.executable, "-m", "pipeline", "backup", "--quiet", "--progress", str(tmp_path)],
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert run.stdout == f"{own_backups(tmp_path)[0]}\n"
-    assert run.stderr == "Exporting: 19 of 19 records (100%)\nChecking: 19 of 19 records (100%)\n"
+    path = own_backups(tmp_path)[0]
+    assert run.stdout == ""
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "
+    assert re.fullmatch(
+        f"{stamp}Exporting {path}: 0 of 19 records \\(0%\\)\n{stamp}Exporting {path}: 19 of 19 records \\(100%\\)\n"
+        f"{stamp}Checking {path}: 0 of 19 records \\(0%\\)\n{stamp}Checking {path}: 19 of 19 records \\(100%\\)\n"
+        f"{stamp}Backed up 19 records \\([0-9.]+ kB\\) to {path}\n", run.stderr), run.stderr
 
 
 @pytest.mark.parametrize("name", ["b.json.zst", "b.jsonl.zst"])

@@ -149,7 +149,9 @@ def test_bad_file_leaves_the_database_unchanged_when_merging(tmp_path, name, dat
     result = memory("import", "--db", db, "--yes", tmp_path / name)
     if name == "twice.json":   # merging, a row met again is skipped and counted, as rows already there are:
         assert result.exit_code == 0   # message m-1 the second time, and entity id 1, which other.db has
-        assert result.stdout.endswith(f"(2 skipped: 1 message, 1 entity) from {tmp_path / name}\n")
+        assert result.stdout.startswith(f"Imported 19 records from {tmp_path / name}: 17 inserted, 2 skipped\n")
+        assert "\n  messages                      5             4             1\n" in result.stdout
+        assert "\n  entities                      3             2             1\n" in result.stdout
         return
     assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message}\n")
     assert snapshot(db) == before
