@@ -228,7 +228,7 @@ def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, q
 
     \b
     Example (crontab, daily at 03:15):
-      15 3 * * * $HOME/.local/memory/bin/memory backup --quiet $HOME/backups/memory
+      15 3 * * * $HOME/.local/memory/bin/memory backup -q $HOME/backups/memory
     """
     if str(directory) == "-":
         raise click.UsageError("backup writes into a folder, not to stdout: use `memory export -` for that")

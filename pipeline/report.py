@@ -52,7 +52,7 @@ class _Lines(Progress):
     """For a log (cron): a line every few seconds, each starting with the UTC time and naming the file."""
 
     def __init__(self, total: int, label: str, name: str):
-        self.total, self.label, self.name, self.done = total, label, name, 0
+        self.total, self.label, self.name, self.done, self.shown = total, label, name, 0, -1
         self.last = time.monotonic()
 
     def __call__(self, n: int) -> None:
@@ -62,9 +62,14 @@ class _Lines(Progress):
             self.print()
 
     def phase(self, text: str) -> None:
+        self.print()
         log(f"{self.label} {self.name}: {text[0].lower()}{text[1:]}")
 
     def print(self) -> None:
+        """The count, unless this count was the last line."""
+        if self.done == self.shown:
+            return
+        self.shown = self.done
         share = f" ({self.done * 100 // self.total}%)" if self.total else ""
         log(f"{self.label} {self.name}: {self.done:,} of {self.total:,} records{share}")
 
@@ -95,7 +100,8 @@ def progress(total: int, label: str, name: str, shown: Shown) -> Iterator[Progre
         yield lines
         lines.print()
     elif not shown.silent and sys.stderr.isatty():
-        with click.progressbar(length=total, label=label, file=sys.stderr, show_eta=False, show_pos=True) as bar:
+        with click.progressbar(length=total, label=label, file=sys.stderr, show_eta=False, show_pos=True,
+                               show_percent=True) as bar:
             yield _Bar(bar)
     else:
         yield Progress()
@@ -105,14 +111,14 @@ def progress(total: int, label: str, name: str, shown: Shown) -> Iterator[Progre
 
 def report(*, err: bool, quiet: bool, as_json: bool, shown: Shown, data: dict, lines: list[str]) -> None:
     """The result: one JSON object with --json, nothing with --quiet, else `lines`; with --progress in a log,
-    also the first line, stamped, to close the run on the stream its progress went to."""
+    also its unindented lines as one, stamped, to close the run on the stream its progress went to."""
     import json
     if as_json:
         click.echo(json.dumps(data), err=err)
     elif not quiet:
         click.echo("\n".join(lines), err=err)
     if shown.logging:
-        log(lines[0])
+        log("; ".join(line for text in lines for line in text.splitlines() if not line.startswith(" ")))
 
 
 def table(columns: dict[str, dict[str, int]]) -> list[str]:
