@@ -74,7 +74,8 @@ db_option = click.option(
     "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), envvar="MEMORY_DB",
     default=str(DEFAULT_PATH), show_default=True, help="The memory database (also $MEMORY_DB).")
 format_option = click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), help="json or jsonl, where the file name does not say.")
+    "--format", "fmt", type=click.Choice(FORMATS),
+    help="json or jsonl, where the file name does not say; reading tells it from the bytes without it.")
 quiet_option = click.option("--quiet", "-q", is_flag=True,
                             help="Print nothing on success (errors still go to stderr; the exit status is the same).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
@@ -152,7 +153,7 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
     \b
     Example:
       memory import --clear ~/backups/memory.json.gz
-      zstd -dc backup.json.zst | memory import --format json -
+      zstd -dc backup.json.zst | memory import -
     """
     _warn_slow_parser()
     input, db_path = _expanded(input), db_path.expanduser()

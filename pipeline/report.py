@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from contextlib import contextmanager
@@ -112,7 +113,6 @@ def progress(total: int, label: str, name: str, shown: Shown) -> Iterator[Progre
 def report(*, err: bool, quiet: bool, as_json: bool, shown: Shown, data: dict, lines: list[str]) -> None:
     """The result: one JSON object with --json, nothing with --quiet, else `lines`; with --progress in a log,
     also its unindented lines as one, stamped, to close the run on the stream its progress went to."""
-    import json
     if as_json:
         click.echo(json.dumps(data), err=err)
     elif not quiet:

@@ -94,7 +94,8 @@ def test_backup_from_cron_no_terminal_no_stdin(tmp_path, sample_db):
     assert re.fullmatch(
         f"{stamp}Exporting {path}: 0 of 19 records \\(0%\\)\n{stamp}Exporting {path}: 19 of 19 records \\(100%\\)\n"
         f"{stamp}Checking {path}: 0 of 19 records \\(0%\\)\n{stamp}Checking {path}: 19 of 19 records \\(100%\\)\n"
-        f"{stamp}Backed up 19 records \\([0-9.]+ kB\\) to {path}\n", run.stderr), run.stderr
+        f"{stamp}Backed up 19 records \\([0-9.]+ kB\\) to {path}; from database {sample_db}; "
+        "removed 0 old backups \\(--keep 7\\)\n", run.stderr), run.stderr
 
 
 @pytest.mark.parametrize("name", ["b.json.zst", "b.jsonl.zst"])
