@@ -57,6 +57,12 @@ class Retention:
             return cls(last=DEFAULT_KEEP)
         return cls(last, daily, weekly, monthly)
 
+    def __str__(self) -> str:
+        """As the options say it: '--keep 7', '--keep-daily 7 --keep-monthly 12'."""
+        rules = (("--keep", self.last), ("--keep-daily", self.daily), ("--keep-weekly", self.weekly),
+                 ("--keep-monthly", self.monthly))
+        return " ".join(f"{option} {n}" for option, n in rules if n is not None)
+
 
 # The bucket of each calendar rule, of a name's UTC time: a day, an ISO week, a month.
 CALENDAR: dict[str, Callable[[datetime], Hashable]] = {
@@ -183,7 +189,7 @@ def listing(directory: Path, check: bool = False, ignore_checksum: bool = False,
             with opened(path, entry.fmt, ignore_checksum) as backup:
                 entry.header = backup.header
                 if check:
-                    with progress(sum(backup.stats.values()), f"Checking {path.name}") as step:
+                    with progress(sum(backup.stats.values()), "Checking", str(path)) as step:
                         validate(backup, step)
         except BadBackup as exc:
             entry.fault = str(exc)
@@ -210,7 +216,7 @@ def newest_whole(directory: Path, passed_over: Callable[[Path, str], None], igno
         with raw:
             try:
                 backup = open_backup(decompressed_reader(raw), fmt, ignore_checksum)
-                with progress(sum(backup.stats.values()), "Checking") as step:
+                with progress(sum(backup.stats.values()), "Checking", str(path)) as step:
                     validate(backup, step)
             except BadBackup as exc:
                 passed_over(path, str(exc))
@@ -249,7 +255,7 @@ def new_backup(conn: sqlite3.Connection, directory: Path, retention: Retention, 
         path, exported, size = _written(conn, directory, fmt, compression, progress, now, skip_unknown)
         stats = exported.counts
         try:
-            with opened(path, fmt) as written, progress(sum(stats.values()), "Checking") as step:
+            with opened(path, fmt) as written, progress(sum(stats.values()), "Checking", str(path)) as step:
                 report = validate(written, step)
             if report.records != stats:
                 raise BackupFailed(f"{path} does not read back as written ({report.records} != {stats})")

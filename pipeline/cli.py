@@ -5,11 +5,11 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import os
 import sys
-import time
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import click
 
@@ -27,8 +27,11 @@ from .database import (
 )
 from .errors import PipelineError, Refused
 from .export import export_to
-from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, decompressed_reader, format_from_name
-from .restore import CONFLICT_MODES, Backup, load, open_backup, opened
+from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decompressed_reader, format_from_name
+from .report import Shown, label, records, size, table
+from .report import progress as _progress
+from .report import report as _report
+from .restore import CONFLICT_MODES, Backup, load, open_backup
 from .restore import validate as validate_backup
 from .schema_check import check_for_import
 from .tables import TABLES
@@ -39,6 +42,7 @@ class Exit(enum.IntEnum):
     FAILURE = 1       # a bad file, a database fault, a refusal
     USAGE = 2         # click's UsageError
     INTERRUPTED = 130
+    BROKEN_PIPE = 141  # the reader of stdout went away: 128 + SIGPIPE, as the shell shows cat or gzip killed by it
 
 
 class MemoryGroup(click.Group):
@@ -47,6 +51,9 @@ class MemoryGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            _quiet_stdout()
+            ctx.exit(Exit.BROKEN_PIPE)
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:
@@ -58,13 +65,20 @@ class MemoryGroup(click.Group):
             click.echo("Interrupted: nothing was changed", err=True)
             ctx.exit(Exit.INTERRUPTED)
 
+    ALIASES = {"restore": "import"}
+
+    def get_command(self, ctx: click.Context, name: str):
+        return super().get_command(ctx, self.ALIASES.get(name, name))
+
 
 db_option = click.option(
     "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), envvar="MEMORY_DB",
     default=str(DEFAULT_PATH), show_default=True, help="The memory database (also $MEMORY_DB).")
 format_option = click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), help="json or jsonl, where the file name does not say.")
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print only the path; nothing else.")
+    "--format", "fmt", type=click.Choice(FORMATS),
+    help="json or jsonl, where the file name does not say; reading tells it from the bytes without it.")
+quiet_option = click.option("--quiet", "-q", is_flag=True,
+                            help="Print nothing on success (errors still go to stderr; the exit status is the same).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 ignore_checksum_option = click.option(
     "--ignore-checksum", is_flag=True,
@@ -75,23 +89,24 @@ skip_unknown_option = click.option(
          "schema has not; they are left out, and the report names them.")
 progress_option = click.option(
     "--progress", "plain_progress", is_flag=True,
-    help="When stderr is not a terminal (cron), print a plain progress line to it every few seconds.")
+    help="Where stderr is not a terminal (cron), log progress there: a line every few seconds, each starting "
+         "with the UTC time and naming the file, and a closing line.")
 
 
-@click.group(cls=MemoryGroup)
+@click.group(cls=MemoryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="memory")
 def cli() -> None:
     """Back up and restore a memory-nexus session-memory database, streaming."""
 
 
-@cli.command()
+@cli.command(short_help="Write the database to a backup file or stdout.")
 @click.argument("output")
 @db_option
 @format_option
 @click.option("--compress", type=click.Choice(COMPRESSIONS),
               help="gzip, zstd or none, where the file name does not say (.gz, .zst).")
 @skip_unknown_option
-@click.option("--check", is_flag=True, help="Run PRAGMA quick_check in the export's read transaction first.")
+@click.option("--check", is_flag=True, help="Run PRAGMA quick_check on the database first (backup always does).")
 @quiet_option
 @json_option
 @progress_option
@@ -107,21 +122,29 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
       memory export ~/backups/memory.json.gz
       memory export --format jsonl - | ssh host 'cat > memory.jsonl'
     """
+    output = _expanded(output)
     fmt, compression = _format(output, fmt, compress)
-    conn = open_for_reading(db_path.expanduser())
+    db_path = db_path.expanduser()
     to_stdout = output == "-"
-    progress = functools.partial(_progress, shown=_Shown(quiet or as_json, plain_progress))
-    exported, size = export_to(conn, None if to_stdout else Path(output), fmt, compression, progress,
-                               stream=sys.stdout.buffer if to_stdout else None, skip_unknown=skip_unknown,
-                               check=check)
+    if to_stdout and compression != "none" and sys.stdout.isatty():
+        raise Refused(f"stdout is a terminal: {compression}-compressed data is not written there; "
+                      "redirect it to a file or a pipe")
+    shown = Shown(quiet or as_json, plain_progress)
+    with closing(open_for_reading(db_path)) as conn:
+        exported, nbytes = export_to(conn, None if to_stdout else Path(output), fmt, compression,
+                                     functools.partial(_progress, shown=shown),
+                                     stream=sys.stdout.buffer if to_stdout else None, skip_unknown=skip_unknown,
+                                     check=check)
+    stats = exported.counts
     target = "stdout" if to_stdout else output
-    _report(err=to_stdout, quiet=quiet, as_json=as_json, quiet_text=target,
-            data={"path": target, "bytes": size, "format": fmt, "compression": compression,
-                  "counts": exported.counts, "leftOut": exported.left_out},
-            text=f"Exported {_counts(exported.counts)} to {target} ({_size(size)}){_left_out(exported.left_out)}")
+    _report(err=to_stdout, quiet=quiet, as_json=as_json, shown=shown,
+            data={"path": target, "database": str(db_path), "bytes": nbytes, "format": fmt,
+                  "compression": compression, "counts": stats, "leftOut": exported.left_out},
+            lines=[f"Exported {records(sum(stats.values()))} ({size(nbytes)}) to {target}",
+                   f"from database {db_path}", *table({"records": stats}), *_left_out(exported.left_out)])
 
 
-@cli.command(name="import")
+@cli.command(name="import", short_help="Restore a backup into the database (also: restore).")
 @click.argument("input")
 @db_option
 @format_option
@@ -142,36 +165,36 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
 
     The header is checked before anything is written; every record is checked as it streams; one
     transaction holds the whole import, --clear included, so any fault leaves the database as it was.
-    A database that does not exist is created with the memory-nexus schema. Into a database that has
-    data, a merge: records are matched to rows by natural keys, never by ids. From a folder, the newest
-    of its backups that validates is restored; each newer one that does not is named on stderr.
+    A database that does not exist is created with the memory-nexus schema, and the report says so. Into a
+    database that has data, a merge: records are matched to rows by natural keys, never by ids. From a
+    folder, the newest of its backups that validates is restored; each newer one that does not is named on
+    stderr. `memory restore` is another name for this command.
 
     \b
     Example:
       memory import --clear ~/backups/memory
       memory import --clear ~/backups/memory.json.gz
       memory import --yes --dry-run other-machine.json.gz
-      zstd -dc backup.json.zst | memory import --format json -
+      zstd -dc backup.json.zst | memory import -
     """
     _warn_slow_parser()
-    db_path = db_path.expanduser()
-    shown = _Shown(quiet or as_json, plain_progress)
+    input, db_path = _expanded(input), db_path.expanduser()
+    new = not db_path.exists()
+    shown = Shown(quiet or as_json, plain_progress)
     with _source(input, fmt, ignore_checksum, shown) as (source, backup), \
             _import_target(db_path, clear, clear or yes, stdin_is_data=input == "-", dry_run=dry_run) \
             as (conn, create), \
-            _progress(sum(backup.stats.values()), "Importing", shown) as progress:
+            _progress(sum(backup.stats.values()), "Importing", source, shown) as progress:
         report = load(conn, backup, clear=clear, on_conflict=on_conflict, create=create, dry_run=dry_run,
-                      progress=progress)
+                      progress=progress, phase=progress.phase)
     tally = {"skipped": report.skipped, "updated": report.updated, "renumbered": report.renumbered}
-    _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(db_path),
-            data={"path": source, "database": str(db_path), "dryRun": dry_run, "inserted": report.inserted, **tally},
-            text=_imported(report.records, report.inserted, tally, source, dry_run))
+    _report(err=False, quiet=quiet, as_json=as_json, shown=shown,
+            data={"path": source, "database": str(db_path), "created": new and not dry_run, "dryRun": dry_run,
+                  "records": report.records, "inserted": report.inserted, **tally},
+            lines=_imported(report.records, report.inserted, tally, source, db_path, new, dry_run))
 
 
-cli.add_command(import_, name="restore")     # `memory restore DIR` reads as what it does
-
-
-@cli.command()
+@cli.command(short_help="Check a backup file as import would.")
 @click.argument("input")
 @format_option
 @ignore_checksum_option
@@ -189,17 +212,20 @@ def validate(input: str, fmt: str | None, ignore_checksum: bool, quiet: bool, as
       memory validate ~/backups/memory.json.gz
     """
     _warn_slow_parser()
-    with _backup_in(input, fmt, ignore_checksum) as backup:
-        with _progress(sum(backup.stats.values()), "Validating", _Shown(quiet or as_json, plain_progress)) \
-                as progress:
-            report = validate_backup(backup, progress)
+    input = _expanded(input)
     source = "stdin" if input == "-" else input
-    _report(err=False, quiet=quiet, as_json=as_json, quiet_text=source,
-            data={"path": source, "valid": True, "version": backup.header["version"], "counts": report.records},
-            text=f"{source} is a valid memory backup (version {backup.header['version']}): {_counts(report.records)}")
+    shown = Shown(quiet or as_json, plain_progress)
+    with _backup_in(input, fmt, ignore_checksum) as backup:
+        with _progress(sum(backup.stats.values()), "Validating", source, shown) as progress:
+            report = validate_backup(backup, progress)
+    version = backup.header["version"]
+    _report(err=False, quiet=quiet, as_json=as_json, shown=shown,
+            data={"path": source, "valid": True, "version": version, "counts": report.records},
+            lines=[f"{source} is a valid memory backup (version {version}, {records(sum(report.records.values()))})",
+                   *table({"records": report.records})])
 
 
-@cli.command()
+@cli.command(short_help="Write a new checked backup into a folder; rotate.")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @db_option
 @click.option("--keep", type=click.IntRange(min=1), metavar="N",
@@ -233,23 +259,34 @@ def backup(directory: Path, db_path: Path, keep: int | None, keep_daily: int | N
     a time in the future is warned about and kept. Other files in DIRECTORY are never touched. Runs into
     one DIRECTORY take turns. Exit 0 only when the new backup was written and validated.
 
+    From cron, give the command's full path (cron's PATH does not have it) and --quiet, so that cron
+    mails you only a failure.
+
     \b
-    Example (crontab, daily at 03:15):
-      15 3 * * * memory backup --keep-daily 7 --keep-weekly 4 --keep-monthly 12 ~/backups/memory
+    Example (crontab, daily at 03:15; the README has the whole recipe):
+      15 3 * * * $HOME/.local/memory/bin/memory backup -q $HOME/backups/memory
     """
+    if str(directory) == "-":
+        raise click.UsageError("backup writes into a folder, not to stdout: use `memory export -` for that")
+    directory, db_path = directory.expanduser(), db_path.expanduser()
     retention = Retention.given(keep, keep_daily, keep_weekly, keep_monthly)
     if dry_run:
         _backup_dry_run(directory, retention, fmt, compress, quiet, as_json)
         return
-    conn = open_for_reading(db_path.expanduser())
-    progress = functools.partial(_progress, shown=_Shown(quiet or as_json, plain_progress))
-    with new_backup(conn, directory, retention, fmt, compress, progress, skip_unknown=skip_unknown) as done:
+    shown = Shown(quiet or as_json, plain_progress)
+    with closing(open_for_reading(db_path)) as conn, \
+            new_backup(conn, directory, retention, fmt, compress, functools.partial(_progress, shown=shown),
+                       skip_unknown=skip_unknown) as done:
         for warning in done.warnings:    # the folder stays locked while this reports
             click.echo(f"warning: {warning}", err=True)
-        _report(err=False, quiet=quiet, as_json=as_json, quiet_text=str(done.path),
-                data={"path": str(done.path), "bytes": done.bytes, "counts": done.counts,
+        removed = len(done.removed)
+        _report(err=False, quiet=quiet, as_json=as_json, shown=shown,
+                data={"path": str(done.path), "database": str(db_path), "bytes": done.bytes, "counts": done.counts,
                       "leftOut": done.left_out, "removed": [str(p) for p in done.removed]},
-                text="\n".join([f"{done.path}{_left_out(done.left_out)}"] + [f"removed {p}" for p in done.removed]))
+                lines=[f"Backed up {records(sum(done.counts.values()))} ({size(done.bytes)}) to {done.path}",
+                       f"from database {db_path}", *table({"records": done.counts}), *_left_out(done.left_out),
+                       f"removed {removed} old backup{'' if removed == 1 else 's'} ({retention})"
+                       + "".join(f"\n  {p}" for p in done.removed)])
 
 
 def _backup_dry_run(directory: Path, retention: Retention, fmt: str, compress: str, quiet: bool,
@@ -257,12 +294,13 @@ def _backup_dry_run(directory: Path, retention: Retention, fmt: str, compress: s
     removed, warnings = dry_run(directory, retention, fmt, compress)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
-    _report(err=False, quiet=quiet, as_json=as_json, quiet_text="\n".join(str(p) for p in removed),
-            data={"dryRun": True, "wouldRemove": [str(p) for p in removed]},
-            text="\n".join([f"would remove {p}" for p in removed] or ["would remove nothing"]))
+    if as_json:
+        click.echo(json.dumps({"dryRun": True, "wouldRemove": [str(p) for p in removed]}))
+    elif not quiet:
+        click.echo("\n".join([f"would remove {p}" for p in removed] or ["would remove nothing"]))
 
 
-@cli.command(name="list")
+@cli.command(name="list", short_help="List a folder's backups, newest first.")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--check", is_flag=True,
               help="Validate each backup whole, checksum included, and mark the bad ones; exit 1 if any is bad.")
@@ -278,7 +316,7 @@ def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) ->
     Example:
       memory list --check ~/backups/memory
     """
-    entries = list(listing(directory, check, ignore_checksum))
+    entries = list(listing(directory.expanduser(), check, ignore_checksum))
     if as_json:
         click.echo(json.dumps([_listed_data(e) for e in entries]))
     else:
@@ -296,7 +334,7 @@ def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) ->
                                    f"{'fail' if check else 'cannot be read'} (marked BAD)")
 
 
-@cli.command()
+@cli.command(short_help="Show rows per table, size, newest session.")
 @db_option
 @json_option
 def stats(db_path: Path, as_json: bool) -> None:
@@ -307,69 +345,46 @@ def stats(db_path: Path, as_json: bool) -> None:
       memory stats --db /tmp/restored.db
     """
     db_path = db_path.expanduser()
-    conn = open_for_reading(db_path)
-    summary = database_summary(conn, db_path)
+    with closing(open_for_reading(db_path)) as conn:
+        summary = database_summary(conn, db_path)
     if as_json:
         click.echo(json.dumps(summary))
         return
-    click.echo(f"{db_path} ({_size(summary['bytes'])})")
-    width = max(len(_label(k)) for k in summary["counts"])
-    for key, n in summary["counts"].items():
-        click.echo(f"  {_label(key):<{width}}  {n:>12,}")
+    click.echo(f"{db_path} ({size(summary['bytes'])})")
+    click.echo("\n".join(table({"rows": summary["counts"]})))
     click.echo(f"newest session: {summary['newestSession'] or 'none'}")
 
 
 # ---- helpers of the commands ------------------------------------------------------------------------------
 
-def _left_out(left_out: list[str]) -> str:
-    return f"; left out, as --skip-unknown asked: {', '.join(left_out)}" if left_out else ""
+def _imported(records_: dict[str, int], inserted: dict[str, int], tally: dict[str, dict[str, int]], source: str,
+              db_path: Path, new: bool, dry_run: bool) -> list[str]:
+    """The import's report: what it did in one line (or that a merge changed nothing), into which database,
+    and per table the records, inserted and skipped, and updated and renumbered where any were."""
+    total, done = sum(records_.values()), sum(inserted.values())
+    said = ", ".join(f"{sum(counts.values()):,} {word}" for word, counts in tally.items()
+                     if word == "skipped" or any(counts.values()))
+    if done or any(tally["updated"].values()) or not total:
+        first = f"{'Would import' if dry_run else 'Imported'} {records(total)} from {source}: {done:,} inserted, {said}"
+    else:
+        first = f"Nothing {'would be ' if dry_run else ''}imported from {source}: all {records(total)} are there already"
+    into = f"{'would go ' if dry_run else ''}into {'new ' if new else ''}database {db_path}"
+    columns = {"records": records_, "inserted": inserted, "skipped": tally["skipped"],
+               **{word: counts for word, counts in tally.items() if word != "skipped" and any(counts.values())}}
+    return [first, into, *table(columns)]
 
 
-def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]:
-    named_fmt, named_compression = format_from_name(name) if name != "-" else ("json", "none")
-    fmt = fmt or named_fmt
-    if fmt is None:
-        raise click.UsageError(f"cannot tell the format from the name {name!r}: pass --format json or jsonl")
-    return fmt, compress or named_compression
-
-
-@contextmanager
-def _backup_in(name: str, fmt: str | None, ignore_checksum: bool) -> Iterator[Backup]:
-    """The backup at `name` (a path, or - for stdin), its header read and checked, whatever it is compressed
-    with; the format from --format, else from the name."""
-    fmt = _format(name, fmt, None)[0]
-    if name == "-":
-        yield open_backup(decompressed_reader(sys.stdin.buffer), fmt, ignore_checksum)
-        return
-    with opened(Path(name), fmt, ignore_checksum) as backup:
-        yield backup
-
-
-@contextmanager
-def _source(name: str, fmt: str | None, ignore_checksum: bool, shown: _Shown) -> Iterator[tuple[str, Backup]]:
-    """(what to call it, the backup): stdin, a file, or the newest whole backup of a folder, naming on stderr
-    each newer one passed over."""
-    if name == "-" or not Path(name).is_dir():
-        with _backup_in(name, fmt, ignore_checksum) as backup:
-            yield ("stdin" if name == "-" else name), backup
-        return
-    if fmt:
-        raise click.UsageError("--format does not apply to a folder: its backups' names say theirs")
-    def passed_over(path: Path, fault: str) -> None:
-        click.echo(f"passed over {path}: {fault}", err=True)
-
-    with newest_whole(Path(name), passed_over, ignore_checksum, functools.partial(_progress, shown=shown)) \
-            as chosen:
-        yield str(chosen.path), chosen.backup
+def _left_out(left_out: list[str]) -> list[str]:
+    return [f"left out, as --skip-unknown asked: {', '.join(left_out)}"] if left_out else []
 
 
 def _listed_row(entry: Listed, check: bool) -> list[str]:
     """time, size, sessions, messages, format and name; the fault last, or with --check "ok"."""
     stats = (entry.header or {}).get("stats", {})
-    counted = [f"{stats[key]:,} {_label(key, stats[key])}" if key in stats else "?" for key in ("sessions", "messages")]
+    counted = [f"{stats[key]:,} {label(key, stats[key])}" if key in stats else "?" for key in ("sessions", "messages")]
     layout = entry.fmt if entry.compression == "none" else f"{entry.fmt} {entry.compression}"
     mark = [f"BAD: {entry.fault}"] if entry.fault else (["ok"] if check else [""])
-    return [entry.time.strftime("%Y-%m-%d %H:%M:%S UTC"), _size(entry.bytes), *counted, layout,
+    return [entry.time.strftime("%Y-%m-%d %H:%M:%S UTC"), size(entry.bytes), *counted, layout,
             entry.path.name, *mark]
 
 
@@ -378,6 +393,57 @@ def _listed_data(entry: Listed) -> dict:
     return {"path": str(entry.path), "exportedAt": header.get("exportedAt"), "bytes": entry.bytes,
             "format": entry.fmt, "compression": entry.compression, "version": header.get("version"),
             "stats": header.get("stats"), "fault": entry.fault}
+
+
+def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]:
+    """The format and compression to write `name` in: the options, else what the name says; never both
+    saying different things."""
+    if name != "-" and Path(name).is_dir():
+        raise click.UsageError(f"{name} is a directory; export writes one file (`memory backup {name}` writes "
+                               "a new dated backup into a folder)")
+    problem = contradiction(name, fmt, compress) if name != "-" else None
+    if problem:
+        raise click.UsageError(problem)
+    named_fmt, named_compression = format_from_name(name) if name != "-" else ("json", "none")
+    fmt = fmt or named_fmt
+    if fmt is None:
+        raise click.UsageError(f"cannot tell the format from the name {name!r}: pass --format json or jsonl")
+    return fmt, compress or named_compression
+
+
+def _expanded(name: str) -> str:
+    """A path argument with ~ expanded, as --db and MEMORY_DB are (a quoted or a crontab ~ reaches us as is)."""
+    return name if name == "-" else os.path.expanduser(name)
+
+
+@contextmanager
+def _backup_in(name: str, fmt: str | None, ignore_checksum: bool = False) -> Iterator[Backup]:
+    """The backup at `name` (a path, or - for stdin), its header read and checked, whatever it is compressed
+    with; the layout from --format, else from a name that says it (.json, .jsonl), else told from the bytes,
+    as the compression is. A name is trusted over the bytes so that a damaged file is refused for what it
+    claims to be."""
+    fmt = fmt or (format_from_name(name)[0] if name != "-" else None)
+    with (nullcontext(sys.stdin.buffer) if name == "-" else open(name, "rb")) as raw:
+        yield open_backup(decompressed_reader(raw), fmt, ignore_checksum)
+
+
+@contextmanager
+def _source(name: str, fmt: str | None, ignore_checksum: bool, shown: Shown) -> Iterator[tuple[str, Backup]]:
+    """(what to call it, the backup): stdin, a file, or the newest whole backup of a folder, naming on stderr
+    each newer one passed over."""
+    if name == "-" or not Path(name).is_dir():
+        with _backup_in(name, fmt, ignore_checksum) as backup:
+            yield ("stdin" if name == "-" else name), backup
+        return
+    if fmt:
+        raise click.UsageError("--format does not apply to a folder: its backups' names say theirs")
+
+    def passed_over(path: Path, fault: str) -> None:
+        click.echo(f"passed over {path}: {fault}", err=True)
+
+    with newest_whole(Path(name), passed_over, ignore_checksum, functools.partial(_progress, shown=shown)) \
+            as chosen:
+        yield str(chosen.path), chosen.backup
 
 
 @contextmanager
@@ -408,7 +474,8 @@ def _confirm_merge(conn, db_path: Path, allowed: bool, stdin_is_data: bool) -> N
     have = counts(conn)
     if allowed or not any(have.values()):
         return
-    question = f"The database has {have['sessions']:,} sessions and {have['messages']:,} messages. Merge into it?"
+    question = (f"The database {db_path} has {have['sessions']:,} sessions and {have['messages']:,} messages. "
+                "Merge into it?")
     if not stdin_is_data and _terminal_stdin():
         if click.confirm(question, default=False, err=True):
             return
@@ -419,99 +486,6 @@ def _confirm_merge(conn, db_path: Path, allowed: bool, stdin_is_data: bool) -> N
 
 def _missing_table(conn) -> str:
     return next(t.name for t in TABLES if not has_table(conn, t.name))
-
-
-class _Shown:
-    """What progress to show: nothing (--quiet, --json), a bar on a terminal, or with --progress a plain
-    line every few seconds where stderr is not a terminal."""
-
-    def __init__(self, silent: bool, plain: bool):
-        self.silent, self.plain = silent, plain
-
-
-@contextmanager
-def _progress(total: int, label: str, shown: _Shown) -> Iterator[Callable[[int], None]]:
-    if shown.silent:
-        yield lambda n: None
-    elif sys.stderr.isatty():
-        with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
-            yield bar.update
-    elif shown.plain:
-        line = _PlainProgress(total, label)
-        yield line.update
-        line.finish()
-    else:
-        yield lambda n: None
-
-
-class _PlainProgress:
-    EVERY = 5.0   # seconds
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done = total, label, 0
-        self.last = time.monotonic()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if time.monotonic() - self.last >= self.EVERY:
-            self.last = time.monotonic()
-            self._print()
-
-    def finish(self) -> None:
-        self._print()
-
-    def _print(self) -> None:
-        share = f" ({self.done * 100 // self.total}%)" if self.total else ""
-        click.echo(f"{self.label}: {self.done:,} of {self.total:,} records{share}", err=True)
-
-
-def _report(*, err: bool, quiet: bool, as_json: bool, quiet_text: str, data: dict, text: str) -> None:
-    if as_json:
-        click.echo(json.dumps(data), err=err)
-    elif quiet:
-        click.echo(quiet_text, err=err)
-    else:
-        click.echo(text, err=err)
-
-
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n:,} {_label(key, n)}" for key, n in counts.items())
-
-
-def _others(counts: dict[str, int], word: str) -> str:
-    """'0 skipped', or '19 skipped: 2 sessions, 5 messages, ...' naming the tables."""
-    total = sum(counts.values())
-    if not total:
-        return f"0 {word}"
-    return f"{total:,} {word}: " + _counts({k: n for k, n in counts.items() if n})
-
-
-def _imported(records: dict[str, int], inserted: dict[str, int], tally: dict[str, dict[str, int]], source: str,
-              dry_run: bool) -> str:
-    """'Imported 2 sessions, ... (3 skipped: ...; 1 updated: ...; 2 renumbered: ...) from x', or, when a merge
-    changes nothing, that it does not."""
-    said = "; ".join(_others(counts, word) for word, counts in tally.items()
-                     if word == "skipped" or any(counts.values()))
-    if any(inserted.values()) or any(tally["updated"].values()) or not any(records.values()):
-        return f"{'Would import' if dry_run else 'Imported'} {_counts(inserted)} ({said}) from {source}"
-    return (f"Nothing {'would be ' if dry_run else ''}imported from {source}: the database holds every record of it "
-            f"already ({said})")
-
-
-def _label(key: str, n: int = 2) -> str:
-    """toolUses -> tool uses; with n=1, tool use (entities -> entity)."""
-    words = "".join(" " + ch.lower() if ch.isupper() else ch for ch in key)
-    if n != 1:
-        return words
-    return words[:-3] + "y" if words.endswith("ies") else words[:-1]
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:,} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 _warned: list[bool] = []
@@ -526,6 +500,14 @@ def _warn_slow_parser() -> None:
 
 def main() -> None:
     cli(prog_name="memory")
+
+
+def _quiet_stdout() -> None:
+    """After the reader of stdout has gone: point it at /dev/null, so that flushing what is still buffered
+    (at exit) does not fail a second time and print a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _terminal_stdin() -> bool:

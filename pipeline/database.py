@@ -196,7 +196,7 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool 
 
 
 @contextmanager
-def derived_rebuilt(conn: sqlite3.Connection) -> Iterator[None]:
+def derived_rebuilt(conn: sqlite3.Connection, phase: Callable[[str], None] = lambda text: None) -> Iterator[None]:
     """Within a transaction: drop what is derived from the rows (the messages_fts triggers and the tables'
     non-unique indexes), and on the way out build each once and put it back from its own SQL: far cheaper
     than upkeep row by row. For loads into empty tables. No finally: on an exception the transaction's
@@ -212,8 +212,10 @@ def derived_rebuilt(conn: sqlite3.Connection) -> Iterator[None]:
     for name, _ in indexes:
         conn.execute(f'DROP INDEX "{name}"')
     yield
+    phase("Rebuilding indexes")
     for _, sql in indexes:
         conn.execute(sql)
+    phase("Rebuilding the search index")
     conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
     for _, sql in triggers:
         conn.execute(sql)

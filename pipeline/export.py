@@ -109,10 +109,11 @@ def export(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: Callabl
 
 
 Progress = Callable[[int], None]
-ProgressFor = Callable[[int, str], AbstractContextManager[Progress]]   # (total, label) -> where to count
+# (total, label, file name) -> where to count
+ProgressFor = Callable[[int, str, str], AbstractContextManager[Progress]]
 
 
-def no_progress(total: int, label: str) -> AbstractContextManager[Progress]:
+def no_progress(total: int, label: str, name: str) -> AbstractContextManager[Progress]:
     return nullcontext(lambda n: None)
 
 
@@ -124,7 +125,8 @@ def export_to(conn: sqlite3.Connection, path: Path | None, fmt: str, compression
     try:
         with (nullcontext(stream) if path is None else atomic_file(path, replace)) as raw:
             with output_stack(raw, compression) as (out, counted):
-                with progress(sum(counts(conn).values()), "Exporting") as step:
+                name = "stdout" if path is None else str(path)
+                with progress(sum(counts(conn).values()), "Exporting", name) as step:
                     exported = export(conn, out, fmt, step, **checks)
     except OSError as exc:
         if exc.filename is None and exc.errno is not None:   # a write failed: say which file

@@ -63,6 +63,26 @@ def format_from_name(name: str) -> tuple[str | None, str]:
     return None, compression
 
 
+# Compressions this tool does not write: a name ending in one of these would be a lie.
+OTHER_COMPRESSIONS = (".bz2", ".xz", ".lzma", ".lz", ".lz4", ".br", ".Z", ".zip", ".7z", ".tgz")
+
+
+def contradiction(name: str, fmt: str | None, compression: str | None) -> str | None:
+    """What is wrong when the options say one thing and the file name another (a file named .gz that is not
+    gzip would mislead whoever reads it next), else None."""
+    named_fmt, named_compression = format_from_name(name)
+    other = next((s for s in OTHER_COMPRESSIONS if name.endswith(s)), None)
+    if other:
+        return f"{name!r} ends in {other}, which memory does not write: name it .gz or .zst (or neither)"
+    if fmt and named_fmt and fmt != named_fmt:
+        return f"--format {fmt} contradicts the name {name!r} (.{named_fmt}): change one of them"
+    says_compression = name.endswith((".gz", ".zst")) or named_fmt is not None    # x.json: not compressed
+    if compression and says_compression and compression != named_compression:
+        suffix = name[name.rindex("."):]
+        return f"--compress {compression} contradicts the name {name!r} ({suffix}): change one of them"
+    return None
+
+
 # ---- compression ------------------------------------------------------------------------------------------
 
 def compressed_writer(raw: IO[bytes], compression: str) -> IO[bytes]:
@@ -88,6 +108,23 @@ def decompressed_reader(raw: IO[bytes]) -> IO[bytes]:
         import zstandard
         return io.BufferedReader(Decompressed(raw, lambda: zstandard.ZstdDecompressor().decompressobj()), 1 << 16)
     return raw
+
+
+def sniffed_format(stream: IO[bytes]) -> str:
+    """The layout of a decompressed stream, told from its first line without consuming it: a JSON Lines
+    backup starts with a whole header object on a line of its own; a JSON document's first line either
+    does not close (ours goes on to the arrays, memory-nexus's is a lone "{") or holds more than a header.
+    Looks only as far as one peek reaches (a buffer); a first line longer than that is taken for JSON."""
+    first = stream.peek(1 << 16)[: 1 << 16]
+    line, newline, _ = first.partition(b"\n")
+    if newline:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            return "json"
+        if type(value) is dict and value and all(k in HEADER_KEYS for k in value):
+            return "jsonl"
+    return "json"
 
 
 class CutShort(OSError):

@@ -22,7 +22,7 @@ from .database import (
     transaction,
 )
 from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup, rejected
-from .formats import READERS, Section, decompressed_reader
+from .formats import READERS, Section, decompressed_reader, sniffed_format
 from .integrity import SINCE as CHECKSUM_SINCE
 from .integrity import Summing
 from .merge import Merge
@@ -33,6 +33,7 @@ from .values import NeedsCast, RawText
 CONFLICT_MODES = ("skip", "replace", "fail")
 NOTHING_IMPORTED = "; nothing was imported"
 Progress = Callable[[int], None]
+Phase = Callable[[str], None]      # told the name of each step after the records ("Checking foreign keys")
 
 
 @dataclass
@@ -62,11 +63,13 @@ class Report:
         return {k: n - self.inserted.get(k, 0) - self.updated.get(k, 0) for k, n in self.records.items()}
 
 
-def open_backup(stream: IO[bytes], fmt: str, ignore_checksum: bool = False) -> Backup:
-    """Read and check the header; nothing after it is read yet. The checksum is checked when the sections
-    have been read to their end (a file of version 1.2 on must have one), unless `ignore_checksum`."""
-    summing = Summing(stream, fmt, ignore_checksum)
+def open_backup(stream: IO[bytes], fmt: str | None = None, ignore_checksum: bool = False) -> Backup:
+    """Read and check the header; nothing after it is read yet. The format, unless given, is told from the
+    bytes (`stream` must then be able to peek). The checksum is checked when the sections have been read to
+    their end (a file of version 1.2 on must have one), unless `ignore_checksum`."""
     with _located(lambda: "the header"):
+        fmt = fmt or sniffed_format(stream)
+        summing = Summing(stream, fmt, ignore_checksum)
         header, sections = READERS[fmt](io.BufferedReader(summing, 1 << 16), summing.end)
     minor = check_header(header)
     summing.required = minor >= CHECKSUM_SINCE
@@ -74,7 +77,7 @@ def open_backup(stream: IO[bytes], fmt: str, ignore_checksum: bool = False) -> B
 
 
 @contextmanager
-def opened(path: Path, fmt: str, ignore_checksum: bool = False) -> Iterator[Backup]:
+def opened(path: Path, fmt: str | None = None, ignore_checksum: bool = False) -> Iterator[Backup]:
     """The backup at `path`, its header read and checked, whatever it is compressed with."""
     with open(path, "rb") as raw:
         yield open_backup(decompressed_reader(raw), fmt, ignore_checksum)
@@ -154,7 +157,8 @@ def validate(backup: Backup, progress: Progress = lambda n: None) -> Report:
 
 
 def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_conflict: str = "skip",
-         create: bool = False, dry_run: bool = False, progress: Progress = lambda n: None) -> Report:
+         create: bool = False, dry_run: bool = False, progress: Progress = lambda n: None,
+         phase: Phase = lambda text: None) -> Report:
     """Insert the backup in ONE transaction: any fault, Ctrl-C included, leaves the database as it was. Into a
     database that has rows, a merge: records are matched to rows by natural keys (see merge.py). A dry run
     does all of it, then rolls back."""
@@ -167,7 +171,7 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
         conn.execute(SUMMARY_ON_INSERT)
         conn.execute(SUMMARY_CLEARED)
         bulk = clear or not conn.execute("SELECT 1 FROM messages_meta LIMIT 1").fetchone()
-        with derived_rebuilt(conn) if bulk else nullcontext():
+        with derived_rebuilt(conn, phase) if bulk else nullcontext():
             if clear:
                 with database_faults(conn, "emptying the database (--clear)", NOTHING_IMPORTED):
                     _clear(conn)
@@ -188,6 +192,7 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
             if merge:
                 merge.finish()
                 report.updated, report.renumbered = merge.updated, merge.renumbered
+        phase("Checking foreign keys")
         with database_faults(conn, "checking foreign keys", NOTHING_IMPORTED):
             _check_foreign_keys(conn)
         after = counts(conn)
@@ -196,6 +201,7 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
             _check_counts(report.records, report.inserted)
         conn.execute("DROP TRIGGER temp.memory_import_summary")
         conn.execute("DROP TRIGGER temp.memory_import_summary_cleared")
+        phase("Rolling back (--dry-run)" if dry_run else "Committing")
     return _with_empty_tables(report, backup)
 
 

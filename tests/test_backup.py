@@ -3,23 +3,38 @@
 import fcntl
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from conftest import SAMPLE, memory, snapshot
 
 from pipeline.backup import Retention, backup_name, new_backup, own_backups, rotate
 
+SAMPLE_TABLE = """\
+  sessions                      2
+  messages                      5
+  tool uses                     2
+  entities                      3
+  links                         2
+  session entities              2
+  entity links                  1
+  extraction states             2
+  topics                        0
+"""
 
-def test_backup_writes_a_validated_zstd_file_and_prints_its_path(tmp_path, sample_db):
+
+def test_backup_writes_a_validated_zstd_file_and_reports_it(tmp_path, sample_db):
     result = memory("backup", "--db", sample_db, tmp_path / "backups")
     assert result.exit_code == 0, result.output
     (path,) = own_backups(tmp_path / "backups")
     assert sorted(p.name for p in (tmp_path / "backups").iterdir()) == [".memory-backup.lock", path.name]
-    assert result.stdout == f"{path}\n"
+    assert result.stdout == (f"Backed up 19 records ({path.stat().st_size / 1000:.1f} kB) to {path}\n"
+                             f"from database {sample_db}\n" + SAMPLE_TABLE + "removed 0 old backups (--keep 7)\n")
     assert path.name.startswith("memory-") and path.name.endswith(".json.zst")
     assert path.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
     assert path.stat().st_mode & 0o777 == 0o600
@@ -50,7 +65,7 @@ def test_rotation_keeps_exactly_n_and_never_touches_other_files(tmp_path, sample
 
 
 def test_two_backups_in_one_second_do_not_overwrite_each_other(tmp_path, sample_db):
-    paths = {memory("backup", "--db", sample_db, "-q", tmp_path).stdout for _ in range(3)}
+    paths = {json.loads(memory("backup", "--db", sample_db, "--json", tmp_path).stdout)["path"] for _ in range(3)}
     assert len(paths) == 3 and len(own_backups(tmp_path)) == 3
 
 
@@ -73,11 +88,17 @@ def test_backup_of_a_missing_database_fails_and_writes_nothing(tmp_path):
 
 def test_backup_from_cron_no_terminal_no_stdin(tmp_path, sample_db):
     env = {k: v for k, v in os.environ.items() if k != "MEMORY_DB"} | {"MEMORY_DB": str(sample_db)}
-    run = subprocess.run([sys.executable, "-m", "pipeline", "backup", "--progress", str(tmp_path)],
+    run = subprocess.run([sys.executable, "-m", "pipeline", "backup", "--quiet", "--progress", str(tmp_path)],
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert run.stdout == f"{own_backups(tmp_path)[0]}\n"
-    assert run.stderr == "Exporting: 19 of 19 records (100%)\nChecking: 19 of 19 records (100%)\n"
+    path = own_backups(tmp_path)[0]
+    assert run.stdout == ""
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "
+    assert re.fullmatch(
+        f"{stamp}Exporting {path}: 0 of 19 records \\(0%\\)\n{stamp}Exporting {path}: 19 of 19 records \\(100%\\)\n"
+        f"{stamp}Checking {path}: 0 of 19 records \\(0%\\)\n{stamp}Checking {path}: 19 of 19 records \\(100%\\)\n"
+        f"{stamp}Backed up 19 records \\([0-9.]+ kB\\) to {path}; from database {sample_db}; "
+        "removed 0 old backups \\(--keep 7\\)\n", run.stderr), run.stderr
 
 
 @pytest.mark.parametrize("name", ["b.json.zst", "b.jsonl.zst"])
@@ -149,10 +170,11 @@ def test_a_backup_named_in_the_future_is_warned_about_and_never_costs_the_new_on
     future.write_text("written while the clock said 2099")
     before = []
     for _ in range(2):
-        result = memory("backup", "--db", sample_db, "--keep", "1", folder)
+        result = memory("backup", "--db", sample_db, "--keep", "1", "--json", folder)
         assert result.exit_code == 0, result.output
         path = own_backups(folder)[0]
-        assert result.stdout == "".join(f"{line}\n" for line in [path] + [f"removed {p}" for p in before])
+        reported = json.loads(result.stdout)
+        assert (reported["path"], reported["removed"]) == (str(path), [str(p) for p in before])
         assert path.exists() and path != future
         before = [path]
         assert result.stderr == (f"warning: {future} is named for a time in the future; it is kept, not counted "
@@ -169,9 +191,9 @@ def test_with_the_clock_set_back_the_new_backup_is_kept(tmp_path, sample_db):
     olds = [folder / backup_name("json", "zstd", later + timedelta(seconds=s)) for s in range(3)]
     for old in olds:
         old.write_text("old")
-    result = memory("backup", "--db", sample_db, "--keep", "3", "-q", folder)
+    result = memory("backup", "--db", sample_db, "--keep", "3", "--json", folder)
     assert result.exit_code == 0, result.output
-    new = folder / result.stdout.strip()
+    new = Path(json.loads(result.stdout)["path"])
     assert sorted(own_backups(folder)) == sorted([new, olds[1], olds[2]])
     assert result.stderr == ""
 
@@ -179,19 +201,20 @@ def test_with_the_clock_set_back_the_new_backup_is_kept(tmp_path, sample_db):
 def test_concurrent_backups_into_one_folder_take_turns(tmp_path, sample_db):
     folder = tmp_path / "backups"
     env = {k: v for k, v in os.environ.items() if k != "MEMORY_DB"} | {"MEMORY_DB": str(sample_db)}
-    runs = [subprocess.Popen([sys.executable, "-m", "pipeline", "backup", "--keep", "1", str(folder)],
+    runs = [subprocess.Popen([sys.executable, "-m", "pipeline", "backup", "--keep", "1", "--json", str(folder)],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=env) for _ in range(8)]
     outcomes = [(run.wait(timeout=120), run.stdout.read(), run.stderr.read()) for run in runs]
     for run in runs:
         run.stdout.close(), run.stderr.close()
     assert [(code, err) for code, _, err in outcomes] == [(0, "")] * 8
-    printed = {out.splitlines()[0] for _, out, _ in outcomes}       # the new backup, then "removed ..."
-    removed = [line for _, out, _ in outcomes for line in out.splitlines()[1:]]
+    reports = [json.loads(out) for _, out, _ in outcomes]
+    printed = {report["path"] for report in reports}
+    removed = [p for report in reports for p in report["removed"]]
     assert len(printed) == 8
     (left,) = own_backups(folder)
     assert str(left) in printed
-    assert sorted(removed) == sorted(f"removed {p}" for p in printed - {str(left)})   # each once, by one run
+    assert sorted(removed) == sorted(printed - {str(left)})   # each once, by one run
     assert memory("validate", left).exit_code == 0
     assert sorted(p.name for p in folder.iterdir()) == sorted([left.name, ".memory-backup.lock"])
     assert (folder / ".memory-backup.lock").stat().st_mode & 0o777 == 0o600

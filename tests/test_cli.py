@@ -11,8 +11,39 @@ from conftest import COMPAT_DB, SAMPLE, make_database, memory, needs_compat, sna
 from pipeline import cli as cli_module
 from pipeline.output import atomic_file
 
-COUNTS_TEXT = ("2 sessions, 5 messages, 2 tool uses, 3 entities, 2 links, 2 session entities, 1 entity link, "
-               "2 extraction states")
+COUNTS_TABLE = """\
+  sessions                      2
+  messages                      5
+  tool uses                     2
+  entities                      3
+  links                         2
+  session entities              2
+  entity links                  1
+  extraction states             2
+"""
+# the sample as an import reports it, every record inserted or every record skipped
+ALL_INSERTED = """\
+                          records      inserted       skipped
+  sessions                      2             2             0
+  messages                      5             5             0
+  tool uses                     2             2             0
+  entities                      3             3             0
+  links                         2             2             0
+  session entities              2             2             0
+  entity links                  1             1             0
+  extraction states             2             2             0
+"""
+ALL_SKIPPED = """\
+                          records      inserted       skipped
+  sessions                      2             0             2
+  messages                      5             0             5
+  tool uses                     2             0             2
+  entities                      3             0             3
+  links                         2             0             2
+  session entities              2             0             2
+  entity links                  1             0             1
+  extraction states             2             0             2
+"""
 
 
 @pytest.mark.parametrize("command", ["export", "import", "validate"])
@@ -28,7 +59,9 @@ def test_clear_replaces_everything(tmp_path, sample_db):
     other = make_database(tmp_path / "other.db")
     result = memory("import", "--db", other, "--clear", tmp_path / "sample.json")
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"Imported {COUNTS_TEXT}, 0 topics (0 skipped) from {tmp_path / 'sample.json'}\n"
+    assert result.stdout == (f"Imported 19 records from {tmp_path / 'sample.json'}: 19 inserted, 0 skipped\n"
+                             f"into database {other}\n" + ALL_INSERTED +
+                             "  topics                        0             0             0\n")
     assert snapshot(other) == snapshot(sample_db)
 
 
@@ -56,20 +89,20 @@ def test_merge_asks_on_a_terminal(tmp_path, monkeypatch, answer, code):
     monkeypatch.setattr(cli_module, "_terminal_stdin", lambda: True)
     result = memory("import", "--db", db, SAMPLE, input=answer)
     assert result.exit_code == code
-    assert result.stderr.startswith("The database has 3 sessions and 12 messages. Merge into it? [y/N]: ")
+    assert result.stderr.startswith(f"The database {db} has 3 sessions and 12 messages. Merge into it? [y/N]: ")
     if code:
         assert result.stderr.endswith("Error: nothing imported: the merge was declined\n")
         assert snapshot(db) == before
     else:
-        assert result.stdout.startswith("Imported 2 sessions, 5 messages,")
+        assert result.stdout.startswith(f"Imported 19 records from {SAMPLE}: 19 inserted, 0 skipped, 1 renumbered\n"
+                                        f"into database {db}\n")
 
 
 def test_merge_skips_rows_already_there_and_counts_them(tmp_path, sample_db):
     result = memory("import", "--db", sample_db, "--yes", SAMPLE)
     assert result.exit_code == 0
-    assert result.stdout == (f"Nothing imported from {SAMPLE}: the database holds every record of it already "
-                             "(19 skipped: 2 sessions, 5 messages, 2 tool uses, 3 entities, 2 links, "
-                             "2 session entities, 1 entity link, 2 extraction states)\n")
+    assert result.stdout == (f"Nothing imported from {SAMPLE}: all 19 records are there already\n"
+                             f"into database {sample_db}\n" + ALL_SKIPPED)
 
 
 def test_on_conflict_replace_overwrites_and_fail_refuses(tmp_path, sample_db):
@@ -94,21 +127,23 @@ def test_on_conflict_replace_overwrites_and_fail_refuses(tmp_path, sample_db):
 
 def test_quiet_and_json_reports(tmp_path, sample_db):
     quiet = memory("export", "--db", sample_db, "--quiet", tmp_path / "a.json")
-    assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, f"{tmp_path / 'a.json'}\n", "")
+    assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, "", "")
+    assert json.loads((tmp_path / "a.json").read_text())["stats"]["messages"] == 5
     as_json = json.loads(memory("export", "--db", sample_db, "--json", tmp_path / "b.jsonl").stdout)
     assert as_json["counts"]["messages"] == 5 and as_json["format"] == "jsonl"
     assert as_json["bytes"] == (tmp_path / "b.jsonl").stat().st_size
     checked = json.loads(memory("validate", "--json", tmp_path / "b.jsonl").stdout)
     assert checked == {"path": str(tmp_path / "b.jsonl"), "valid": True, "version": "1.2",
                        "counts": as_json["counts"]}
-    assert memory("validate", "-q", SAMPLE).stdout == f"{SAMPLE}\n"
+    assert memory("validate", "-q", SAMPLE).stdout == ""
     imported = json.loads(memory("import", "--db", tmp_path / "n.db", "--json", SAMPLE).stdout)
     assert imported["inserted"]["toolUses"] == 2 and imported["skipped"]["toolUses"] == 0
 
 
 def test_validate_reports_a_good_file(tmp_path):
     result = memory("validate", SAMPLE)
-    assert (result.exit_code, result.stdout) == (0, f"{SAMPLE} is a valid memory backup (version 1.0): {COUNTS_TEXT}\n")
+    assert (result.exit_code, result.stdout) == (0, f"{SAMPLE} is a valid memory backup (version 1.0, 19 records)\n"
+                                                 + COUNTS_TABLE)
 
 
 def test_validate_of_a_missing_file(tmp_path):

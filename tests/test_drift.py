@@ -77,7 +77,8 @@ def test_unknown_data_is_refused_by_name_and_left_out_only_when_asked_and_said(t
     assert out.read_bytes() == b"the old backup" and files(tmp_path) == ["out.json", "x.db"]
     done = memory("export", "--db", db, "--skip-unknown", out)
     assert done.exit_code == 0, done.output
-    assert done.stdout.endswith(f" kB); left out, as --skip-unknown asked: {left_out}\n")
+    assert done.stdout.startswith("Exported 22 records (") and done.stdout.endswith(
+        f"\n  topics                        1\nleft out, as --skip-unknown asked: {left_out}\n")
     as_json = memory("export", "--db", db, "--skip-unknown", "--json", out)
     assert json.loads(as_json.stdout)["leftOut"] == left_out.split(", ")
     assert db.read_bytes() == before
@@ -93,7 +94,9 @@ def test_backup_refuses_unknown_data_and_names_what_skip_unknown_left_out(tmp_pa
     done = memory("backup", "--db", db, "--skip-unknown", tmp_path / "backups")
     assert done.exit_code == 0, done.output
     (made,) = (tmp_path / "backups").glob("memory-*")
-    assert done.stdout == f"{made}; left out, as --skip-unknown asked: column sessions.tags\n"
+    assert done.stdout.startswith(f"Backed up 22 records ({made.stat().st_size} B) to {made}\nfrom database {db}\n")
+    assert done.stdout.endswith("\nleft out, as --skip-unknown asked: column sessions.tags\n"
+                                "removed 0 old backups (--keep 7)\n")
 
 
 def test_empty_unknown_tables_and_the_indexes_own_tables_are_not_drift(tmp_path):

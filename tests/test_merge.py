@@ -160,9 +160,18 @@ def test_the_report_counts_per_table_and_merging_again_changes_nothing_and_says_
     for mode in ("skip", "replace", "fail"):
         again = memory("import", "--db", target, "-y", "--on-conflict", mode, tmp_path / "b.json")
         assert (again.exit_code, again.stdout) == (0, (
-            f"Nothing imported from {tmp_path / 'b.json'}: the database holds every record of it already (23 "
-            "skipped: 2 sessions, 4 messages, 2 tool uses, 3 entities, 3 links, 3 session entities, 2 entity links, "
-            "2 extraction states, 2 topics)\n"))
+            f"Nothing imported from {tmp_path / 'b.json'}: all 23 records are there already\n"
+            f"into database {target}\n"
+            "                          records      inserted       skipped\n"
+            "  sessions                      2             0             2\n"
+            "  messages                      4             0             4\n"
+            "  tool uses                     2             0             2\n"
+            "  entities                      3             0             3\n"
+            "  links                         3             0             3\n"
+            "  session entities              3             0             3\n"
+            "  entity links                  2             0             2\n"
+            "  extraction states             2             0             2\n"
+            "  topics                        2             0             2\n"))
         assert snapshot(target) == merged
 
 
@@ -257,11 +266,11 @@ def test_dry_run_into_a_new_path_creates_nothing(tmp_path):
     machine(tmp_path / "b.db", "b")
     memory("export", "--db", tmp_path / "b.db", "-q", tmp_path / "b.json")
     dry = memory("import", "--db", tmp_path / "new" / "m.db", "--dry-run", tmp_path / "b.json")
-    assert dry.stdout == (f"Would import 2 sessions, 4 messages, 2 tool uses, 3 entities, 3 links, 3 session entities, "
-                          f"2 entity links, 2 extraction states, 2 topics (0 skipped) from {tmp_path / 'b.json'}\n")
+    assert dry.stdout.startswith(f"Would import 23 records from {tmp_path / 'b.json'}: 23 inserted, 0 skipped\n"
+                                 f"would go into new database {tmp_path / 'new' / 'm.db'}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.db", "b.json"]
     real = memory("import", "--db", tmp_path / "new" / "m.db", tmp_path / "b.json")
-    assert real.stdout == dry.stdout.replace("Would import", "Imported")
+    assert real.stdout == dry.stdout.replace("Would import", "Imported").replace("would go into", "into")
 
 
 def test_merging_with_an_sqlite_older_than_3_33_is_refused_saying_so(tmp_path, monkeypatch):

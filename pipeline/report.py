@@ -1,0 +1,154 @@
+"""What the commands tell the user: reports readable at 80 columns, progress as a bar or as timestamped log lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Iterator
+
+import click
+
+PLAIN_EVERY = 5.0   # seconds between two plain progress lines
+NUMBER_WIDTH = 12
+
+
+def utc_now() -> str:
+    """The time a log line starts with: UTC, ISO 8601, to the second."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---- progress ---------------------------------------------------------------------------------------------
+
+class Progress:
+    """Told how many records were done (called with a count) and which phase follows them; shows nothing."""
+
+    def __call__(self, n: int) -> None:
+        pass
+
+    def phase(self, text: str) -> None:
+        pass
+
+
+class _Bar(Progress):
+    """click's bar on a terminal, without a time estimate (it cannot know the phases after the records);
+    each phase after the records gets a line of its own, so a long rebuild never looks like a frozen bar."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __call__(self, n: int) -> None:
+        self.bar.update(n)
+
+    def phase(self, text: str) -> None:
+        if not self.bar.hidden:
+            self.bar.render_finish()
+            self.bar.hidden = True      # so leaving the block does not end the line a second time
+        click.echo(f"  {text}...", err=True)
+
+
+class _Lines(Progress):
+    """For a log (cron): a line every few seconds, each starting with the UTC time and naming the file."""
+
+    def __init__(self, total: int, label: str, name: str):
+        self.total, self.label, self.name, self.done, self.shown = total, label, name, 0, -1
+        self.last = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if time.monotonic() - self.last >= PLAIN_EVERY:
+            self.last = time.monotonic()
+            self.print()
+
+    def phase(self, text: str) -> None:
+        self.print()
+        log(f"{self.label} {self.name}: {text[0].lower()}{text[1:]}")
+
+    def print(self) -> None:
+        """The count, unless this count was the last line."""
+        if self.done == self.shown:
+            return
+        self.shown = self.done
+        share = f" ({self.done * 100 // self.total}%)" if self.total else ""
+        log(f"{self.label} {self.name}: {self.done:,} of {self.total:,} records{share}")
+
+
+def log(text: str) -> None:
+    """One line of a log on stderr, stamped with the time."""
+    click.echo(f"{utc_now()} {text}", err=True)
+
+
+class Shown:
+    """What progress to show: a bar on a terminal (not with --quiet or --json); with --progress, where stderr
+    is not a terminal, log lines (--progress is asked for by name, so --quiet does not silence it)."""
+
+    def __init__(self, silent: bool, plain: bool):
+        self.silent, self.plain = silent, plain
+
+    @property
+    def logging(self) -> bool:
+        return self.plain and not sys.stderr.isatty()
+
+
+@contextmanager
+def progress(total: int, label: str, name: str, shown: Shown) -> Iterator[Progress]:
+    """Progress of `total` records of the file `name`: a first line, then as Progress says, then a last."""
+    if shown.logging:
+        lines = _Lines(total, label, name)
+        lines.print()
+        yield lines
+        lines.print()
+    elif not shown.silent and sys.stderr.isatty():
+        with click.progressbar(length=total, label=label, file=sys.stderr, show_eta=False, show_pos=True,
+                               show_percent=True) as bar:
+            yield _Bar(bar)
+    else:
+        yield Progress()
+
+
+# ---- reports ----------------------------------------------------------------------------------------------
+
+def report(*, err: bool, quiet: bool, as_json: bool, shown: Shown, data: dict, lines: list[str]) -> None:
+    """The result: one JSON object with --json, nothing with --quiet, else `lines`; with --progress in a log,
+    also its unindented lines as one, stamped, to close the run on the stream its progress went to."""
+    if as_json:
+        click.echo(json.dumps(data), err=err)
+    elif not quiet:
+        click.echo("\n".join(lines), err=err)
+    if shown.logging:
+        log("; ".join(line for text in lines for line in text.splitlines() if not line.startswith(" ")))
+
+
+def table(columns: dict[str, dict[str, int]]) -> list[str]:
+    """Counts per table, one row each, one column per entry of `columns` (headed when more than one)."""
+    keys = list(dict.fromkeys(k for column in columns.values() for k in column))
+    width = max(len(label(k)) for k in keys) if keys else 0
+    rows = []
+    if len(columns) > 1:
+        rows.append(" " * (2 + width) + "".join(f"  {name:>{NUMBER_WIDTH}}" for name in columns))
+    for key in keys:
+        numbers = "".join(f"  {column.get(key, 0):>{NUMBER_WIDTH},}" for column in columns.values())
+        rows.append(f"  {label(key):<{width}}{numbers}")
+    return rows
+
+
+def records(n: int) -> str:
+    return f"{n:,} record{'' if n == 1 else 's'}"
+
+
+def label(key: str, n: int = 2) -> str:
+    """toolUses -> tool uses; with n=1, tool use (entities -> entity)."""
+    words = "".join(" " + ch.lower() if ch.isupper() else ch for ch in key)
+    if n != 1:
+        return words
+    return words[:-3] + "y" if words.endswith("ies") else words[:-1]
+
+
+def size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{int(n):,} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

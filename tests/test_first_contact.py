@@ -1,0 +1,398 @@
+"""What a new user meets first: the README's recipes run as written (cron's too), names, pipes and terminals."""
+
+import fcntl
+import gzip
+import io
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SAMPLE, make_database, memory, snapshot
+
+from pipeline.backup import own_backups
+from pipeline.formats import sniffed_format
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+INSTALLED = Path(sys.executable).parent / "memory"     # the console script `pip install` made for this Python
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "              # a log line's UTC time, ISO 8601
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run(*args, **kwargs) -> subprocess.CompletedProcess:
+    """`memory` in a process of its own, as from cron: no terminal, stdin closed."""
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    kwargs.setdefault("capture_output", True)
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], timeout=120, start_new_session=True,
+                          **kwargs)
+
+
+def on_terminal(*args, cwd: Path, typed: bytes = b"") -> tuple[int, str]:
+    """`memory` with stdin, stdout and stderr on a pseudo-terminal 80 columns wide, `typed` typed at it:
+    (status, what the screen got)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "MEMORY_DB")}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd, env=env,
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    os.write(master, typed)
+    screen = b""
+    while True:
+        if not select.select([master], [], [], 60)[0]:      # waiting for something it will not get
+            proc.kill()
+            pytest.fail(f"memory {' '.join(map(str, args))} hung on a terminal: {screen!r}")
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:        # EIO: the other side is closed
+            break
+        if not data:
+            break
+        screen += data
+    os.close(master)
+    return proc.wait(timeout=120), screen.decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def screen_lines(screen: str) -> list[str]:
+    """The lines as a terminal shows them: escape codes dropped, each \r starting the line over."""
+    return [part for line in ANSI.sub("", screen).split("\n") for part in line.split("\r")]
+
+
+def section(title: str) -> str:
+    start = README.index(f"\n{title}\n")
+    return README[start: README.find("\n## ", start + 1)]
+
+
+def blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+# ---- cron -------------------------------------------------------------------------------------------------
+
+def crontab_jobs() -> list[tuple[dict, str]]:
+    """(environment lines, command) of each job in the README's crontab blocks, as cron reads them."""
+    jobs = []
+    for block in blocks(README, "crontab"):
+        env = {}
+        for line in block.splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            assignment = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(\S*)", line)
+            if assignment:
+                env[assignment[1]] = assignment[2]
+            else:
+                jobs.append((env, line.split(None, 5)[5]))
+    return jobs
+
+
+@pytest.fixture
+def cron_home(tmp_path):
+    """A home as the README's setup leaves it: memory installed where the recipe says, a memory database at
+    the default path. The install is this test run's own console script, linked where the README puts it."""
+    if not INSTALLED.exists():
+        pytest.skip(f"no console script at {INSTALLED}: install the package (pip install -e '.[test]')")
+    home = tmp_path / "home"
+    (home / ".local" / "memory" / "bin").mkdir(parents=True)
+    (home / ".local" / "memory" / "bin" / "memory").symlink_to(INSTALLED)
+    (home / "backups" / "memory").mkdir(parents=True)         # the install line's mkdir -p ~/backups/memory
+    (home / ".memory-nexus").mkdir()
+    memory("import", "--db", home / ".memory-nexus" / "memory.db", SAMPLE)
+    return home
+
+
+def as_cron(home: Path, env: dict, command: str) -> subprocess.CompletedProcess:
+    """What cron does with a job: /bin/sh -c, an environment of HOME, LOGNAME, SHELL and PATH=/usr/bin:/bin
+    (plus the crontab's own lines), no terminal (a new session), nothing on stdin."""
+    cron_env = [f"{k}={v}" for k, v in {"HOME": str(home), "LOGNAME": "me", "SHELL": "/bin/sh", **env}.items()]
+    return subprocess.run(["env", "-i", "PATH=/usr/bin:/bin", *cron_env, "/bin/sh", "-c", command],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                          start_new_session=True)
+
+
+def test_the_readme_has_the_crontab_recipes_this_file_runs():
+    commands = [command for _, command in crontab_jobs()]
+    assert len(commands) == 2
+    assert all(c.startswith("$HOME/.local/memory/bin/memory backup --quiet ") for c in commands)
+    assert ("\npython3 -m venv ~/.local/memory && ~/.local/memory/bin/pip install -q . && mkdir -p ~/backups/memory\n"
+            in README)
+
+
+def test_each_crontab_recipe_runs_as_cron_runs_it_and_says_nothing_on_success(cron_home):
+    folder = cron_home / "backups" / "memory"
+    for number, (env, command) in enumerate(crontab_jobs(), 1):
+        job = as_cron(cron_home, env, command)
+        assert (job.returncode, job.stdout, job.stderr) == (0, "", ""), command    # cron mails nothing
+        assert len(own_backups(folder)) == number
+    memory("import", "--db", cron_home / "restored.db", own_backups(folder)[-1])
+    assert snapshot(cron_home / "restored.db") == snapshot(cron_home / ".memory-nexus" / "memory.db")
+    log = (folder / "backup.log").read_text()
+    newest = own_backups(folder)[-1]
+    assert re.fullmatch(
+        f"{STAMP}Exporting {newest}: 0 of 19 records \\(0%\\)\n{STAMP}Exporting {newest}: 19 of 19 records \\(100%\\)\n"
+        f"{STAMP}Checking {newest}: 0 of 19 records \\(0%\\)\n{STAMP}Checking {newest}: 19 of 19 records \\(100%\\)\n"
+        f"{STAMP}Backed up 19 records \\([0-9.]+ kB\\) to {newest}; from database {cron_home}/.memory-nexus/memory.db; "
+        "removed 0 old backups \\(--keep-daily 7 --keep-weekly 4 --keep-monthly 12\\)\n", log), log
+
+
+def test_a_failed_crontab_job_says_so_where_cron_mails_it(cron_home):
+    (cron_home / ".memory-nexus" / "memory.db").unlink()
+    (quiet_env, quiet), (logged_env, logged) = crontab_jobs()
+    job = as_cron(cron_home, quiet_env, quiet)
+    database = cron_home / ".memory-nexus" / "memory.db"
+    assert (job.returncode, job.stdout, job.stderr) == (1, "", f"Error: no database at {database}\n")
+    job = as_cron(cron_home, logged_env, logged)
+    log = cron_home / "backups" / "memory" / "backup.log"
+    assert (job.returncode, job.stdout, job.stderr) == (0, f"memory backup failed: see {log}\n", "")
+    assert log.read_text() == f"Error: no database at {database}\n"
+
+
+def test_backup_on_a_terminal_shows_counts_size_and_what_it_removed(tmp_path, sample_db):
+    folder = tmp_path / "b"
+    memory("backup", "--db", sample_db, "--keep", "1", folder)
+    old = own_backups(folder)[0]
+    status, screen = on_terminal("backup", "--db", "sample.db", "--keep", "1", "b", cwd=tmp_path)
+    new = own_backups(folder)[0]
+    lines = screen_lines(screen)
+    report = lines[next(i for i, line in enumerate(lines) if line.startswith("Backed up")):]
+    assert status == 0 and old != new and not old.exists()
+    assert report[0] == f"Backed up 19 records ({new.stat().st_size / 1000:.1f} kB) to b/{new.name}"
+    assert report[1:3] == ["from database sample.db", "  sessions                      2"]
+    assert report[-3:] == ["removed 1 old backup (--keep 1)", f"  b/{old.name}", ""]
+
+
+# ---- --quiet and --progress ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [("export", "--db", "{db}", "{tmp}/x.json"), ("validate", "{sample}"),
+                                  ("import", "--db", "{tmp}/new.db", "{sample}"),
+                                  ("import", "--db", "{db}", "--clear", "{sample}"),
+                                  ("backup", "--db", "{db}", "{tmp}/b")])
+def test_quiet_success_prints_nothing_at_all_and_errors_still_speak(tmp_path, sample_db, args):
+    done = run(*[a.format(db=sample_db, tmp=tmp_path, sample=SAMPLE) for a in args], "--quiet")
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    missing = tmp_path / "missing"
+    failed = run(*[a.format(db=missing, tmp=tmp_path, sample=missing) for a in args], "--quiet", text=True)
+    assert (failed.returncode, failed.stdout) == (1, "")
+    assert failed.stderr in (f"Error: no database at {missing}\n", f"Error: {missing}: No such file or directory\n")
+
+
+def test_import_progress_logs_each_phase_after_the_records_with_the_time_and_the_file(tmp_path):
+    done = run("import", "--progress", "--db", tmp_path / "new.db", SAMPLE, text=True)
+    assert done.returncode == 0, done.stderr
+    phases = ["rebuilding indexes", "rebuilding the search index", "checking foreign keys", "committing"]
+    assert re.fullmatch(f"{STAMP}Importing {SAMPLE}: 0 of 19 records \\(0%\\)\n"
+                        f"{STAMP}Importing {SAMPLE}: 19 of 19 records \\(100%\\)\n"
+                        + "".join(f"{STAMP}Importing {SAMPLE}: {p}\n" for p in phases) +
+                        f"{STAMP}Imported 19 records from {SAMPLE}: 19 inserted, 0 skipped; "
+                        f"into new database {tmp_path / 'new.db'}\n", done.stderr), done.stderr
+    assert done.stdout.startswith("Imported 19 records")
+
+
+def test_import_on_a_terminal_shows_the_phases_after_the_bar_and_no_time_estimate(tmp_path):
+    shutil.copy(SAMPLE, tmp_path / "sample.json")
+    status, screen = on_terminal("import", "--db", "new.db", "sample.json", cwd=tmp_path)
+    assert status == 0, screen
+    lines = [line for line in screen_lines(screen) if line.strip()]
+    bar_end = max(i for i, line in enumerate(lines) if line.startswith("Importing") and "100%" in line)
+    assert lines[bar_end + 1: bar_end + 5] == ["  Rebuilding indexes...", "  Rebuilding the search index...",
+                                               "  Checking foreign keys...", "  Committing..."]
+    assert lines[bar_end + 5: bar_end + 7] == ["Imported 19 records from sample.json: 19 inserted, 0 skipped",
+                                               "into new database new.db"]
+    assert not re.search(r"\d\d:\d\d:\d\d", screen)      # no estimate, so none that lies
+
+
+# ---- reports at 80 columns, naming the database -----------------------------------------------------------
+
+@pytest.mark.parametrize("args", [("export", "--db", "sample.db", "x.json"), ("validate", "x.json"), ("import", "--db", "new.db", "x.json"),
+                                  ("restore", "--db", "sample.db", "--yes", "x.json"),
+                                  ("backup", "--db", "sample.db", "b"), ("stats", "--db", "sample.db"),
+                                  ("--help",), ("import", "-h"), ("backup", "-h")])
+def test_terminal_output_fits_80_columns(tmp_path, sample_db, args):
+    memory("export", "--db", sample_db, tmp_path / "x.json")
+    status, screen = on_terminal(*args, cwd=tmp_path)
+    assert status == 0, screen
+    assert all(len(line) <= 80 for line in screen_lines(screen)), screen
+
+
+def test_import_into_a_new_database_says_so_and_the_prompt_names_the_database(tmp_path, sample_db):
+    first = memory("import", "--db", tmp_path / "typo" / "m.db", SAMPLE)
+    assert first.stdout.splitlines()[1] == f"into new database {tmp_path / 'typo' / 'm.db'}"
+    again = memory("import", "--db", tmp_path / "typo" / "m.db", "--clear", SAMPLE)
+    assert again.stdout.splitlines()[1] == f"into database {tmp_path / 'typo' / 'm.db'}"
+    assert json.loads(memory("import", "--db", tmp_path / "j.db", "--json", SAMPLE).stdout)["created"] is True
+    status, screen = on_terminal("import", "--db", "sample.db", str(SAMPLE), cwd=tmp_path, typed=b"n\n")
+    assert status == 1       # (the terminal echoes the typed answer before the question appears)
+    assert "\nThe database sample.db has 2 sessions and 5 messages. Merge into it? [y/N]: " in screen
+
+
+# ---- names, formats, directories --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["b.jsonl.zst", "b.jsonl.gz", "b.jsonl", "b.json.zst", "b.json"])
+def test_the_layout_is_told_from_the_bytes_whatever_the_name(tmp_path, sample_db, name):
+    memory("export", "--db", sample_db, tmp_path / name)
+    (tmp_path / name).rename(tmp_path / "backup.bak")
+    assert memory("validate", tmp_path / "backup.bak").exit_code == 0
+    piped = memory("import", "--db", tmp_path / "piped.db", "-", input=(tmp_path / "backup.bak").read_bytes())
+    assert piped.exit_code == 0, piped.output
+    assert memory("restore", "--db", tmp_path / "named.db", tmp_path / "backup.bak").exit_code == 0
+    assert snapshot(tmp_path / "piped.db") == snapshot(tmp_path / "named.db") == snapshot(sample_db)
+
+
+@pytest.mark.parametrize("first_bytes, layout", [
+    (b'{"version":"1.2","exportedAt":"t","stats":{"sessions":0}}\n{"end":true}\n', "jsonl"),
+    (b'{"version":"1.2","exportedAt":"t","stats":{"sessions":0},\n"sessions":[]}\n', "json"),   # ours
+    (b'{\n  "version": "1.0",\n', "json"),                                                          # memory-nexus's
+    (b'{"version":"1.0","stats":{},"sessions":[]}\n', "json"),            # a whole document on one line (jq -c)
+    (b'{"version":"1.2","stats":{}}', "json"),                            # no newline: not a JSON Lines header
+    (b"\xff\xfe not json\n", "json"),                                     # left to the JSON reader to refuse
+])
+def test_sniffed_format_reads_only_the_first_line_and_consumes_nothing(first_bytes, layout):
+    stream = io.BufferedReader(io.BytesIO(first_bytes))
+    assert sniffed_format(stream) == layout
+    assert stream.read() == first_bytes
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--compress", "none", "y.json.gz"), "--compress none contradicts the name 'y.json.gz' (.gz): change one of them"),
+    (("--compress", "gzip", "y.json"), "--compress gzip contradicts the name 'y.json' (.json): change one of them"),
+    (("--format", "jsonl", "z.json"), "--format jsonl contradicts the name 'z.json' (.json): change one of them"),
+    (("--format", "json", "b.jsonl.zst"),
+     "--format json contradicts the name 'b.jsonl.zst' (.jsonl): change one of them"),
+    (("--format", "json", "backup.json.bz2"),
+     "'backup.json.bz2' ends in .bz2, which memory does not write: name it .gz or .zst (or neither)"),
+])
+def test_a_name_contradicting_the_options_is_a_usage_error_and_writes_nothing(tmp_path, sample_db, monkeypatch,
+                                                                             args, message):
+    monkeypatch.chdir(tmp_path)
+    result = memory("export", "--db", sample_db, *args)
+    assert result.exit_code == 2
+    assert result.stderr.endswith(f"Error: {message}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample.db"]
+
+
+def test_options_that_agree_with_the_name_or_a_name_that_says_nothing_are_taken(tmp_path, sample_db):
+    for args in (("--compress", "gzip", "a.json.gz"), ("--format", "jsonl", "b.jsonl"),
+                 ("--format", "jsonl", "--compress", "gzip", "c.bak")):
+        assert memory("export", "--db", sample_db, *args[:-1], tmp_path / args[-1]).exit_code == 0
+    assert gzip.decompress((tmp_path / "c.bak").read_bytes()).startswith(b'{"version":"1.2"')
+
+
+def test_export_to_a_directory_says_so_and_points_at_backup(tmp_path, sample_db):
+    (tmp_path / "adir").mkdir()
+    result = memory("export", "--db", sample_db, tmp_path / "adir")
+    assert result.exit_code == 2
+    assert result.stderr.endswith(f"Error: {tmp_path / 'adir'} is a directory; export writes one file "
+                                  f"(`memory backup {tmp_path / 'adir'}` writes a new dated backup into a folder)\n")
+    assert list((tmp_path / "adir").iterdir()) == []
+
+
+def test_backup_to_stdout_is_refused(tmp_path, sample_db, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = memory("backup", "--db", sample_db, "-")
+    assert result.exit_code == 2
+    assert result.stderr.endswith("Error: backup writes into a folder, not to stdout: use `memory export -` for that\n")
+    assert not (tmp_path / "-").exists()
+
+
+def test_a_tilde_is_expanded_in_every_path_as_in_db(tmp_path, sample_db, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert memory("backup", "--db", "~/sample.db", "-q", "~/bk").exit_code == 0
+    assert len(own_backups(tmp_path / "bk")) == 1 and not (tmp_path / "~").exists()
+    assert memory("export", "--db", "~/sample.db", "-q", "~/x.json").exit_code == 0
+    assert memory("validate", "-q", "~/x.json").exit_code == 0
+    assert memory("import", "--db", "~/new.db", "-q", "~/x.json").exit_code == 0
+    assert snapshot(tmp_path / "new.db") == snapshot(sample_db)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bk", "new.db", "sample.db", "x.json"]
+
+
+# ---- terminals and pipes ----------------------------------------------------------------------------------
+
+def test_compressed_output_is_not_written_to_a_terminal(tmp_path, sample_db):
+    for compress in ("zstd", "gzip"):
+        status, screen = on_terminal("export", "--db", "sample.db", "--compress", compress, "-", cwd=tmp_path)
+        assert (status, screen) == (1, f"Error: stdout is a terminal: {compress}-compressed data is not written "
+                                       "there; redirect it to a file or a pipe\n")
+    status, screen = on_terminal("export", "--db", "sample.db", "-", cwd=tmp_path)    # plain JSON is text
+    assert status == 0 and '\n{"version":"1.2"' in screen
+
+
+@pytest.mark.parametrize("args", [("export", "-"), ("export", "--compress", "zstd", "-"), ("stats",)])
+def test_a_closed_pipe_ends_quietly_with_the_status_of_a_tool_killed_by_sigpipe(tmp_path, sample_db, args):
+    read_end, write_end = os.pipe()
+    os.close(read_end)                        # the reader is gone before anything is written
+    done = run(args[0], "--db", sample_db, *args[1:], stdout=write_end, stderr=subprocess.PIPE, capture_output=False)
+    os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, b"")
+
+
+def test_export_into_head_ends_quietly(tmp_path):
+    db = make_database(tmp_path / "big.db", sessions=20, messages_per_session=500)    # far beyond a pipe's buffer
+    script = f'"{sys.executable}" -m pipeline export --db "{db}" - | head -c 100; echo " ${{PIPESTATUS[0]}}"'
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stderr == ""
+    assert done.stdout.startswith('{"version":"1.2"') and done.stdout.endswith(" 141\n")
+
+
+def test_h_is_help_everywhere_and_restore_is_import(tmp_path):
+    for args in ((), ("export",), ("import",), ("restore",), ("validate",), ("backup",), ("stats",)):
+        short, long = memory(*args, "-h"), memory(*args, "--help")
+        assert (short.exit_code, short.stdout) == (0, long.stdout) and "Usage: " in short.stdout
+    assert memory("restore", "-h").stdout.replace("cli restore", "cli import") == memory("import", "-h").stdout
+
+
+def test_the_command_list_has_whole_short_summaries():
+    listing = memory("--help").stdout.split("Commands:\n")[1].splitlines()
+    assert [line.split()[0] for line in listing] == ["backup", "export", "import", "list", "stats", "validate"]
+    assert all(line.endswith(".") and not line.endswith("...") for line in listing), listing
+
+
+# ---- the README -------------------------------------------------------------------------------------------
+
+def test_the_quick_start_runs_twice_and_keeps_its_files_in_an_ignored_folder(tmp_path):
+    """Run as written, past the install (this test's own install stands in for it), in a copy of the clone's
+    fixtures; then a second time."""
+    command = blocks(section("## Quick start"), "sh")[0].strip()
+    setup, sep, rest = command.partition("pip install -q . && ")
+    assert sep and setup == "python3 -m venv .venv && . .venv/bin/activate && ", command
+    shutil.copytree(ROOT / "fixtures", tmp_path / "fixtures")
+    env = os.environ | {"PATH": f"{INSTALLED.parent}:{os.environ['PATH']}"}
+    for _ in range(2):
+        done = subprocess.run(["/bin/sh", "-c", rest], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    made = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.iterdir())
+    assert made == [".sample", "fixtures"]
+    assert {".sample/memory.db", ".sample/memory.json.gz"} <= {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+    assert "/.sample/" in (ROOT / ".gitignore").read_text().splitlines()
+    memory("import", "--db", tmp_path / "direct.db", SAMPLE)
+    assert snapshot(tmp_path / ".sample" / "memory.db") == snapshot(tmp_path / "direct.db")
+
+
+def test_ci_runs_the_readme_test_command_word_for_word():
+    command = blocks(section("## Quick start"), "sh")[1].strip()
+    assert command == "pip install -q -e '.[test]' && python -m pytest -q"
+    assert command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_guarantees_resting_on_tests_that_need_shared_say_so():
+    skipping = {"test_a_created_database_has_the_memory_nexus_schema",
+                "test_memory_nexus_export_imports_and_matches_its_database",
+                "test_our_export_carries_every_key_memory_nexus_writes",
+                "test_compat_database_round_trips_exactly",
+                "test_the_real_memory_nexus_database_merges_into_another_machines",
+                "test_the_real_database_with_a_messages_page_copied_over_another"}
+    found = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        found |= set(re.findall(r"@needs_compat\n(?:@.*\n)*def (test_\w+)", path.read_text()))
+    assert found == skipping
+    note = README[README.index("They skip without `../shared`"):]
+    note = note[: note.index("\n\n")]
+    assert all(f"`{name}`" in note for name in skipping), note
