@@ -27,6 +27,7 @@ from .errors import PipelineError, Refused
 from .export import export as export_database
 from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, decompressed_reader, format_from_name
 from .output import atomic_file, output_stack
+from .portable import Terminated, signals_as_interrupts
 from .restore import CONFLICT_MODES, Backup, load, open_backup
 from .restore import validate as validate_backup
 from .tables import TABLES
@@ -36,15 +37,17 @@ class Exit(enum.IntEnum):
     OK = 0
     FAILURE = 1       # a bad file, a database fault, a refusal
     USAGE = 2         # click's UsageError
-    INTERRUPTED = 130
+    INTERRUPTED = 130     # Ctrl-C (SIGINT); SIGTERM and SIGHUP exit 128 + their number: 143, 129
 
 
 class MemoryGroup(click.Group):
-    """Turns the library's errors into `Error: ...` and exit 1, and Ctrl-C into exit 130, in one place."""
+    """Turns the library's errors into `Error: ...` and exit 1, and Ctrl-C, SIGTERM and SIGHUP into a
+    rollback and exit 130, 143 or 129, in one place."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with signals_as_interrupts():
+                return super().invoke(ctx)
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:
@@ -52,6 +55,9 @@ class MemoryGroup(click.Group):
                 raise
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{where}{exc.strerror}") from exc
+        except Terminated as exc:
+            click.echo(f"Terminated by {exc.name}: nothing was changed", err=True)
+            ctx.exit(exc.status)
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was changed", err=True)
             ctx.exit(Exit.INTERRUPTED)
@@ -97,9 +103,10 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, qu
       memory export --format jsonl - | ssh host 'cat > memory.jsonl'
     """
     fmt, compression = _format(output, fmt, compress)
-    conn = open_for_reading(db_path.expanduser())
+    db_path = db_path.expanduser()
+    conn = open_for_reading(db_path)
     to_stdout = output == "-"
-    stats, size = _export_to(conn, None if to_stdout else Path(output), fmt, compression,
+    stats, size = _export_to(conn, db_path, None if to_stdout else Path(output), fmt, compression,
                              _Shown(quiet or as_json, plain_progress))
     target = "stdout" if to_stdout else output
     _report(err=to_stdout, quiet=quiet, as_json=as_json, quiet_text=target,
@@ -195,13 +202,14 @@ def backup(directory: Path, db_path: Path, keep: int, fmt: str, compress: str, q
     Example (crontab, daily at 03:15):
       15 3 * * * memory backup --keep 14 ~/backups/memory || echo "memory backup failed" | mail -s backup me
     """
-    conn = open_for_reading(db_path.expanduser())
+    db_path = db_path.expanduser()
+    conn = open_for_reading(db_path)
     directory.mkdir(parents=True, exist_ok=True)
     shown = _Shown(quiet or as_json, plain_progress)
     for attempt in range(5):   # a name is taken only by a run in the same microsecond; take the next
         path = directory / backup_name(fmt, compress)
         try:
-            stats, size = _export_to(conn, path, fmt, compress, shown, replace=False)
+            stats, size = _export_to(conn, db_path, path, fmt, compress, shown, replace=False)
             break
         except FileExistsError:
             if attempt == 4:
@@ -249,11 +257,12 @@ class BackupFailed(PipelineError):
     pass
 
 
-def _export_to(conn, path: Path | None, fmt: str, compression: str, shown: "_Shown",
+def _export_to(conn, db_path: Path, path: Path | None, fmt: str, compression: str, shown: "_Shown",
                replace: bool = True) -> tuple[dict[str, int], int]:
-    """Export to a file that appears whole or not at all (or to stdout, path None): (counts, bytes)."""
+    """Export to a file that appears whole or not at all (or to stdout, path None), never onto the database's
+    own files: (counts, bytes)."""
     try:
-        with (nullcontext(sys.stdout.buffer) if path is None else atomic_file(path, replace)) as raw:
+        with (nullcontext(sys.stdout.buffer) if path is None else atomic_file(path, replace, db_path)) as raw:
             with output_stack(raw, compression) as (out, counted):
                 with _progress(sum(counts(conn).values()), "Exporting", shown) as progress:
                     stats = export_database(conn, out, fmt, progress)
