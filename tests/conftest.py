@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from platforms import PLATFORMS, take_away
 
 from pipeline.cli import cli
 from pipeline.database import create_schema
@@ -105,3 +106,11 @@ def sample_db(tmp_path: Path) -> Path:
     result = memory("import", "--db", db, SAMPLE)
     assert result.exit_code == 0, result.output
     return db
+
+
+@pytest.fixture(params=list(PLATFORMS))
+def platform(request, monkeypatch) -> str:
+    """The test runs once natively and once with each POSIX-only facility taken away, as on macOS or Windows
+    (tests/platforms.py)."""
+    take_away(request.param, monkeypatch)
+    return request.param
