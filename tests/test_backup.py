@@ -9,8 +9,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from conftest import SAMPLE, memory, snapshot
+from platforms import command
 
 from pipeline.backup import backup_name, own_backups
+
+pytestmark = pytest.mark.usefixtures("platform")     # natively, and as on macOS and Windows (tests/platforms.py)
 
 
 def test_backup_writes_a_validated_zstd_file_and_prints_its_path(tmp_path, sample_db):
@@ -69,9 +72,9 @@ def test_backup_of_a_missing_database_fails_and_writes_nothing(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_backup_from_cron_no_terminal_no_stdin(tmp_path, sample_db):
+def test_backup_from_cron_no_terminal_no_stdin(tmp_path, sample_db, platform):
     env = {k: v for k, v in os.environ.items() if k != "MEMORY_DB"} | {"MEMORY_DB": str(sample_db)}
-    run = subprocess.run([sys.executable, "-m", "pipeline", "backup", "--progress", str(tmp_path)],
+    run = subprocess.run([*command(platform), "backup", "--progress", str(tmp_path)],
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout == f"{own_backups(tmp_path)[0]}\n"
