@@ -58,7 +58,7 @@ def atomic_file(path: Path, replace: bool = True, database: Path | None = None) 
             out.flush()
         with _naming(path):
             portable.make_private(fd, temp if named else None)
-            os.fsync(fd)
+            portable.fsync(fd)
             if not replace and named:
                 os.link(temp, target)
             elif not replace:

@@ -1,8 +1,8 @@
 """What the operating system gives us, and what we do where it does not.
 
 Each facility is looked up when it is used, never assumed: on Linux an unnamed O_TMPFILE given a name with
-linkat, elsewhere (macOS, Windows) a hidden named file; a directory fsync where a directory can be opened
-(Windows refuses); mode 0600 by fchmod, else chmod by path, and on Windows the default ACL of the user's
+linkat, elsewhere (macOS, Windows) a hidden named file; F_FULLFSYNC on macOS; a directory fsync where a
+directory can be opened (Windows refuses); mode 0600 by fchmod, else chmod by path, and on Windows the default ACL of the user's
 profile; a folder lock by fcntl.flock or msvcrt.locking; SIGTERM everywhere, SIGHUP where it exists.
 """
 
@@ -83,6 +83,22 @@ def make_private(fd: int, path: Path | None) -> None:
         os.chmod(path, 0o600)
 
 
+def fsync(fd: int) -> None:
+    """Data on the disk, not in a cache: fsync, and on macOS, where fsync leaves it in the drive's cache,
+    F_FULLFSYNC (some filesystems refuse it: then fsync)."""
+    try:
+        import fcntl
+    except ImportError:          # Windows: os.fsync is FlushFileBuffers
+        fcntl = None
+    if fcntl is not None and hasattr(fcntl, "F_FULLFSYNC"):
+        try:
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+            return
+        except OSError:
+            pass
+    os.fsync(fd)
+
+
 def fsync_directory(directory: Path) -> None:
     """Make a rename or link in `directory` durable where the system lets a directory be opened; Windows
     refuses (its NTFS journal makes the rename durable with the file's metadata), so there it is skipped."""
@@ -91,7 +107,7 @@ def fsync_directory(directory: Path) -> None:
     except PermissionError:       # Windows: a directory cannot be opened as a file
         return
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 

@@ -68,6 +68,16 @@ def test_a_directory_that_cannot_be_opened_is_not_synced(tmp_path, monkeypatch):
     assert refused == [tmp_path]
 
 
+def test_macos_flushes_the_drive_cache_with_f_fullfsync(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(fcntl, "F_FULLFSYNC", 51, raising=False)
+    monkeypatch.setattr(fcntl, "fcntl", lambda fd, cmd: asked.append(cmd))
+    monkeypatch.setattr(os, "fsync", lambda fd: asked.append("fsync"))
+    with atomic_file(tmp_path / "b.json") as out:
+        out.write(b"whole")
+    assert asked == [51, 51]          # the file, then its folder
+
+
 def try_lock(path: Path, how: str) -> str:
     """From another process: whether `path` is locked, by flock or by an fcntl record lock on byte 0."""
     code = (f"import fcntl, sys\nf = open({str(path)!r}, 'r+')\ntry:\n"
