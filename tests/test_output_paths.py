@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, memory, snapshot
 
-from pipeline.output import atomic_file
 
 pytestmark = pytest.mark.usefixtures("platform")
 
@@ -156,13 +155,3 @@ def test_errors_name_the_users_path_never_the_temporary_one(tmp_path, sample_db)
     result = memory("export", "--db", sample_db, output)
     assert (result.exit_code, result.stderr) == (1, f"Error: {output}: No such file or directory\n")
 
-
-def test_a_failed_write_leaves_the_old_file_and_nothing_beside_it(tmp_path):
-    target = tmp_path / "backup.json"
-    target.write_bytes(b"the last good backup")
-    with pytest.raises(OSError):
-        with atomic_file(target) as out:
-            out.write(b"half a new one")
-            raise OSError(28, "No space left on device")
-    assert target.read_bytes() == b"the last good backup"
-    assert listing(tmp_path) == ["backup.json"]

@@ -3,6 +3,7 @@ journal left by a killed writer does not stop export, stats or backup. Real proc
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -138,3 +139,19 @@ def test_a_hot_journal_is_rolled_back_and_does_not_stop_reading(tmp_path, big_ba
         written = next((tmp_path / "out").rglob("*.json*"))
         assert memory("import", "--db", tmp_path / "restored.db", written).exit_code == 0
         assert snapshot(tmp_path / "restored.db") == before
+
+
+def test_a_hot_journal_that_cannot_be_rolled_back_is_one_line_and_left_alone(tmp_path, big_backup, monkeypatch):
+    """No write access (simulated: the read-write open is made read-only, as SQLite does for a file it may not
+    write): one line that says what to run, the database and its journal untouched."""
+    db, _ = hot_journal(tmp_path, big_backup)
+    journal = Path(f"{db}-journal")
+    files = db.read_bytes(), journal.read_bytes()
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda name, **kw: real_connect(name.replace("mode=rw", "mode=ro"), **kw))
+    result = memory("stats", "--db", db)
+    assert (result.exit_code, result.stderr) == (
+        1, f"Error: cannot read {db}: {journal} holds a transaction a killed writer left, and rolling it back "
+           f"failed (attempt to write a readonly database); run `sqlite3 {db} 'PRAGMA quick_check'` as a user "
+           "who may write the database and its folder, then try again\n")
+    assert (db.read_bytes(), journal.read_bytes()) == files
