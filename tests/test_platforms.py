@@ -161,3 +161,30 @@ def test_the_default_database_is_where_memory_nexus_keeps_it_on_each_platform(mo
     assert DEFAULT_PATH.expanduser() == Path("/home/me/.memory-nexus/memory.db")
     monkeypatch.setenv("USERPROFILE", r"C:\Users\me")
     assert ntpath.expanduser(str(PureWindowsPath(DEFAULT_PATH))) == r"C:\Users\me\.memory-nexus\memory.db"
+
+
+@pytest.mark.parametrize("opened, last_error, exit_code, alive", [
+    (7, 0, 259, True),        # STILL_ACTIVE
+    (7, 0, 0, False),         # it has exited
+    (0, 87, None, False),     # ERROR_INVALID_PARAMETER: no such process
+    (0, 5, None, True),       # ERROR_ACCESS_DENIED: another user's, running
+], ids=["running", "exited", "no such process", "another user's"])
+def test_whether_a_leftovers_owner_runs_is_asked_without_os_kill_on_windows(monkeypatch, opened, last_error,
+                                                                            exit_code, alive):
+    """On Windows os.kill(pid, 0) would terminate the process: OpenProcess and GetExitCodeProcess instead
+    (ctypes simulated here; what the Win32 calls return is as documented)."""
+    import ctypes
+    closed = []
+
+    def get_exit_code(handle, code):
+        code._obj.value = exit_code
+        return 1
+    kernel32 = SimpleNamespace(OpenProcess=lambda access, inherit, pid: opened, GetExitCodeProcess=get_exit_code,
+                               CloseHandle=closed.append)
+    monkeypatch.setattr(ctypes, "WinDLL", lambda name, use_last_error: kernel32, raising=False)
+    monkeypatch.setattr(ctypes, "get_last_error", lambda: last_error, raising=False)
+    monkeypatch.setattr(os, "kill", lambda pid, sig: pytest.fail("os.kill on Windows"))
+    monkeypatch.setattr(os, "name", "nt")
+    is_alive = portable.alive(4242)
+    monkeypatch.undo()
+    assert is_alive is alive and closed == ([opened] if opened else [])
