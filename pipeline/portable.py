@@ -2,8 +2,8 @@
 
 Each facility is looked up when it is used, never assumed: on Linux an unnamed O_TMPFILE given a name with
 linkat, elsewhere (macOS, Windows) a hidden named file; F_FULLFSYNC on macOS; a directory fsync where a
-directory can be opened (Windows refuses); mode 0600 by fchmod, else chmod by path, and on Windows the default ACL of the user's
-profile; a folder lock by fcntl.flock or msvcrt.locking; SIGTERM everywhere, SIGHUP where it exists.
+directory can be opened (Windows refuses); mode 0600 by fchmod, else chmod by path, and on Windows the ACL
+the file inherits; a folder lock by fcntl.flock or msvcrt.locking; SIGTERM everywhere, SIGHUP where it exists.
 """
 
 from __future__ import annotations

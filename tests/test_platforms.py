@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import memory
+from platforms import PLATFORMS, take_away
 
 from pipeline import portable
 from pipeline.database import DEFAULT_PATH
@@ -26,13 +27,8 @@ def test_the_fallback_is_the_one_taken(tmp_path, platform):
     target = tmp_path / "b.json"
     with atomic_file(target) as out:
         out.write(b"whole")
-        assert temp_beside(target).exists() == ("O_TMPFILE" in portable_lacks(platform))
+        assert temp_beside(target).exists() == ("O_TMPFILE" in PLATFORMS[platform])
     assert target.read_bytes() == b"whole" and os.listdir(tmp_path) == ["b.json"]
-
-
-def portable_lacks(platform: str) -> tuple:
-    from platforms import PLATFORMS
-    return PLATFORMS[platform]
 
 
 def test_a_target_held_open_is_retried_then_refused_with_one_line(tmp_path, sample_db, monkeypatch):
@@ -146,7 +142,6 @@ def test_the_lock_blocks_until_the_holder_lets_go(tmp_path):
 
 @pytest.mark.parametrize("platform, expected", [("linux", ["SIGTERM", "SIGHUP"]), ("windows", ["SIGTERM"])])
 def test_only_signals_that_exist_get_a_handler(monkeypatch, platform, expected):
-    from platforms import take_away
     take_away(platform, monkeypatch)
     assert [signal.Signals(s).name for s in portable.terminating_signals()] == expected
     with portable.signals_as_interrupts():
