@@ -4,7 +4,6 @@ that makes runs take turns, and the flow: write, read back, rotate."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import sqlite3
@@ -17,6 +16,7 @@ from typing import Callable, Hashable, Iterator
 from .errors import BadBackup, PipelineError
 from .export import Exported, ProgressFor, export_to, no_progress
 from .formats import decompressed_reader, format_from_name
+from .portable import locked
 from .restore import Backup, open_backup, opened, validate
 
 EXTENSIONS = {("json", "none"): ".json", ("json", "gzip"): ".json.gz", ("json", "zstd"): ".json.zst",
@@ -235,24 +235,24 @@ def newest_whole(directory: Path, passed_over: Callable[[Path, str], None], igno
 def folder_lock(directory: Path) -> Iterator[None]:
     """An exclusive advisory lock on the folder: runs into one folder wait for each other. The lock file
     stays (removing it would let two runs lock two different files)."""
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        with locked(fd):          # fcntl or msvcrt: portable.py
+            yield
     finally:
-        os.close(fd)      # releases the lock
+        os.close(fd)
 
 
 @contextmanager
 def new_backup(conn: sqlite3.Connection, directory: Path, retention: Retention, fmt: str, compression: str,
                progress: ProgressFor = no_progress, now: datetime | None = None,
-               skip_unknown: bool = False) -> Iterator[Done]:
+               database: Path | None = None, skip_unknown: bool = False) -> Iterator[Done]:
     """Write a new backup into `directory`, read it back through every check (the checksum included), and
     only then rotate. The folder stays locked until the block ends, so what it reports of the new backup
     holds while it reports it: no other run can remove it before."""
     directory.mkdir(parents=True, exist_ok=True)
     with folder_lock(directory):
-        path, exported, size = _written(conn, directory, fmt, compression, progress, now, skip_unknown)
+        path, exported, size = _written(conn, directory, fmt, compression, progress, now, database, skip_unknown)
         stats = exported.counts
         try:
             with opened(path, fmt) as written, progress(sum(stats.values()), "Checking", str(path)) as step:
@@ -281,13 +281,13 @@ def future_warnings(future: list[Path]) -> list[str]:
 
 
 def _written(conn: sqlite3.Connection, directory: Path, fmt: str, compression: str, progress: ProgressFor,
-             now: datetime | None, skip_unknown: bool) -> tuple[Path, Exported, int]:
+             now: datetime | None, database: Path | None, skip_unknown: bool) -> tuple[Path, Exported, int]:
     """The new backup, written under a name no other has; the database is checked first (quick_check)."""
     tries = 5      # a name is taken only by a run in the same microsecond (or a clock set back): take the next
     while True:
         path = directory / backup_name(fmt, compression, now)
         try:
-            return (path, *export_to(conn, path, fmt, compression, progress, replace=False,
+            return (path, *export_to(conn, path, fmt, compression, progress, replace=False, database=database,
                                      skip_unknown=skip_unknown, check=True))
         except FileExistsError:
             tries -= 1

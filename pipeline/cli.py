@@ -31,6 +31,7 @@ from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decomp
 from .report import Shown, label, records, size, table
 from .report import progress as _progress
 from .report import report as _report
+from .portable import Terminated, signals_as_interrupts
 from .restore import CONFLICT_MODES, Backup, load, open_backup
 from .restore import validate as validate_backup
 from .schema_check import check_for_import
@@ -41,16 +42,18 @@ class Exit(enum.IntEnum):
     OK = 0
     FAILURE = 1       # a bad file, a database fault, a refusal
     USAGE = 2         # click's UsageError
-    INTERRUPTED = 130
+    INTERRUPTED = 130     # Ctrl-C (SIGINT); SIGTERM and SIGHUP exit 128 + their number: 143, 129
     BROKEN_PIPE = 141  # the reader of stdout went away: 128 + SIGPIPE, as the shell shows cat or gzip killed by it
 
 
 class MemoryGroup(click.Group):
-    """Turns the library's errors into `Error: ...` and exit 1, and Ctrl-C into exit 130, in one place."""
+    """Turns the library's errors into `Error: ...` and exit 1, and Ctrl-C, SIGTERM and SIGHUP into a
+    rollback and exit 130, 143 or 129, in one place."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with signals_as_interrupts():
+                return super().invoke(ctx)
         except BrokenPipeError:
             _quiet_stdout()
             ctx.exit(Exit.BROKEN_PIPE)
@@ -61,6 +64,12 @@ class MemoryGroup(click.Group):
                 raise
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{where}{exc.strerror}") from exc
+        except Terminated as exc:
+            click.echo(f"Terminated by {exc.name}: nothing was changed", err=True)
+            ctx.exit(exc.status)
+        except Terminated as exc:
+            click.echo(f"Terminated by {exc.name}: nothing was changed", err=True)
+            ctx.exit(exc.status)
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was changed", err=True)
             ctx.exit(Exit.INTERRUPTED)
@@ -133,8 +142,8 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
     with closing(open_for_reading(db_path)) as conn:
         exported, nbytes = export_to(conn, None if to_stdout else Path(output), fmt, compression,
                                      functools.partial(_progress, shown=shown),
-                                     stream=sys.stdout.buffer if to_stdout else None, skip_unknown=skip_unknown,
-                                     check=check)
+                                     stream=sys.stdout.buffer if to_stdout else None, database=db_path,
+                                     skip_unknown=skip_unknown, check=check)
     stats = exported.counts
     target = "stdout" if to_stdout else output
     _report(err=to_stdout, quiet=quiet, as_json=as_json, shown=shown,
@@ -276,7 +285,7 @@ def backup(directory: Path, db_path: Path, keep: int | None, keep_daily: int | N
     shown = Shown(quiet or as_json, plain_progress)
     with closing(open_for_reading(db_path)) as conn, \
             new_backup(conn, directory, retention, fmt, compress, functools.partial(_progress, shown=shown),
-                       skip_unknown=skip_unknown) as done:
+                       database=db_path, skip_unknown=skip_unknown) as done:
         for warning in done.warnings:    # the folder stays locked while this reports
             click.echo(f"warning: {warning}", err=True)
         removed = len(done.removed)

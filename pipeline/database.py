@@ -49,6 +49,7 @@ def open_for_reading(path: Path) -> sqlite3.Connection:
     """A read-only connection; never creates a file."""
     if not path.is_file():
         raise DatabaseProblem(f"no database at {path}")
+    _roll_back_hot_journal(path)
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
         conn = _configure(sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False))
@@ -59,6 +60,24 @@ def open_for_reading(path: Path) -> sqlite3.Connection:
     if missing:
         raise DatabaseProblem(f"{path} is not a memory database: no table {missing[0]}")
     return conn
+
+
+def _roll_back_hot_journal(path: Path) -> None:
+    """A writer killed mid-transaction in rollback-journal mode leaves a hot journal, which only a connection
+    that may write can roll back: a read-only one fails with "attempt to write a readonly database". Where a
+    -journal with content is there, open the database once read-write and read it, so SQLite rolls the
+    journal back as any writer would (a journal of a writer still running is not hot: SQLite leaves it)."""
+    journal = Path(f"{path}-journal")
+    if not journal.is_file() or journal.stat().st_size == 0:
+        return
+    uri = f"file:{quote(str(path.resolve()))}?mode=rw"
+    try:
+        with closing(_configure(sqlite3.connect(uri, uri=True, isolation_level=None))) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseProblem(f"cannot read {path}: {journal} holds a transaction a killed writer left, and "
+                              f"rolling it back failed ({exc}); run `sqlite3 {path} 'PRAGMA quick_check'` as a "
+                              "user who may write the database and its folder, then try again") from exc
 
 
 def open_for_writing(path: Path) -> sqlite3.Connection:

@@ -119,11 +119,13 @@ def no_progress(total: int, label: str, name: str) -> AbstractContextManager[Pro
 
 def export_to(conn: sqlite3.Connection, path: Path | None, fmt: str, compression: str,
               progress: ProgressFor = no_progress, replace: bool = True,
-              stream: IO[bytes] | None = None, **checks: bool) -> tuple[Exported, int]:
+              stream: IO[bytes] | None = None, database: Path | None = None,
+              **checks: bool) -> tuple[Exported, int]:
     """Export to a file that appears whole or not at all (or, with path None, to `stream`): (what, bytes).
-    With replace=False an existing file is never replaced: FileExistsError. `checks` go to `export`."""
+    With replace=False an existing file is never replaced: FileExistsError. Never onto `database`'s own files
+    (output.atomic_file). `checks` go to `export`."""
     try:
-        with (nullcontext(stream) if path is None else atomic_file(path, replace)) as raw:
+        with (nullcontext(stream) if path is None else atomic_file(path, replace, database)) as raw:
             with output_stack(raw, compression) as (out, counted):
                 name = "stdout" if path is None else str(path)
                 with progress(sum(counts(conn).values()), "Exporting", name) as step:

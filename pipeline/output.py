@@ -2,89 +2,126 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import io
 import os
 import re
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-_AT_FDCWD, _AT_EMPTY_PATH = -100, 0x1000
+from . import portable
+from .errors import PipelineError, Refused
+
 _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.memory-tmp(-journal|-wal|-shm)?")
+# The files SQLite keeps a database in: a backup written over any of them destroys committed rows.
+DATABASE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+class NotAFile(PipelineError):
+    """The output path is a directory."""
 
 
 @contextmanager
-def atomic_file(path: Path, replace: bool = True) -> Iterator[IO[bytes]]:
+def atomic_file(path: Path, replace: bool = True, database: Path | None = None) -> Iterator[IO[bytes]]:
     """A binary file that appears at `path`, mode 0600, only once the block has finished: written into an
-    unnamed O_TMPFILE (or a hidden name where the filesystem has none), fsynced, then renamed over `path`,
+    unnamed O_TMPFILE (or a hidden name where the system has none), fsynced, then renamed over `path`,
     or with replace=False linked there, failing with FileExistsError rather than replace anything.
-    On any failure `path` is untouched and nothing is left beside it."""
-    directory = path.parent
-    remove_leftovers(directory, path.name)
-    temp = temp_beside(path)
-    try:
-        fd, named = _open_unnamed(directory, temp)
-    except OSError as exc:   # name the file the user asked for, not our temporary one
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    On any failure `path` is untouched and nothing is left beside it.
+
+    Refused before anything is opened: `path` being `database` or one of its files (see refuse_database_files)
+    or a directory. A symbolic link stays one: what it points to is replaced. A path that is neither a regular
+    file nor a directory (a character device such as /dev/null, a FIFO) is written straight into, as a shell's
+    `>` does: no temporary file, no rename. Errors name `path`, never the temporary name."""
+    if database is not None:
+        refuse_database_files(path, database)
+    kind = _kind(path)
+    if kind == "directory":
+        raise NotAFile(f"{path}: is a directory; `memory backup {path}` writes a new backup into it")
+    if kind == "special":
+        if not replace:
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+        with _naming(path), open(path, "wb") as out:
+            yield out
+            out.flush()
+        return
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    directory = target.parent
+    remove_leftovers(directory, target.name)
+    temp = temp_beside(target)
+    with _naming(path):
+        fd, named = portable.open_unnamed(directory, temp)
     try:
         with os.fdopen(fd, "wb", closefd=False) as out:
             yield out
             out.flush()
-        os.fchmod(fd, 0o600)
-        os.fsync(fd)
-        if not replace and named:
-            os.link(temp, path)
-        elif not replace:
-            _link(fd, path)
-        else:
-            if not named:
-                _link(fd, temp)
-                named = True
-            os.replace(temp, path)
-        _fsync_directory(directory)
+        with _naming(path):
+            portable.make_private(fd, temp if named else None)
+            portable.fsync(fd)
+            if not replace and named:
+                os.link(temp, target)
+            elif not replace:
+                portable.link(fd, target)
+            else:
+                if not named:
+                    portable.link(fd, temp)
+                    named = True
+                portable.replace(temp, target)
+            portable.fsync_directory(directory)
     finally:
         os.close(fd)
         if named:
             temp.unlink(missing_ok=True)
 
 
-def _open_unnamed(directory: Path, fallback: Path) -> tuple[int, bool]:
-    """(fd, whether it already has a name). O_TMPFILE has none until linked, so a crash leaves nothing;
-    it is used only where a throwaway one can be linked, so the data never has to be copied."""
-    if _unnamed_files_link(directory):
-        return os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o600), False
-    return os.open(fallback, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), True
+def refuse_database_files(path: Path, database: Path) -> None:
+    """Refused: an output that is the database or its -wal, -shm or -journal file, by name or through a link
+    (the same device and inode where it exists; the same resolved name where it does not yet: the -wal and
+    -shm come and go). Checked before anything is opened for writing."""
+    out = _resolved(path)
+    for suffix in DATABASE_SUFFIXES:
+        for name in {Path(f"{database}{suffix}"), Path(f"{os.path.realpath(database)}{suffix}")}:
+            if _resolved(name) == out or _same_file(path, name):
+                what = "the database" if not suffix else f"the database's {suffix[1:]} file"
+                raise Refused(f"{path}: is {what} ({name}); writing the backup there would destroy it, "
+                              "so nothing was written: give another path")
 
 
-def _unnamed_files_link(directory: Path) -> bool:
-    if not hasattr(os, "O_TMPFILE"):
-        return False
+def _resolved(path: Path) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
     try:
-        probe = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o600)
+        first, second = os.stat(a), os.stat(b)
     except OSError:
         return False
-    name = directory / f".memory-link-probe.{os.getpid()}"
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def _kind(path: Path) -> str:
+    """"missing", "file", "directory" or "special" (a device, a FIFO, a socket), through symbolic links."""
     try:
-        _link(probe, name)
-    except OSError:
-        return False
-    else:
-        name.unlink()
-        return True
-    finally:
-        os.close(probe)
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return "file" if stat.S_ISREG(mode) else "special"
 
 
-def _link(fd: int, path: Path) -> None:
-    """Give an O_TMPFILE a name: linkat(AT_EMPTY_PATH) where allowed, else through /proc/self/fd."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) == 0:
-        return
-    if ctypes.get_errno() == errno.EEXIST:
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
-    os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A system error in the block names `path`, the user's name, not our temporary one."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
 
 
 def temp_beside(path: Path) -> Path:
@@ -101,26 +138,8 @@ def remove_leftovers(directory: Path, name: str) -> None:
         return
     for entry in entries:
         match = _LEFTOVER.fullmatch(entry.name)
-        if match and match["name"] == name and not _alive(int(match["pid"])):
+        if match and match["name"] == name and not portable.alive(int(match["pid"])):
             Path(entry.path).unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Counted(io.RawIOBase):

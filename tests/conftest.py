@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from platforms import PLATFORMS, take_away
 
 from pipeline.cli import cli
 from pipeline.database import create_schema
@@ -146,3 +147,11 @@ def compat_files() -> None:
     if not COMPAT_DB.exists() or not COMPAT_EXPORT.exists():
         unavailable("../shared/compat is not beside the project")
 
+
+
+@pytest.fixture(params=list(PLATFORMS))
+def platform(request, monkeypatch) -> str:
+    """The test runs once natively and once with each POSIX-only facility taken away, as on macOS or Windows
+    (tests/platforms.py)."""
+    take_away(request.param, monkeypatch)
+    return request.param

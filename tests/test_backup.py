@@ -1,6 +1,5 @@
 """`memory backup` and `memory stats` as cron runs them: rotation, zstd, exit statuses, no terminal."""
 
-import fcntl
 import json
 import os
 import re
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SAMPLE, memory, snapshot
+from platforms import command, lock_state
 
 from pipeline.backup import Retention, backup_name, new_backup, own_backups, rotate
 
@@ -26,6 +26,8 @@ SAMPLE_TABLE = """\
   extraction states             2
   topics                        0
 """
+
+pytestmark = pytest.mark.usefixtures("platform")     # natively, and as on macOS and Windows (tests/platforms.py)
 
 
 def test_backup_writes_a_validated_zstd_file_and_reports_it(tmp_path, sample_db):
@@ -86,9 +88,9 @@ def test_backup_of_a_missing_database_fails_and_writes_nothing(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_backup_from_cron_no_terminal_no_stdin(tmp_path, sample_db):
+def test_backup_from_cron_no_terminal_no_stdin(tmp_path, sample_db, platform):
     env = {k: v for k, v in os.environ.items() if k != "MEMORY_DB"} | {"MEMORY_DB": str(sample_db)}
-    run = subprocess.run([sys.executable, "-m", "pipeline", "backup", "--quiet", "--progress", str(tmp_path)],
+    run = subprocess.run([*command(platform), "backup", "--quiet", "--progress", str(tmp_path)],
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=60)
     assert run.returncode == 0, run.stderr
     path = own_backups(tmp_path)[0]
@@ -241,13 +243,11 @@ def test_rotation_keeps_the_new_backup_and_the_newest_others_and_never_counts_fu
     assert future == ([names["m2"], names["m3"]] if now_offset < -timedelta(hours=1) else [])
 
 
-def test_the_backup_flow_runs_without_click_and_holds_the_folder_while_reporting(tmp_path, sample_db):
+def test_the_backup_flow_runs_without_click_and_holds_the_folder_while_reporting(tmp_path, sample_db, platform):
     conn = sqlite3.connect(sample_db)
     folder = tmp_path / "b"
     with new_backup(conn, folder, Retention(last=1), fmt="jsonl", compression="gzip") as done:
         assert done.path.exists() and done.counts["messages"] == 5 and done.removed == []
-        fd = os.open(folder / ".memory-backup.lock", os.O_RDWR)
-        with pytest.raises(BlockingIOError):     # another run would wait here
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.close(fd)
+        assert lock_state(folder / ".memory-backup.lock", platform) == "locked"    # another run would wait here
+    assert lock_state(folder / ".memory-backup.lock", platform) == "free"
     assert memory("validate", done.path).exit_code == 0

@@ -191,7 +191,7 @@ def test_ctrl_c_during_import_exits_130_and_changes_nothing(tmp_path, sample_db,
     assert snapshot(sample_db) == before
 
 
-def test_a_failed_write_leaves_the_old_backup_and_nothing_beside_it(tmp_path):
+def test_a_failed_write_leaves_the_old_backup_and_nothing_beside_it(tmp_path, platform):
     target = tmp_path / "backup.json"
     target.write_bytes(b"the last good backup")
     with pytest.raises(OSError):

@@ -133,7 +133,7 @@ def test_export_writes_version_stats_and_every_field(tmp_path, sample_db):
     assert {type(r["confidence"]) for r in doc["entities"]} == {float, type(None)}
 
 
-def test_files_are_written_for_the_owner_only_whatever_the_umask(tmp_path, sample_db):
+def test_files_are_written_for_the_owner_only_whatever_the_umask(tmp_path, sample_db, platform):
     import os
     old = os.umask(0)
     try:

@@ -1,0 +1,157 @@
+"""SIGTERM and SIGHUP unwind as Ctrl-C does (rollback, temporary files removed) and exit 143 and 129; a hot
+journal left by a killed writer does not stop export, stats or backup. Real processes, real signals."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SAMPLE, make_database, memory, snapshot
+from platforms import command
+
+import pipeline.cli as cli_module
+
+# (simulated platform, signal): Windows has no SIGHUP to send
+CASES = [("linux", "SIGTERM"), ("linux", "SIGHUP"), ("macos", "SIGHUP"), ("windows", "SIGTERM")]
+
+
+@pytest.fixture(scope="module")
+def big_db(tmp_path_factory) -> Path:
+    return make_database(tmp_path_factory.mktemp("signals") / "big.db", sessions=10, messages_per_session=3000)
+
+
+@pytest.fixture(scope="module")
+def big_backup(big_db) -> Path:
+    path = big_db.parent / "big.jsonl"
+    assert subprocess.run([*command("linux"), "export", "-q", "--db", big_db, path], cwd=ROOT).returncode == 0
+    return path
+
+
+def start(platform: str, *args) -> subprocess.Popen:
+    return subprocess.Popen([*command(platform), *map(str, args)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def once_working(proc: subprocess.Popen, path: Path, then: float = 0.2) -> None:
+    """Wait until the process has `path` open, or a file in the folder `path` (then it is inside the command,
+    its handlers set), then a moment."""
+    wanted = os.path.realpath(path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            opened = [os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")]
+        except OSError:
+            opened = []
+        if any(name == wanted or os.path.dirname(name) == wanted for name in opened):
+            time.sleep(then)
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"the process never opened {path} (exit {proc.poll()})")
+
+
+def stopped(proc: subprocess.Popen, name: str) -> tuple[int, str]:
+    proc.send_signal(getattr(signal, name))
+    proc.wait(timeout=60)
+    return proc.returncode, proc.stderr.read().decode()
+
+
+@pytest.mark.parametrize("platform, name", CASES)
+def test_a_signalled_import_rolls_back_and_exits_128_plus_the_signal(tmp_path, big_backup, platform, name):
+    target = make_database(tmp_path / "target.db", sessions=2, messages_per_session=3)
+    pristine, before = target.read_bytes(), snapshot(target)
+    proc = start(platform, "import", "--db", target, "--clear", big_backup)
+    once_working(proc, big_backup)
+    assert stopped(proc, name) == (128 + getattr(signal, name), f"Terminated by {name}: nothing was changed\n")
+    assert target.read_bytes() == pristine and snapshot(target) == before
+    assert sorted(os.listdir(tmp_path)) == ["target.db"]
+
+
+@pytest.mark.parametrize("platform, name", CASES)
+def test_a_signalled_import_into_a_new_path_leaves_nothing_there(tmp_path, big_backup, platform, name):
+    target = tmp_path / "new" / "memory.db"
+    proc = start(platform, "import", "--db", target, big_backup)
+    once_working(proc, big_backup)
+    assert stopped(proc, name) == (128 + getattr(signal, name), f"Terminated by {name}: nothing was changed\n")
+    assert os.listdir(target.parent) == []
+
+
+@pytest.mark.parametrize("platform, name", CASES)
+def test_a_signalled_export_leaves_the_old_backup_and_nothing_beside_it(tmp_path, big_db, platform, name):
+    target = tmp_path / "backup.json"
+    target.write_bytes(b"the last good backup")
+    proc = start(platform, "export", "--db", big_db, target)
+    once_working(proc, tmp_path, then=0)         # the new backup is being written
+    assert stopped(proc, name) == (128 + getattr(signal, name), f"Terminated by {name}: nothing was changed\n")
+    assert target.read_bytes() == b"the last good backup"
+    assert os.listdir(tmp_path) == ["backup.json"]
+
+
+def test_sigterm_in_process_rolls_back_on_every_platform(tmp_path, sample_db, monkeypatch, platform):
+    """The same path as Ctrl-C, with each facility taken away: the handler is set only for signals that exist."""
+    before = snapshot(sample_db)
+    real_insert = cli_module.load.__globals__["_insert"]
+
+    def terminated(conn, table, sql, batch, start):
+        real_insert(conn, table, sql, batch, start)
+        if table.key == "toolUses":
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setitem(cli_module.load.__globals__, "_insert", terminated)
+    result = memory("import", "--db", sample_db, "--clear", SAMPLE)
+    assert (result.exit_code, result.stderr) == (143, "Terminated by SIGTERM: nothing was changed\n")
+    assert snapshot(sample_db) == before
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL       # put back once the command ends
+
+
+def hot_journal(tmp_path: Path, backup: Path) -> tuple[Path, dict]:
+    """A rollback-journal database whose import was killed -9 mid-transaction: its -journal is hot."""
+    db = make_database(tmp_path / "journal.db", sessions=2, messages_per_session=3)
+    before = snapshot(db)
+    journal = Path(f"{db}-journal")
+    proc = start("linux", "import", "--db", db, "--clear", backup)
+    while proc.poll() is None and not _hot(journal):    # SQLite writes the magic before it changes the database
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    assert _hot(journal), "the import ended before it changed the database"
+    return db, before
+
+
+def _hot(journal: Path) -> bool:
+    try:
+        return journal.read_bytes()[:8] == bytes.fromhex("d9d505f920a163d7")
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("args", [["stats"], ["export", "-q", "OUT/out.json"], ["backup", "-q", "OUT/backups"]],
+                         ids=["stats", "export", "backup"])
+def test_a_hot_journal_is_rolled_back_and_does_not_stop_reading(tmp_path, big_backup, args):
+    db, before = hot_journal(tmp_path, big_backup)
+    (tmp_path / "out").mkdir()
+    result = memory(*[a.replace("OUT", str(tmp_path / "out")) for a in args], "--db", db)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert not Path(f"{db}-journal").exists()
+    assert snapshot(db) == before
+    if args[0] != "stats":
+        written = next((tmp_path / "out").rglob("*.json*"))
+        assert memory("import", "--db", tmp_path / "restored.db", written).exit_code == 0
+        assert snapshot(tmp_path / "restored.db") == before
+
+
+def test_a_hot_journal_that_cannot_be_rolled_back_is_one_line_and_left_alone(tmp_path, big_backup, monkeypatch):
+    """No write access (simulated: the read-write open is made read-only, as SQLite does for a file it may not
+    write): one line that says what to run, the database and its journal untouched."""
+    db, _ = hot_journal(tmp_path, big_backup)
+    journal = Path(f"{db}-journal")
+    files = db.read_bytes(), journal.read_bytes()
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda name, **kw: real_connect(name.replace("mode=rw", "mode=ro"), **kw))
+    result = memory("stats", "--db", db)
+    assert (result.exit_code, result.stderr) == (
+        1, f"Error: cannot read {db}: {journal} holds a transaction a killed writer left, and rolling it back "
+           f"failed (attempt to write a readonly database); run `sqlite3 {db} 'PRAGMA quick_check'` as a user "
+           "who may write the database and its folder, then try again\n")
+    assert (db.read_bytes(), journal.read_bytes()) == files
