@@ -24,6 +24,19 @@ COMPAT = ROOT.parent / "shared" / "compat"
 COMPAT_DB = COMPAT / "memory-nexus.db"
 COMPAT_EXPORT = COMPAT / "memory-nexus-export.json"
 
+# The sample's counts per table as a report shows them (a version 1.0 file has no topics array).
+SAMPLE_TABLE = """\
+  sessions                      2
+  messages                      5
+  tool uses                     2
+  entities                      3
+  links                         2
+  session entities              2
+  entity links                  1
+  extraction states             2
+  topics                        0
+"""
+
 # A test that reads ../shared/compat: skipped in a fresh clone without it, a failure in CI (see `unavailable`).
 needs_compat = pytest.mark.usefixtures("compat_files")
 

@@ -10,22 +10,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, memory, snapshot
+from conftest import SAMPLE, SAMPLE_TABLE, memory, snapshot
 from platforms import command, lock_state
 
 from pipeline.backup import Retention, backup_name, new_backup, own_backups, rotate
-
-SAMPLE_TABLE = """\
-  sessions                      2
-  messages                      5
-  tool uses                     2
-  entities                      3
-  links                         2
-  session entities              2
-  entity links                  1
-  extraction states             2
-  topics                        0
-"""
 
 pytestmark = pytest.mark.usefixtures("platform")     # natively, and as on macOS and Windows (tests/platforms.py)
 
