@@ -21,7 +21,8 @@ from .database import (
     transaction,
 )
 from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup
-from .formats import READERS, Section, decompressed_reader
+from .canonical import readers
+from .formats import Section, decompressed_reader
 from .integrity import SINCE as CHECKSUM_SINCE
 from .integrity import Summing
 from .records import BATCH, batches, checked, rows_of, shown
@@ -63,7 +64,7 @@ def open_backup(stream: IO[bytes], fmt: str, ignore_checksum: bool = False) -> B
     have been read to their end (a file of version 1.2 on must have one), unless `ignore_checksum`."""
     summing = Summing(stream, fmt, ignore_checksum)
     with _located(lambda: "the header"):
-        header, sections = READERS[fmt](io.BufferedReader(summing, 1 << 16), summing.end)
+        header, sections = readers()[fmt](io.BufferedReader(summing, 1 << 16), summing.end)
     minor = check_header(header)
     summing.required = minor >= CHECKSUM_SINCE
     return Backup(header, minor, sections, arrays_required=fmt == "json")

@@ -6,6 +6,8 @@ import json
 import pytest
 from conftest import SAMPLE, make_database, memory, snapshot
 
+pytestmark = pytest.mark.usefixtures("parse_path")   # every test on the fast and the strict reader
+
 TEXT = SAMPLE.read_bytes()
 
 

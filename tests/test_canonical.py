@@ -1,0 +1,203 @@
+"""The fast reader takes nothing the strict one refuses: every bad file, laid out as memory writes files, gets
+exactly the strict reader's answer, and a file memory wrote never reaches the strict reader's records."""
+
+import json
+
+import orjson
+import pytest
+from conftest import SAMPLE, TYPED_SAMPLE, as_written, memory, snapshot
+from test_bad_input import CASES, DB_CHECKS
+
+from pipeline import formats
+from pipeline.canonical import STRICT_ENV
+
+DOC = json.loads(SAMPLE.read_bytes())
+JSON, JSONL = as_written(DOC, "json"), as_written(DOC, "jsonl")
+
+
+class Raw(str):
+    """A number or constant as the file wrote it."""
+
+
+def _pairs(text: str):
+    """JSON read keeping what json.loads would lose: fields named twice, and numbers and NaN as written."""
+    return json.loads(text, object_pairs_hook=lambda pairs: ("pairs", pairs), parse_float=Raw, parse_int=Raw,
+                      parse_constant=Raw)
+
+
+def _encoded(value) -> bytes:
+    """orjson's canonical form of a value read by _pairs, fields named twice and odd numbers kept."""
+    if isinstance(value, Raw):
+        return value.encode()
+    if isinstance(value, tuple):
+        return b"{" + b",".join(_encoded(k) + b":" + _encoded(v) for k, v in value[1]) + b"}"
+    if isinstance(value, list):
+        return b"[" + b",".join(map(_encoded, value)) + b"]"
+    return orjson.dumps(value)
+
+
+def rewritten(name: str, data: bytes) -> bytes:
+    """A bad file of the corpus laid out one record a line as memory writes files; faults in the bytes are
+    made again on JSON laid out so."""
+    if name.endswith(".jsonl"):
+        return b"".join(_encoded(_pairs(line)) + b"\n" for line in data.splitlines())
+    byte_faults = {"half.json": JSON[: len(JSON) // 2], "cut-in-header.json": JSON[:40], "trailing.json": JSON + b"{}",
+                   "bad-utf8.json": JSON.replace(b"loom", b"lo\xffm", 1),
+                   "deep.json": JSON.replace(b'"weight":0.125', b'"weight":' + b"[" * 100_000 + b"]" * 100_000)}
+    if name in byte_faults:
+        return byte_faults[name]
+    _, pairs = _pairs(data.decode())
+    out = b"{"
+    arrays = False
+    for i, (key, value) in enumerate(pairs):
+        arrays = arrays or isinstance(value, list)
+        out += (b",\n" if arrays else b",") if i else b""
+        if isinstance(value, list):
+            items = b",\n".join(map(_encoded, value))
+            out += _encoded(key) + (b":[\n" + items + b"\n]" if items else b":[]")
+        else:
+            out += _encoded(key) + b":" + _encoded(value)
+    return out + b"}\n"
+
+
+REWRITTEN = [(name, rewritten(name, data), message) for name, data, message in CASES
+             if name.endswith((".json", ".jsonl")) and name not in ("empty.json", "words.json", "array.json")]
+
+
+def both(monkeypatch, *args):
+    """(exit code, stdout, stderr) through the fast reader, and through the strict one."""
+    results = []
+    for strict in ("0", "1"):
+        monkeypatch.setenv(STRICT_ENV, strict)
+        result = memory(*args)
+        results.append((result.exit_code, result.stdout, result.stderr))
+    return results
+
+
+@pytest.mark.parametrize("name, data, message", REWRITTEN, ids=[c[0] for c in REWRITTEN])
+def test_every_bad_file_laid_out_as_memory_writes_gets_the_strict_answer(tmp_path, monkeypatch, name, data,
+                                                                         message):
+    (tmp_path / name).write_bytes(data)
+    fast, strict = both(monkeypatch, "validate", tmp_path / name)
+    assert fast == strict
+    if name not in DB_CHECKS:
+        assert strict == (1, "", f"Error: {message}\n")
+
+
+@pytest.mark.parametrize("name, data, message", REWRITTEN, ids=[c[0] for c in REWRITTEN])
+def test_every_bad_file_laid_out_as_memory_writes_changes_nothing(tmp_path, monkeypatch, sample_db, name, data,
+                                                                  message):
+    (tmp_path / name).write_bytes(data)
+    before = snapshot(sample_db)
+    fast, strict = both(monkeypatch, "import", "--db", sample_db, "--clear", tmp_path / name)
+    assert fast == strict == (1, "", f"Error: {message}\n")
+    assert snapshot(sample_db) == before
+
+
+def _line_edited(fmt: str, table: str, index: int, edit: bytes) -> bytes:
+    """The sample as memory writes it with one record's line made `edit` ({} stands for the record's fields)."""
+    text = as_written(DOC, fmt)
+    line = orjson.dumps(DOC[table][index] if fmt == "json" else {"table": table, "record": DOC[table][index]})
+    fields = orjson.dumps(DOC[table][index])[1:-1]
+    new = edit.replace(b"{}", fields)
+    assert text.count(line) == 1
+    return text.replace(line, orjson.dumps({"table": table})[:-1] + b',"record":' + new + b"}" if fmt == "jsonl"
+                        else new)
+
+
+# Records the strict reader refuses, each on a line of its own, canonical but for what makes it bad.
+REFUSED = [
+    ("twice", "messages", 2, b'{{},"role":"user"}', "field 'role' appears twice"),
+    ("nan", "entityLinks", 0, b'{"sourceId":1,"targetId":2,"relationship":"related","weight":NaN}', None),
+    ("2**64", "sessions", 1, b'{{},"extra":18446744073709551616}', "unknown field 'extra'"),
+    ("2**64 in a column", "extractionStates", 1, b'{"id":"x","sessionPath":"p","startedAt":"t","status":"complete",'
+     b'"completedAt":null,"messagesExtracted":18446744073709551616,"errorMessage":null,"fileMtime":null,'
+     b'"fileSize":null}', "messagesExtracted must fit in 64 bits, got 18446744073709551616"),
+    ("2**64-1", "extractionStates", 1, b'{"id":"x","sessionPath":"p","startedAt":"t","status":"complete",'
+     b'"completedAt":null,"messagesExtracted":18446744073709551615,"errorMessage":null,"fileMtime":null,'
+     b'"fileSize":null}', "messagesExtracted must fit in 64 bits, got 18446744073709551615"),
+    ("float in text", "messages", 3, b'{"id":"m","sessionId":"9f0c1d2e-0000-4000-8000-000000000001","role":"user",'
+     b'"content":1e+16,"timestamp":"t","toolUseIds":null}', "content must be a string, got 1E+16"),
+    ("a tagged object that is not typed", "messages", 1,
+     b'{"id":"m","sessionId":"9f0c1d2e-0000-4000-8000-000000000001","role":"user","content":{"$blob":"AA==",'
+     b'"x":1},"timestamp":"t","toolUseIds":null}', "content must be a string or a typed value ($blob, $text, "
+     "$textBytes, $real), got an object"),
+    ("a typed value where none may be", "messages", 1,
+     b'{"id":"m","sessionId":"9f0c1d2e-0000-4000-8000-000000000001","role":{"$text":"user"},"content":"c",'
+     b'"timestamp":"t","toolUseIds":null}', "role cannot hold a typed $text value"),
+    ("typed twice", "sessions", 0, b'{"id":"s","projectPathEncoded":"e","projectPathDecoded":"d","projectName":"n",'
+     b'"startTime":"t","endTime":null,"messageCount":{"$real":1,"$real":2},"summary":null}',
+     "field '$real' appears twice"),
+    ("an array", "sessions", 1, b'{"id":"s","projectPathEncoded":"e","projectPathDecoded":"d","projectName":"n",'
+     b'"startTime":"t","endTime":null,"messageCount":[1],"summary":null}', None),
+    ("weight out of range", "links", 1, b'{"sourceType":"topic","sourceId":"1","targetType":"session",'
+     b'"targetId":"x","relationship":"mentions","weight":1.0000000000000002}',
+     "weight must be between 0 and 1, got 1.0000000000000002"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+@pytest.mark.parametrize("what, table, index, edit, problem", REFUSED, ids=[c[0] for c in REFUSED])
+def test_a_record_the_strict_reader_refuses_does_not_get_in_through_the_fast_one(tmp_path, monkeypatch, sample_db,
+                                                                                 fmt, what, table, index, edit,
+                                                                                 problem):
+    path = tmp_path / f"in.{fmt}"
+    path.write_bytes(_line_edited(fmt, table, index, edit))
+    before = snapshot(sample_db)
+    fast, strict = both(monkeypatch, "import", "--db", sample_db, "--clear", path)
+    assert fast == strict
+    assert strict[0] == 1 and strict[2].startswith("Error: ")
+    if problem and fmt == "json":
+        assert strict[2] == f"Error: {table}[{index}]: {problem}\n"
+    assert snapshot(sample_db) == before
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_a_typed_value_on_the_fast_path_is_stored_as_the_strict_path_stores_it(tmp_path, monkeypatch, fmt):
+    doc = json.loads(TYPED_SAMPLE.read_bytes())
+    (tmp_path / f"in.{fmt}").write_bytes(as_written(doc, fmt))
+    states = []
+    for strict in ("0", "1"):
+        monkeypatch.setenv(STRICT_ENV, strict)
+        db = tmp_path / f"{strict}.db"
+        assert memory("import", "--db", db, tmp_path / f"in.{fmt}").exit_code == 0
+        states.append(snapshot(db))
+    assert states[0] == states[1]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_a_file_memory_wrote_never_reaches_the_strict_readers_records(tmp_path, monkeypatch, sample_db, fmt):
+    """Else every test of the fast path above would pass by falling back."""
+    assert memory("export", "--db", sample_db, tmp_path / f"out.{fmt}").exit_code == 0
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the strict reader was asked for records")
+    monkeypatch.setattr(formats, "array_rest", refused)
+    monkeypatch.setattr(formats, "strict_line", lambda line: refused() if not line.startswith(b'{"end"') else
+                        json.loads(line))
+    monkeypatch.setenv(STRICT_ENV, "0")
+    result = memory("validate", tmp_path / f"out.{fmt}")
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert memory("import", "--db", tmp_path / "new.db", tmp_path / f"out.{fmt}").exit_code == 0
+    assert snapshot(tmp_path / "new.db") == snapshot(sample_db)
+
+
+def _many_messages(count: int) -> dict:
+    doc = json.loads(SAMPLE.read_bytes())
+    first = doc["messages"][0]
+    doc["messages"] = [dict(first, id=f"m-{i}") for i in range(count)]
+    doc["stats"]["messages"] = count
+    return doc
+
+
+@pytest.mark.parametrize("fmt", ["json", "pretty.json"])
+def test_a_fault_deep_in_a_big_array_is_placed_at_its_record_on_both_readers(tmp_path, monkeypatch, fmt):
+    """The strict reader builds records a chunk of 16,000 events at a time; a fault in the bytes is placed at
+    the record it is in (here past the first chunks), not where its chunk began, as the fast reader places it."""
+    doc = _many_messages(3000)
+    text = as_written(doc, "json") if fmt == "json" else json.dumps(doc, indent=2).encode()
+    at = text.index(b'"m-2500"')
+    (tmp_path / "in.json").write_bytes(text[:at] + b"\x01" + text[at:])
+    fast, strict = both(monkeypatch, "validate", tmp_path / "in.json")
+    assert fast == strict == (1, "", "Error: messages[2500]: the file is cut short or corrupt "
+                                     "(lexical error: invalid char in json text.)\n")
