@@ -37,9 +37,9 @@ def readers() -> dict:
 
 def canonical(text: Any) -> Any:
     """The value `text` (bytes: a memoryview compares slowly) holds if it is exactly what orjson writes for
-    that value, else NOT_CANONICAL. Writing it again and comparing rules out whatever the strict readers see differently: a field named twice
-    (orjson keeps one), NaN, numbers orjson cannot hold exactly (2**64 becomes a float), lone surrogates,
-    and any spacing, escaping or number form other than orjson's."""
+    that value, else NOT_CANONICAL. Writing it again and comparing rules out whatever the strict readers see
+    differently: a field named twice (orjson keeps one), NaN, numbers orjson cannot hold exactly (2**64
+    becomes a float), lone surrogates, and any spacing, escaping or number form other than orjson's."""
     try:
         value = orjson.loads(text)
         return value if orjson.dumps(value) == text else NOT_CANONICAL
