@@ -18,10 +18,8 @@ from .formats import CHECKSUM, HEADER_KEYS, Ended, Header, Section
 # correctness tests both ways.
 STRICT_ENV = "MEMORY_STRICT_PARSE"
 NOT_CANONICAL = object()
-# A JSON document's record lines the fast path reads whole (orjson holds the line, its value and the value
-# written again: three times this). A longer one, and the rest of the file, go to the strict reader.
-FAST_LINE = 64 << 20
-OTHER_LINE = 1 << 20      # the header and the lines around arrays
+BIG = 1 << 16
+OTHER_LINE = 1 << 20      # the longest header, or line around an array, the fast path reads
 _STATS_TYPES = {int}
 _ODD = frozenset({float, list, dict})     # in a record: what the strict reader builds or words otherwise
 
@@ -35,16 +33,20 @@ def readers() -> dict:
     return formats.READERS if strict_only() else READERS
 
 
-def canonical(text: Any) -> Any:
-    """The value `text` (bytes: a memoryview compares slowly) holds if it is exactly what orjson writes for
-    that value, else NOT_CANONICAL. Writing it again and comparing rules out whatever the strict readers see
+def canonical(line: bytes, cut: int = 0) -> Any:
+    """The value `line` holds, leaving out its last `cut` bytes, if it is exactly what orjson writes for that
+    value, else NOT_CANONICAL. Writing it again and comparing rules out whatever the strict readers see
     differently: a field named twice (orjson keeps one), NaN, numbers orjson cannot hold exactly (2**64
     becomes a float), lone surrogates, and any spacing, escaping or number form other than orjson's."""
+    length = len(line) - cut
+    # A slice is a copy, which a long line should not cost; for short ones it is faster than a memoryview.
+    text = line[:length] if length < BIG else memoryview(line)[:length]
     try:
         value = orjson.loads(text)
-        return value if orjson.dumps(value) == text else NOT_CANONICAL
+        written = orjson.dumps(value)
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return NOT_CANONICAL
+    return value if len(written) == length and line.startswith(written) else NOT_CANONICAL
 
 
 # ---- JSON Lines -------------------------------------------------------------------------------------------
@@ -53,7 +55,7 @@ def parsed_line(line: bytes) -> Any:
     """A JSON Lines line as the strict reader would read it: orjson where the line is canonical. Where it is,
     json.loads gives the same value (the same floats, ints and strings, and no field twice to refuse)."""
     if line.endswith(b"\n"):
-        value = canonical(line[:-1])
+        value = canonical(line, 1)
         if value is not NOT_CANONICAL:
             return value
     return formats.strict_line(line)
@@ -122,7 +124,7 @@ def _array_opening(line: bytes) -> tuple[str | None, bool]:
     """(key, whether empty) of a line that opens an array: '"key":[' or '"key":[],'; (None, False) if not."""
     for ending, empty in ((b":[\n", False), (b":[],\n", True)):
         if line.endswith(ending) and line.startswith(b'"'):
-            key = canonical(line[: -len(ending)])
+            key = canonical(line, len(ending))
             if type(key) is str and key not in HEADER_KEYS and key != CHECKSUM:
                 return key, empty
     return None, False
@@ -132,9 +134,9 @@ def _records(stream: IO[bytes], key: str, handed: list[Iterator[tuple]]) -> Iter
     """The records of the array `key`; the rest of the file's events go into `handed` if the strict reader
     takes over."""
     for index in itertools.count():
-        line = formats.read_line(stream, longest=FAST_LINE)
+        line = formats.read_line(stream)      # as long as a JSON Lines line may be: MAX_LINE
         more = line.endswith(b",\n")
-        record = canonical(line[: -2 if more else -1]) if line.endswith(b"},\n" if more else b"}\n") else NOT_CANONICAL
+        record = canonical(line, 2 if more else 1) if line.endswith(b"},\n" if more else b"}\n") else NOT_CANONICAL
         if type(record) is dict and not _ODD.isdisjoint(map(type, record.values())):
             record = _as_strict(record)
         if type(record) is not dict:
