@@ -84,11 +84,17 @@ _ARRAY_ITEM = (b'{"":[0', 4)
 
 
 def read_json(stream: IO[bytes], end: Ended = formats._nothing) -> tuple[Header, Iterator[Section]]:
+    """The header and the first array's opening are read before the fast path is taken: if either is not as
+    memory writes them (a header key on the next line, say), the strict reader reads the file from its start."""
     line = formats.read_line(stream, longest=OTHER_LINE)
     header = _header(line)
-    if header is None:
-        return formats.read_json(_Chained(line, stream), end)
-    return header, _sections(stream, end)
+    if header is not None:
+        opening = formats.read_line(stream, longest=OTHER_LINE)
+        key, empty = _array_opening(opening)
+        if key is not None:
+            return header, _sections(stream, end, key, empty)
+        line += opening
+    return formats.read_json(_Chained(line, stream), end)
 
 
 def _header(line: bytes) -> Header | None:
@@ -102,21 +108,21 @@ def _header(line: bytes) -> Header | None:
     return header
 
 
-def _sections(stream: IO[bytes], end: Ended) -> Iterator[Section]:
+def _sections(stream: IO[bytes], end: Ended, key: str, empty: bool) -> Iterator[Section]:
+    """The arrays from the first, whose opening line has been read."""
     while True:
+        if empty:
+            yield key, iter(())
+        else:
+            handed: list[Iterator[tuple]] = []
+            yield key, _records(stream, key, handed)
+            if handed:
+                yield from formats.json_rest(handed[0], end)
+                return
         line = formats.read_line(stream, longest=OTHER_LINE)
         key, empty = _array_opening(line)
         if key is None:
-            events = _strict(_AFTER_COMMA, line, stream)
-            yield from formats.json_rest(events, end)
-            return
-        if empty:
-            yield key, iter(())
-            continue
-        handed: list[Iterator[tuple]] = []
-        yield key, _records(stream, key, handed)
-        if handed:
-            yield from formats.json_rest(handed[0], end)
+            yield from formats.json_rest(_strict(_AFTER_COMMA, line, stream), end)
             return
 
 
@@ -156,9 +162,13 @@ def _as_strict(record: dict) -> dict | None:
     """The record as the strict reader builds it, or None where only the strict reader words the fault (an
     array anywhere in it). That reader gives numbers with a fraction or exponent as Decimal, as written
     (messages quote them so): the text orjson writes for a float is the text the line holds."""
-    if any(type(v) is list or type(v) is dict and list in map(type, v.values()) for v in record.values()):
+    if _holds_array(record):
         return None
     return {k: Decimal(orjson.dumps(v).decode()) if type(v) is float else v for k, v in record.items()}
+
+
+def _holds_array(value: dict) -> bool:
+    return any(type(v) is list or type(v) is dict and _holds_array(v) for v in value.values())
 
 
 def _strict(state: tuple[bytes, int], line: bytes, stream: IO[bytes]) -> Iterator[tuple]:

@@ -201,3 +201,27 @@ def test_a_fault_deep_in_a_big_array_is_placed_at_its_record_on_both_readers(tmp
     fast, strict = both(monkeypatch, "validate", tmp_path / "in.json")
     assert fast == strict == (1, "", "Error: messages[2500]: the file is cut short or corrupt "
                                      "(lexical error: invalid char in json text.)\n")
+
+
+@pytest.mark.parametrize("what, edit, message", [
+    ("a header key after the header line", lambda text: text.replace(b',"exportedAt":"2026-11-20T08:30:00.000Z"', b"", 1)
+     .replace(b'},\n"sessions":[', b'},\n"exportedAt":"2026-11-20T08:30:00.000Z",\n"sessions":[', 1), None),
+    ("the same header key twice", lambda text: text.replace(b'},\n"sessions":[', b'},\n"version":"1.0",\n"sessions":[',
+                                                           1), "duplicate key 'version' in the header"),
+    ("a header key between arrays", lambda text: text.replace(b'],\n"messages":[', b'],\n"version":"1.0",\n'
+                                                               b'"messages":[', 1),
+     "'version' comes after the data; the header must come first"),
+    ("an array two objects down", lambda text: text.replace(b'"messageCount":3', b'"messageCount":{"$real":{"x":[1]}}',
+                                                             1),
+     "sessions[0]: a field holds an array; values are strings, numbers or null"),
+    ("an empty array, then one that is not", lambda text: text.replace(b'"entityLinks":[\n', b'"topics":[],\n'
+                                                                       b'"entityLinks":[\n', 1)
+     .replace(b'"extractionStates":2}', b'"extractionStates":2,"topics":0}', 1), None),
+])
+def test_a_layout_a_line_away_from_memory_s_gets_the_strict_answer(tmp_path, monkeypatch, what, edit, message):
+    text = as_written(DOC, "json")
+    (tmp_path / "in.json").write_bytes(edit(text))
+    assert edit(text) != text
+    fast, strict = both(monkeypatch, "validate", tmp_path / "in.json")
+    assert fast == strict
+    assert strict[2] == (f"Error: {message}\n" if message else "")
