@@ -181,10 +181,12 @@ def _strict(state: tuple[bytes, int], line: bytes, stream: IO[bytes]) -> Iterato
 
 
 class _Chained(io.RawIOBase):
-    """`head`, then the rest of `stream`."""
+    """`head`, then the rest of `stream`, what it holds before it reads below (read1, not readinto1, which
+    also reads below and loses what it held if that read fails), so a fault below is met where it is."""
 
     def __init__(self, head: bytes, stream: IO[bytes]):
-        self.head, self.stream = memoryview(head), stream
+        self.head = memoryview(head)
+        self.read_below = getattr(stream, "read1", stream.read)
 
     def readable(self) -> bool:
         return True
@@ -195,7 +197,9 @@ class _Chained(io.RawIOBase):
             buffer[:n] = self.head[:n]
             self.head = self.head[n:]
             return n
-        return self.stream.readinto(buffer)
+        data = self.read_below(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 READERS = {"json": read_json, "jsonl": read_jsonl}

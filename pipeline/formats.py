@@ -259,16 +259,35 @@ class _Growing:
     """Reads of the size asked for, but twice as large each time (up to GROW_TO) while they hold no newline.
     yajl lexes a token that spans reads again from its start at every read, so one string of 300 MB read
     256 KiB at a time was lexed 1,200 times over (83 s); growing reads make that linear. A backup's lines are
-    short but for a long value, so other files read as before (a minified one, in reads of up to GROW_TO)."""
+    short but for a long value, so other files read as before (a minified one, in reads of up to GROW_TO).
+    A fault below (a cut gzip stream) is raised once the bytes before it are handed on, so that it is placed
+    at the record it cuts, as the fast reader, which reads line by line, places it."""
 
     GROW_TO = 16 << 20
 
     def __init__(self, stream: IO[bytes]):
-        self.stream, self.ask = stream, 0
+        self.read_below = getattr(stream, "read1", stream.read)
+        self.ask = 0
+        self.fault: BaseException | None = None
 
     def read(self, size: int) -> bytes:
+        if self.fault is not None:
+            raise self.fault
         size = max(size, self.ask)
-        data = self.stream.read(size)
+        pieces: list[bytes] = []
+        got = 0
+        try:
+            while got < size:
+                piece = self.read_below(size - got)
+                if not piece:
+                    break
+                pieces.append(piece)
+                got += len(piece)
+        except stream_errors() as exc:
+            if not pieces:
+                raise
+            self.fault = exc
+        data = b"".join(pieces)
         self.ask = 0 if b"\n" in data else min(size * 2, self.GROW_TO)
         return data
 

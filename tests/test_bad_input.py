@@ -33,7 +33,7 @@ CASES = [
     ("array.json", b"[1, 2]", "not a memory backup: the JSON document is not an object"),
     ("half.json", TEXT[: len(TEXT) // 2], "toolUses[0]: the file is cut short or corrupt (parse error: premature EOF)"),
     ("cut-in-header.json", TEXT[:40], "the header: the file is cut short or corrupt (parse error: premature EOF)"),
-    ("cut.json.gz", gzip.compress(TEXT)[:-20], "the header: the file is cut short or corrupt "
+    ("cut.json.gz", gzip.compress(TEXT)[:-20], "extractionStates[1]: the file is cut short or corrupt "
      "(the compressed stream is cut short)"),
     ("no-version.json", changed(lambda d: d.pop("version")),
      "no 'version' in the header before the data starts at 'sessions': a backup begins with version, exportedAt "

@@ -225,3 +225,22 @@ def test_a_layout_a_line_away_from_memory_s_gets_the_strict_answer(tmp_path, mon
     fast, strict = both(monkeypatch, "validate", tmp_path / "in.json")
     assert fast == strict
     assert strict[2] == (f"Error: {message}\n" if message else "")
+
+
+@pytest.mark.parametrize("compress", ["gz", "zst"])
+def test_a_compressed_file_cut_anywhere_is_placed_alike_by_both_readers(tmp_path, monkeypatch, compress):
+    """A cut stream is found when the bytes before the cut have been read: both readers hand those on first, so
+    both name the record the cut falls in (the strict reader's large reads once named an earlier one)."""
+    import gzip
+
+    import zstandard
+    text = as_written(_many_messages(3000), "json")
+    data = gzip.compress(text) if compress == "gz" else zstandard.ZstdCompressor(write_checksum=True).compress(text)
+    places = set()
+    for eighth in range(1, 8):
+        (tmp_path / f"cut.json.{compress}").write_bytes(data[: len(data) * eighth // 8])
+        fast, strict = both(monkeypatch, "validate", tmp_path / f"cut.json.{compress}")
+        assert fast == strict
+        assert strict[2].endswith(": the file is cut short or corrupt (the compressed stream is cut short)\n")
+        places.add(strict[2])
+    assert len(places) >= 4     # zstd decompresses a block (up to 128 KiB) at a time: some cuts end alike
