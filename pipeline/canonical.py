@@ -20,6 +20,10 @@ STRICT_ENV = "MEMORY_STRICT_PARSE"
 NOT_CANONICAL = object()
 BIG = 1 << 16
 OTHER_LINE = 1 << 20      # the longest header, or line around an array, the fast path reads
+# The longest record line it reads: orjson holds the line, the value and the value written again, about three
+# times the line, where the strict reader streams (a string it holds once, twice while yajl builds it). A longer
+# line, and the rest of the file, go to the strict reader, which reads a long value in linear time too.
+FAST_LINE = 16 << 20
 _STATS_TYPES = {int}
 _ODD = frozenset({float, list, dict})     # in a record: what the strict reader builds or words otherwise
 
@@ -140,7 +144,7 @@ def _records(stream: IO[bytes], key: str, handed: list[Iterator[tuple]]) -> Iter
     """The records of the array `key`; the rest of the file's events go into `handed` if the strict reader
     takes over."""
     for index in itertools.count():
-        line = formats.read_line(stream)      # as long as a JSON Lines line may be: MAX_LINE
+        line = formats.read_line(stream, longest=FAST_LINE)
         more = line.endswith(b",\n")
         record = canonical(line, 2 if more else 1) if line.endswith(b"},\n" if more else b"}\n") else NOT_CANONICAL
         if type(record) is dict and not _ODD.isdisjoint(map(type, record.values())):

@@ -244,3 +244,21 @@ def test_a_compressed_file_cut_anywhere_is_placed_alike_by_both_readers(tmp_path
         assert strict[2].endswith(": the file is cut short or corrupt (the compressed stream is cut short)\n")
         places.add(strict[2])
     assert len(places) >= 4     # zstd decompresses a block (up to 128 KiB) at a time: some cuts end alike
+
+
+def test_a_record_line_longer_than_the_fast_reader_takes_is_read_by_the_strict_one(tmp_path, monkeypatch):
+    from pipeline import canonical
+    monkeypatch.setattr(canonical, "FAST_LINE", 1000)
+    doc = json.loads(SAMPLE.read_bytes())
+    doc["messages"][1]["content"] = "long " * 1000
+    (tmp_path / "in.json").write_bytes(as_written(doc, "json"))
+    taken = []
+    real = formats.array_rest
+    monkeypatch.setattr(formats, "array_rest", lambda events, key, done=0: (taken.append((key, done)),
+                                                                             real(events, key, done))[1])
+    monkeypatch.setenv(STRICT_ENV, "0")
+    assert memory("import", "--db", tmp_path / "x.db", tmp_path / "in.json").exit_code == 0
+    assert taken == [("messages", 1)] + [(key, 0) for key in ("toolUses", "entities", "links", "sessionEntities",
+                                                              "entityLinks", "extractionStates")]
+    assert memory("export", "--db", tmp_path / "x.db", tmp_path / "out.json").exit_code == 0
+    assert json.loads((tmp_path / "out.json").read_bytes())["messages"][1]["content"] == "long " * 1000
