@@ -66,6 +66,9 @@ CASES = [
      "entityLinks[0]: weight must be a finite number, got 1E+400"),
     ("not-object.json", changed(lambda d: d["messages"].__setitem__(0, "m-1")),
      "messages[0]: expected an object, got a string"),
+    ("number-record.json", changed(lambda d: d["messages"].__setitem__(1, 7)), "messages[1]: expected an object, got an integer"),
+    ("twice-then-string.json", changed(lambda d: d["messages"].__setitem__(1, "ab")).replace(
+        b'"role": "user",', b'"role": "user", "role": "user",', 1), "messages[0]: field 'role' appears twice"),
     ("messages-object.json", changed(lambda d: d.update(messages={})), "messages must be an array, got an object"),
     ("no-messages.json", changed(lambda d: (d.pop("messages"), d["stats"].pop("messages"))), "no messages array"),
     ("more.json", changed(lambda d: d["stats"].update(messages=4)), "messages: more records than stats says (4)"),
