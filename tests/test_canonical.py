@@ -2,11 +2,14 @@
 exactly the strict reader's answer, and a file memory wrote never reaches the strict reader's records."""
 
 import json
+import os
 
 import orjson
 import pytest
 from conftest import SAMPLE, TYPED_SAMPLE, as_written, memory, snapshot
+from hypothesis import HealthCheck, given, settings
 from test_bad_input import CASES, DB_CHECKS
+from test_fuzz import EXAMPLES, mutated
 
 from pipeline import formats
 from pipeline.canonical import STRICT_ENV
@@ -262,3 +265,21 @@ def test_a_record_line_longer_than_the_fast_reader_takes_is_read_by_the_strict_o
                                                               "entityLinks", "extractionStates")]
     assert memory("export", "--db", tmp_path / "x.db", tmp_path / "out.json").exit_code == 0
     assert json.loads((tmp_path / "out.json").read_bytes())["messages"][1]["content"] == "long " * 1000
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=mutated())
+def test_a_mutated_file_gets_the_same_answer_from_both_readers(tmp_path_factory, case):
+    """Differential: whatever the bytes, validate says the same, word for word, on either reader."""
+    fmt, data = case
+    path = tmp_path_factory.mktemp("diff") / ("in." + fmt.rpartition(".")[2])
+    path.write_bytes(data)
+    results = []
+    for strict in ("0", "1"):
+        os.environ[STRICT_ENV] = strict
+        try:
+            result = memory("validate", path)
+        finally:
+            del os.environ[STRICT_ENV]
+        results.append((result.exit_code, result.stdout, result.stderr))
+    assert results[0] == results[1]
