@@ -43,7 +43,7 @@ class corrupt_as_bad_backup:
         return None
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is not None and not isinstance(exc, PipelineError) and isinstance(exc, _stream_errors()):
+        if exc is not None and not isinstance(exc, PipelineError) and isinstance(exc, stream_errors()):
             text = exc.args[0] if exc.args else ""
             text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
             lines = text.strip().splitlines()
@@ -52,7 +52,7 @@ class corrupt_as_bad_backup:
         return False
 
 
-def _stream_errors() -> tuple[type[BaseException], ...]:
+def stream_errors() -> tuple[type[BaseException], ...]:
     import gzip
     import zlib
 

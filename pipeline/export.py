@@ -16,6 +16,7 @@ from .records import records_of
 from .schema_check import check_for_export
 from .tables import FORMAT_VERSION, TABLES, Table
 from .values import INFINITIES, PLAIN, tagged, text_or_raw
+from .writeback import EarlyWriteback
 
 
 @dataclass
@@ -126,7 +127,7 @@ def export_to(conn: sqlite3.Connection, path: Path | None, fmt: str, compression
     (output.atomic_file). `checks` go to `export`."""
     try:
         with (nullcontext(stream) if path is None else atomic_file(path, replace, database)) as raw:
-            with output_stack(raw, compression) as (out, counted):
+            with output_stack(raw if path is None else EarlyWriteback(raw), compression) as (out, counted):
                 name = "stdout" if path is None else str(path)
                 with progress(sum(counts(conn).values()), "Exporting", name) as step:
                     exported = export(conn, out, fmt, step, **checks)

@@ -19,7 +19,7 @@ import orjson
 from ijson.utils import sendable_list
 
 from . import records
-from .errors import BadBackup
+from .errors import BadBackup, stream_errors
 from .integrity import Summed, trailer
 from .tables import Record
 from .values import tagged
@@ -233,7 +233,7 @@ def read_json(stream: IO[bytes], end: Ended = _nothing) -> tuple[Header, Iterato
     # square of the depth (20,000 nested arrays took 1 GB). Reals arrive as Decimal, not float
     # (use_float=True overflows on -2**63, ijson issue #153); `checked` turns them into floats, exactly.
     # 256 KiB reads at the default batch: measured faster than 64 KiB and 1 MiB.
-    events = ijson.basic_parse(stream, buf_size=records.BATCH * 128)
+    events = json_events(stream)
     first = next(events, None)
     if first is None:
         raise BadBackup("the file is empty")
@@ -258,19 +258,76 @@ def read_json(stream: IO[bytes], end: Ended = _nothing) -> tuple[Header, Iterato
 
 
 def _json_sections(events: Iterator[tuple], key: str, end: Ended) -> Iterator[Section]:
-    while key != CHECKSUM:
+    if key != CHECKSUM:
         yield key, _array_items(events, key)
+        yield from json_rest(events, end)
+    else:
+        yield from _json_checksum(events, key, end)
+
+
+def json_rest(events: Iterator[tuple], end: Ended) -> Iterator[Section]:
+    """The arrays after one has ended (the next event is a key or the document's end), then the checksum."""
+    while True:
         event, key = next(events)
         if event == "end_map":
             yield from _json_end(events, None, end)
             return
         if key in HEADER_KEYS:
             raise BadBackup(f"{key!r} comes after the data; the header must come first")
+        if key == CHECKSUM:
+            yield from _json_checksum(events, key, end)
+            return
+        yield key, _array_items(events, key)
+
+
+def _json_checksum(events: Iterator[tuple], key: str, end: Ended) -> Iterator[Section]:
     checksum = _value(events, key)
     event, key = next(events)
     if event != "end_map":
         raise BadBackup(f"{key!r} comes after the checksum; the checksum must be last")
     yield from _json_end(events, checksum, end)
+
+
+def json_events(stream: IO[bytes]) -> Iterator[tuple]:
+    return ijson.basic_parse(_Growing(stream), buf_size=records.BATCH * 128)
+
+
+class _Growing:
+    """Reads of the size asked for, but twice as large each time (up to GROW_TO) while they lie inside one
+    string: no newline, and every quote escaped. yajl lexes a token that spans reads again from its start at
+    every read, so one string of 300 MB read 256 KiB at a time was lexed 1,200 times over (83 s); growing
+    reads make that linear. Other reads, a minified file's too, stay as asked (so memory stays as it was).
+    A fault below (a cut gzip stream) is raised once the bytes before it are handed on, so that it is placed
+    at the record it cuts, as the fast reader, which reads line by line, places it."""
+
+    GROW_TO = 16 << 20
+
+    def __init__(self, stream: IO[bytes]):
+        self.read_below = getattr(stream, "read1", stream.read)
+        self.ask = 0
+        self.fault: BaseException | None = None
+
+    def read(self, size: int) -> bytes:
+        if self.fault is not None:
+            raise self.fault
+        size = max(size, self.ask)
+        pieces: list[bytes] = []
+        got = 0
+        try:
+            while got < size:
+                piece = self.read_below(size - got)
+                if not piece:
+                    break
+                pieces.append(piece)
+                got += len(piece)
+        except stream_errors() as exc:
+            if not pieces:
+                raise
+            self.fault = exc
+        data = b"".join(pieces)
+        inside_a_string = b"\n" not in data and data.count(b'"') == data.count(b'\\"')
+        self.ask = min(size * 2, self.GROW_TO) if inside_a_string else 0
+        return data
 
 
 def _json_end(events: Iterator[tuple], checksum: Any, end: Ended) -> Iterator[Section]:
@@ -290,12 +347,17 @@ def _array_items(events: Iterator[tuple], key: str) -> Iterator[Any]:
     event, _ = next(events)
     if event != "start_array":
         raise BadBackup(f"{key} must be an array, got {event.replace('start_map', 'an object')}")
+    return array_rest(events, key)
+
+
+def array_rest(events: Iterator[tuple], key: str, done: int = 0) -> Iterator[Any]:
+    """The items of the array `key` from its item number `done` on, the events standing just before it."""
     # Records are flat, so in a good file the first end_array is the array's own end: takewhile stops
     # there in C, with no Python frame per event. `_built` checks that every container it saw was closed,
     # which tells a record holding an array apart. Each event gets the prefix "item": ijson's builder reads
     # prefixes only between objects, where "item" is right.
     inside = itertools.takewhile(_NOT_END, events)
-    return _built(map(operator.add, itertools.repeat(("item",)), inside), key)
+    return _built(map(operator.add, itertools.repeat(("item",)), inside), key, done)
 
 
 class DuplicateField(ValueError):
@@ -328,19 +390,24 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _built(events: Iterator[tuple], key: str) -> Iterator[Any]:
+def _built(events: Iterator[tuple], key: str, done: int = 0) -> Iterator[Any]:
     """The items of the array `key`, built by ijson's C items coroutine. Events are fed a chunk at a time
     through map() and a zero-length deque, so no Python frame runs per event (ijson.items over an event
     iterable runs one): 125 MB/s instead of 89 here. Memory: one chunk of events (a batch of them) and the
-    records built from it."""
+    records built from it. A fault in the bytes is raised once the records before it are handed on, so it
+    is placed at the record it is in, not at the start of its chunk."""
     chunk = records.BATCH * 8
     built = sendable_list()
     send = _YAJL.items_basecoro(built, "item").send
-    done = 0
     tail: list[tuple] = []        # the events of the record still open at the end of the last chunk
     opened = 0                    # containers opened and not yet closed
     while True:
-        events_chunk = list(itertools.islice(events, chunk))
+        events_chunk: list[tuple] = []
+        fault = None
+        try:
+            events_chunk.extend(itertools.islice(events, chunk))   # keeps the events before a fault
+        except stream_errors() as exc:
+            fault = exc
         whole = len(events_chunk) == chunk
         collections.deque(map(send, events_chunk), maxlen=0)
         opened += sum(map(_DEPTH, map(_SECOND, events_chunk), itertools.repeat(0)))
@@ -349,6 +416,8 @@ def _built(events: Iterator[tuple], key: str) -> Iterator[Any]:
         done += len(built)
         yield from built
         built.clear()
+        if fault is not None:
+            raise fault
         if not whole:
             if opened:
                 raise BadBackup(f"{key}[{done}]: a field holds an array; values are strings, numbers or null")
@@ -364,7 +433,7 @@ def _no_field_twice(key: str, done: int, built: list, tail: list[tuple], chunk: 
     last_end = next((i for i in range(len(chunk) - 1, -1, -1) if chunk[i][1] == "end_map"), -1)
     closed = tail + chunk[: last_end + 1]
     keys = sum(map(operator.eq, map(_SECOND, closed), itertools.repeat("map_key")))
-    if keys != sum(map(len, built)) and keys != sum(map(_fields, built)):
+    if keys != sum(len(r) for r in built if type(r) is dict) and keys != sum(map(_fields, built)):
         strict = sendable_list()
         send = _YAJL.items_basecoro(strict, "item", map_type=FieldsOnce).send
         try:
@@ -405,10 +474,12 @@ NOT_A_HEADER = "line 1: not a memory backup header (version, exportedAt, stats)"
 NOT_A_RECORD = 'line {}: expected {{"table": ..., "record": ...}} or {{"end": true}}'
 
 
-def read_jsonl(stream: IO[bytes], end: Ended = _nothing) -> tuple[Header, Iterator[Section]]:
+def read_jsonl(stream: IO[bytes], end: Ended = _nothing,
+               parse: Callable[[bytes], Any] | None = None) -> tuple[Header, Iterator[Section]]:
     """The header line of a JSON Lines backup, and its records grouped by table as they stream; once the
-    whole file is read, `end` is given the checksum of the end line (None if none)."""
-    lines = _lines(stream)
+    whole file is read, `end` is given the checksum of the end line (None if none). `parse` reads one line
+    (strict_line unless the fast path gives its own)."""
+    lines = _lines(stream, parse or strict_line)
     lineno, header = next(lines, (1, None))
     if header is None:
         raise BadBackup("the file is empty")
@@ -422,13 +493,17 @@ def read_jsonl(stream: IO[bytes], end: Ended = _nothing) -> tuple[Header, Iterat
                     for key, group in itertools.groupby(tagged, key=lambda pair: pair[0]))
 
 
-def _lines(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
+def strict_line(line: bytes) -> Any:
+    # json, not orjson: its object_pairs_hook lets a field named twice be refused (orjson keeps the last).
+    return _LOADS(line.decode("utf-8"))
+
+
+def _lines(stream: IO[bytes], parse: Callable[[bytes], Any]) -> Iterator[tuple[int, Any]]:
     """(line number, value) of each line. A field named twice becomes a BadBackup naming the line; JSON that
     does not parse, a jsonlines.InvalidLineError, which the caller places."""
-    # json, not orjson: its object_pairs_hook lets a field named twice be refused (orjson keeps the last).
     for lineno, line in _raw_lines(stream):
         try:
-            yield lineno, _LOADS(line.decode("utf-8"))
+            yield lineno, parse(line)
         except DuplicateField as exc:
             raise BadBackup(f"line {lineno}: field {exc.args[0]!r} appears twice") from None
         except UnicodeDecodeError as exc:
@@ -438,25 +513,36 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
 
 
 def _raw_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes) of each line, read LINE_PIECE at a time and never more than MAX_LINE of one line
-    (its newline counted). Every line of a backup is one object, so a line that does not start with '{' (a file
-    of spaces, of zero bytes) is refused at its first piece."""
+    """(line number, bytes) of each line, never more than MAX_LINE of one line (its newline counted). Every
+    line of a backup is one object, so a line that does not start with '{' (a file of spaces, of zero bytes)
+    is refused at its first piece."""
     for lineno in itertools.count(1):
-        line = stream.readline(min(LINE_PIECE, MAX_LINE + 1))
+        line = read_line(stream, lambda: BadBackup(NOT_A_HEADER if lineno == 1 else NOT_A_RECORD.format(lineno)))
         if not line:
             return
-        if not line.startswith(b"{"):
-            raise BadBackup(NOT_A_HEADER if lineno == 1 else NOT_A_RECORD.format(lineno))
-        if not line.endswith(b"\n"):
-            line = bytearray(line)
-            while not line.endswith(b"\n") and len(line) <= MAX_LINE:
-                piece = stream.readline(min(LINE_PIECE, MAX_LINE + 1 - len(line)))
-                if not piece:
-                    break
-                line += piece
         if len(line) > MAX_LINE:
             raise BadBackup(f"line {lineno}: longer than {MAX_LINE:,} bytes, the most a line may hold")
         yield lineno, line
+
+
+def read_line(stream: IO[bytes], not_an_object: Callable[[], Exception] | None = None,
+              longest: int | None = None) -> bytes:
+    """One line, read LINE_PIECE at a time and never more than `longest` + 1 bytes of it: it lacks its newline
+    only at the end of the file or when it is longer than that. With `not_an_object`, raised at once when the
+    line does not start with '{'. `longest` is MAX_LINE unless given."""
+    longest = MAX_LINE if longest is None else longest
+    line = stream.readline(min(LINE_PIECE, longest + 1))
+    if not_an_object is not None and line and not line.startswith(b"{"):
+        raise not_an_object()
+    if line.endswith(b"\n") or not line:
+        return line
+    longer = bytearray(line)
+    while not longer.endswith(b"\n") and len(longer) <= longest:
+        piece = stream.readline(min(LINE_PIECE, longest + 1 - len(longer)))
+        if not piece:
+            break
+        longer += piece
+    return longer    # type: ignore[return-value]
 
 
 def _tagged(lines: Iterator[tuple[int, Any]], end: Ended) -> Iterator[tuple[str, Any]]:

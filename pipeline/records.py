@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+import operator
+import sys
 from decimal import Decimal
-from itertools import islice
+from itertools import islice, product
 from operator import itemgetter
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import BadBackup, corrupt_as_bad_backup
 from .tables import INT64, Column, Record, Table
 from .values import holds, tag_of, untagged
 
 BATCH = 2000
+_call = getattr(operator, "call", lambda function, value: function(value))     # operator.call: Python 3.11
 
 _ACCEPTS = {"text": (str,), "integer": (int,), "real": (float, int, Decimal)}
 _NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
@@ -80,39 +83,59 @@ def _record_problem(columns: Sequence[Column], record: Any) -> str | None:
 def checked(table: Table, minor: int, records: Iterable[Any]) -> Iterator[Record]:
     """Yield each record once it has exactly the table's fields with allowed values; raise at the first that has not.
 
-    The fast path is one key comparison and one type lookup per field; the slow path says what is wrong."""
+    The fast path takes a record whose fields come in the table's order with plain values of their columns'
+    types (one tuple of types looked up in a set), and tests only the values a CHECK or 64 bits limit. Any
+    other record takes the slow path, which takes it too if it is good (fields in another order, typed
+    values) and otherwise says what is wrong."""
     columns = table.columns_in(minor)
-    fields = frozenset(c.field for c in columns)
-    plain = [(c.field, frozenset(_ACCEPTS[c.type]) | ({type(None)} if c.nullable else set()))
-             for c in columns]
-    exact = [c for c in columns if c.choices or c.between or c.type != "text"]
+    order = tuple(c.field for c in columns)
+    shapes = frozenset(product(*(_ACCEPTS[c.type] + ((type(None),) if c.nullable else ()) for c in columns)))
+    tested = [c for c in columns if c.choices or c.between or c.type != "text"]
+    tests, values_tested = [_test(c) for c in tested], itemgetter(*[c.field for c in tested]) if tested else None
     reals = [c.field for c in columns if c.type == "real"]
     index = -1
     with corrupt_as_bad_backup(lambda: f"{table.key}[{index + 1}]"):
         for index, record in enumerate(records):
-            yield _checked_one(table, columns, fields, plain, exact, reals, index, record)
+            if type(record) is dict:
+                types = tuple(map(type, record.values()))
+                if types in shapes and tuple(record) == order and (
+                        not tests or all(map(_call, tests, _as_tuple(values_tested(record), len(tests))))):
+                    if Decimal in types:
+                        _as_floats(record, reals)
+                    yield record
+                    continue
+            yield _slowly_checked(table, columns, reals, index, record)
 
 
-def _checked_one(table: Table, columns: Sequence[Column], fields: frozenset, plain: list, exact: list,
-                 reals: list[str], index: int, record: Any) -> Record:
-    ok = isinstance(record, dict) and record.keys() == fields
-    if ok:
-        for field, accepts in plain:
-            if type(record[field]) not in accepts:
-                ok = False
-                break
-    if ok:
-        ok = all(_problem(c, record[c.field]) is None for c in exact)
-    if not ok:
-        problem = _record_problem(columns, record)
-        if problem:
-            raise BadBackup(f"{table.key}[{index}]: {problem}")
-        record = {c.field: untagged(c, record[c.field]) if type(record[c.field]) is dict else record[c.field]
-                  for c in columns}      # the record was good: it holds typed values
+def _test(column: Column) -> Callable[[Any], bool]:
+    """Whether a plain value of the column's type (or None where allowed) passes its CHECK or range: a quick
+    yes for the fast path; a no sends the record to the slow path, which words it."""
+    if column.choices:
+        return frozenset(column.choices + ((None,) if column.nullable else ())).__contains__
+    if column.type == "integer" and not column.nullable:
+        return range(INT64[0], INT64[1] + 1).__contains__     # in C; the value is an int (not a bool) here
+    low, high = column.between or (INT64 if column.type == "integer" else (-sys.float_info.max, sys.float_info.max))
+    return lambda value: value is None or low <= value <= high
+
+
+def _slowly_checked(table: Table, columns: Sequence[Column], reals: list[str], index: int, record: Any) -> Record:
+    problem = _record_problem(columns, record)
+    if problem:
+        raise BadBackup(f"{table.key}[{index}]: {problem}")
+    record = {c.field: untagged(c, record[c.field]) if type(record[c.field]) is dict else record[c.field]
+              for c in columns}      # the record was good: fields in another order, or typed values
+    _as_floats(record, reals)
+    return record
+
+
+def _as_tuple(value: Any, count: int) -> tuple:
+    return value if count > 1 else (value,)
+
+
+def _as_floats(record: dict, reals: list[str]) -> None:
     for field in reals:
         if type(record[field]) is Decimal:   # past FieldsOnce's guard against fields named twice
             dict.__setitem__(record, field, float(record[field]))
-    return record
 
 
 def rows_of(table: Table, minor: int, records: Iterable[Record]) -> Iterator[tuple]:

@@ -21,8 +21,9 @@ from .database import (
     derived_rebuilt,
     transaction,
 )
+from .canonical import readers
 from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup, rejected
-from .formats import READERS, Section, decompressed_reader, sniffed_format
+from .formats import Section, decompressed_reader, sniffed_format
 from .integrity import SINCE as CHECKSUM_SINCE
 from .integrity import Summing
 from .merge import Merge
@@ -70,7 +71,7 @@ def open_backup(stream: IO[bytes], fmt: str | None = None, ignore_checksum: bool
     with _located(lambda: "the header"):
         fmt = fmt or sniffed_format(stream)
         summing = Summing(stream, fmt, ignore_checksum)
-        header, sections = READERS[fmt](io.BufferedReader(summing, 1 << 16), summing.end)
+        header, sections = readers()[fmt](io.BufferedReader(summing, 1 << 16), summing.end)
     minor = check_header(header)
     summing.required = minor >= CHECKSUM_SINCE
     return Backup(header, minor, sections, arrays_required=fmt == "json")

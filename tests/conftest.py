@@ -9,6 +9,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 from click.testing import CliRunner
 from platforms import PLATFORMS, take_away
@@ -168,3 +169,26 @@ def platform(request, monkeypatch) -> str:
     (tests/platforms.py)."""
     take_away(request.param, monkeypatch)
     return request.param
+
+@pytest.fixture(params=["fast", "strict"])
+def parse_path(request, monkeypatch):
+    """Run a test through the fast reader (files as memory writes them) and again through the strict readers
+    alone (pipeline.canonical.STRICT_ENV), so every check is seen to hold on both."""
+    from pipeline.canonical import STRICT_ENV
+    monkeypatch.setenv(STRICT_ENV, "1" if request.param == "strict" else "0")
+    return request.param
+
+
+def as_written(doc: dict, fmt: str) -> bytes:
+    """A document laid out exactly as memory writes files (one record a line, orjson's canonical form), but
+    without a checksum, so edits to it are read through (its version, 1.0 or 1.1, needs none)."""
+    arrays = [k for k, v in doc.items() if isinstance(v, list)]
+    header = {k: v for k, v in doc.items() if k not in arrays}
+    if fmt == "jsonl":
+        lines = [header] + [{"table": k, "record": r} for k in arrays for r in doc[k]] + [{"end": True}]
+        return b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    out = orjson.dumps(header)[:-1]
+    for key in arrays:
+        items = b",\n".join(map(orjson.dumps, doc[key]))
+        out += b",\n" + orjson.dumps(key) + (b":[\n" + items + b"\n]" if items else b":[]")
+    return out + b"}\n"

@@ -6,6 +6,8 @@ import json
 import pytest
 from conftest import SAMPLE, make_database, memory, snapshot
 
+pytestmark = pytest.mark.usefixtures("parse_path")   # every test on the fast and the strict reader
+
 TEXT = SAMPLE.read_bytes()
 
 
@@ -31,7 +33,7 @@ CASES = [
     ("array.json", b"[1, 2]", "not a memory backup: the JSON document is not an object"),
     ("half.json", TEXT[: len(TEXT) // 2], "toolUses[0]: the file is cut short or corrupt (parse error: premature EOF)"),
     ("cut-in-header.json", TEXT[:40], "the header: the file is cut short or corrupt (parse error: premature EOF)"),
-    ("cut.json.gz", gzip.compress(TEXT)[:-20], "the header: the file is cut short or corrupt "
+    ("cut.json.gz", gzip.compress(TEXT)[:-20], "extractionStates[1]: the file is cut short or corrupt "
      "(the compressed stream is cut short)"),
     ("no-version.json", changed(lambda d: d.pop("version")),
      "no 'version' in the header before the data starts at 'sessions': a backup begins with version, exportedAt "
@@ -64,6 +66,9 @@ CASES = [
      "entityLinks[0]: weight must be a finite number, got 1E+400"),
     ("not-object.json", changed(lambda d: d["messages"].__setitem__(0, "m-1")),
      "messages[0]: expected an object, got a string"),
+    ("number-record.json", changed(lambda d: d["messages"].__setitem__(1, 7)), "messages[1]: expected an object, got an integer"),
+    ("twice-then-string.json", changed(lambda d: d["messages"].__setitem__(1, "ab")).replace(
+        b'"role": "user",', b'"role": "user", "role": "user",', 1), "messages[0]: field 'role' appears twice"),
     ("messages-object.json", changed(lambda d: d.update(messages={})), "messages must be an array, got an object"),
     ("no-messages.json", changed(lambda d: (d.pop("messages"), d["stats"].pop("messages"))), "no messages array"),
     ("more.json", changed(lambda d: d["stats"].update(messages=4)), "messages: more records than stats says (4)"),

@@ -1,19 +1,26 @@
 """Mutated backups hold one invariant: exit 0 with exactly the file's data, or exit 1 with one line and
-the database unchanged. No traceback, ever. MEMORY_FUZZ_EXAMPLES sets the count (scripts/torture.py: 10,000)."""
+the database unchanged. No traceback, ever. MEMORY_FUZZ_EXAMPLES sets the count (scripts/torture.py: 10,000).
+Each runs on the fast reader and the strict one; the "canonical" sources are laid out as memory writes files."""
 
 import base64
 import json
 import os
 import shutil
 
-from conftest import SAMPLE, TYPED_SAMPLE, memory, snapshot
+import pytest
+from conftest import SAMPLE, TYPED_SAMPLE, as_written, memory, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bad_input import as_jsonl
 
+pytestmark = pytest.mark.usefixtures("parse_path")   # every test on the fast and the strict reader
+
 EXAMPLES = int(os.environ.get("MEMORY_FUZZ_EXAMPLES", "60"))
 SOURCES = {"json": SAMPLE.read_bytes(), "jsonl": as_jsonl(json.loads(SAMPLE.read_bytes())),
-           "typed.json": TYPED_SAMPLE.read_bytes(), "typed.jsonl": as_jsonl(json.loads(TYPED_SAMPLE.read_bytes()))}
+           "typed.json": TYPED_SAMPLE.read_bytes(), "typed.jsonl": as_jsonl(json.loads(TYPED_SAMPLE.read_bytes())),
+           "canonical.json": as_written(json.loads(SAMPLE.read_bytes()), "json"),
+           "canonical.jsonl": as_written(json.loads(SAMPLE.read_bytes()), "jsonl"),
+           "canonical-typed.json": as_written(json.loads(TYPED_SAMPLE.read_bytes()), "json")}
 
 
 @st.composite

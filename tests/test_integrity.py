@@ -9,6 +9,8 @@ import xxhash
 import zstandard
 from conftest import COMPAT_EXPORT, SAMPLE, TYPED_SAMPLE, memory, snapshot, unavailable
 
+pytestmark = pytest.mark.usefixtures("parse_path")   # every test on the fast and the strict reader
+
 MISMATCH = ("Error: the file changed after it was written (checksum mismatch); "
             "if you edited it on purpose, pass --ignore-checksum\n")
 NAMES = ["b.json", "b.jsonl", "b.json.gz", "b.jsonl.gz", "b.json.zst", "b.jsonl.zst"]

@@ -17,6 +17,8 @@ from pipeline.errors import BadBackup
 from pipeline.formats import read_jsonl
 from test_bad_input import as_jsonl
 
+pytestmark = pytest.mark.usefixtures("parse_path")   # every test on the fast and the strict reader
+
 JSONL = as_jsonl(json.loads(SAMPLE.read_bytes()))
 HEADER_END = JSONL.index(b"\n")
 

@@ -10,6 +10,8 @@ from conftest import (COMPAT_DB, COMPAT_EXPORT, SAMPLE, TYPED_SAMPLE, make_datab
 
 from pipeline.tables import TABLES
 
+pytestmark = pytest.mark.usefixtures("parse_path")   # every test on the fast and the strict reader
+
 NAMES = ["backup.json", "backup.jsonl", "backup.json.gz", "backup.jsonl.gz", "backup.json.zst"]
 
 

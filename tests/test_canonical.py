@@ -1,0 +1,285 @@
+"""The fast reader takes nothing the strict one refuses: every bad file, laid out as memory writes files, gets
+exactly the strict reader's answer, and a file memory wrote never reaches the strict reader's records."""
+
+import json
+import os
+
+import orjson
+import pytest
+from conftest import SAMPLE, TYPED_SAMPLE, as_written, memory, snapshot
+from hypothesis import HealthCheck, given, settings
+from test_bad_input import CASES, DB_CHECKS
+from test_fuzz import EXAMPLES, mutated
+
+from pipeline import formats
+from pipeline.canonical import STRICT_ENV
+
+DOC = json.loads(SAMPLE.read_bytes())
+JSON, JSONL = as_written(DOC, "json"), as_written(DOC, "jsonl")
+
+
+class Raw(str):
+    """A number or constant as the file wrote it."""
+
+
+def _pairs(text: str):
+    """JSON read keeping what json.loads would lose: fields named twice, and numbers and NaN as written."""
+    return json.loads(text, object_pairs_hook=lambda pairs: ("pairs", pairs), parse_float=Raw, parse_int=Raw,
+                      parse_constant=Raw)
+
+
+def _encoded(value) -> bytes:
+    """orjson's canonical form of a value read by _pairs, fields named twice and odd numbers kept."""
+    if isinstance(value, Raw):
+        return value.encode()
+    if isinstance(value, tuple):
+        return b"{" + b",".join(_encoded(k) + b":" + _encoded(v) for k, v in value[1]) + b"}"
+    if isinstance(value, list):
+        return b"[" + b",".join(map(_encoded, value)) + b"]"
+    return orjson.dumps(value)
+
+
+def rewritten(name: str, data: bytes) -> bytes:
+    """A bad file of the corpus laid out one record a line as memory writes files; faults in the bytes are
+    made again on JSON laid out so."""
+    if name.endswith(".jsonl"):
+        return b"".join(_encoded(_pairs(line)) + b"\n" for line in data.splitlines())
+    byte_faults = {"half.json": JSON[: len(JSON) // 2], "cut-in-header.json": JSON[:40], "trailing.json": JSON + b"{}",
+                   "bad-utf8.json": JSON.replace(b"loom", b"lo\xffm", 1),
+                   "deep.json": JSON.replace(b'"weight":0.125', b'"weight":' + b"[" * 100_000 + b"]" * 100_000)}
+    if name in byte_faults:
+        return byte_faults[name]
+    _, pairs = _pairs(data.decode())
+    out = b"{"
+    arrays = False
+    for i, (key, value) in enumerate(pairs):
+        arrays = arrays or isinstance(value, list)
+        out += (b",\n" if arrays else b",") if i else b""
+        if isinstance(value, list):
+            items = b",\n".join(map(_encoded, value))
+            out += _encoded(key) + (b":[\n" + items + b"\n]" if items else b":[]")
+        else:
+            out += _encoded(key) + b":" + _encoded(value)
+    return out + b"}\n"
+
+
+REWRITTEN = [(name, rewritten(name, data), message) for name, data, message in CASES
+             if name.endswith((".json", ".jsonl")) and name not in ("empty.json", "words.json", "array.json")]
+
+
+def both(monkeypatch, *args):
+    """(exit code, stdout, stderr) through the fast reader, and through the strict one."""
+    results = []
+    for strict in ("0", "1"):
+        monkeypatch.setenv(STRICT_ENV, strict)
+        result = memory(*args)
+        results.append((result.exit_code, result.stdout, result.stderr))
+    return results
+
+
+@pytest.mark.parametrize("name, data, message", REWRITTEN, ids=[c[0] for c in REWRITTEN])
+def test_every_bad_file_laid_out_as_memory_writes_gets_the_strict_answer(tmp_path, monkeypatch, name, data,
+                                                                         message):
+    (tmp_path / name).write_bytes(data)
+    fast, strict = both(monkeypatch, "validate", tmp_path / name)
+    assert fast == strict
+    if name not in DB_CHECKS:
+        assert strict == (1, "", f"Error: {message}\n")
+
+
+@pytest.mark.parametrize("name, data, message", REWRITTEN, ids=[c[0] for c in REWRITTEN])
+def test_every_bad_file_laid_out_as_memory_writes_changes_nothing(tmp_path, monkeypatch, sample_db, name, data,
+                                                                  message):
+    (tmp_path / name).write_bytes(data)
+    before = snapshot(sample_db)
+    fast, strict = both(monkeypatch, "import", "--db", sample_db, "--clear", tmp_path / name)
+    assert fast == strict == (1, "", f"Error: {message}\n")
+    assert snapshot(sample_db) == before
+
+
+def _line_edited(fmt: str, table: str, index: int, edit: bytes) -> bytes:
+    """The sample as memory writes it with one record's line made `edit` ({} stands for the record's fields)."""
+    text = as_written(DOC, fmt)
+    line = orjson.dumps(DOC[table][index] if fmt == "json" else {"table": table, "record": DOC[table][index]})
+    fields = orjson.dumps(DOC[table][index])[1:-1]
+    new = edit.replace(b"{}", fields)
+    assert text.count(line) == 1
+    return text.replace(line, orjson.dumps({"table": table})[:-1] + b',"record":' + new + b"}" if fmt == "jsonl"
+                        else new)
+
+
+# Records the strict reader refuses, each on a line of its own, canonical but for what makes it bad.
+REFUSED = [
+    ("twice", "messages", 2, b'{{},"role":"user"}', "field 'role' appears twice"),
+    ("nan", "entityLinks", 0, b'{"sourceId":1,"targetId":2,"relationship":"related","weight":NaN}', None),
+    ("2**64", "sessions", 1, b'{{},"extra":18446744073709551616}', "unknown field 'extra'"),
+    ("2**64 in a column", "extractionStates", 1, b'{"id":"x","sessionPath":"p","startedAt":"t","status":"complete",'
+     b'"completedAt":null,"messagesExtracted":18446744073709551616,"errorMessage":null,"fileMtime":null,'
+     b'"fileSize":null}', "messagesExtracted must fit in 64 bits, got 18446744073709551616"),
+    ("2**64-1", "extractionStates", 1, b'{"id":"x","sessionPath":"p","startedAt":"t","status":"complete",'
+     b'"completedAt":null,"messagesExtracted":18446744073709551615,"errorMessage":null,"fileMtime":null,'
+     b'"fileSize":null}', "messagesExtracted must fit in 64 bits, got 18446744073709551615"),
+    ("float in text", "messages", 3, b'{"id":"m","sessionId":"9f0c1d2e-0000-4000-8000-000000000001","role":"user",'
+     b'"content":1e+16,"timestamp":"t","toolUseIds":null}', "content must be a string, got 1E+16"),
+    ("a tagged object that is not typed", "messages", 1,
+     b'{"id":"m","sessionId":"9f0c1d2e-0000-4000-8000-000000000001","role":"user","content":{"$blob":"AA==",'
+     b'"x":1},"timestamp":"t","toolUseIds":null}', "content must be a string or a typed value ($blob, $text, "
+     "$textBytes, $real), got an object"),
+    ("a typed value where none may be", "messages", 1,
+     b'{"id":"m","sessionId":"9f0c1d2e-0000-4000-8000-000000000001","role":{"$text":"user"},"content":"c",'
+     b'"timestamp":"t","toolUseIds":null}', "role cannot hold a typed $text value"),
+    ("typed twice", "sessions", 0, b'{"id":"s","projectPathEncoded":"e","projectPathDecoded":"d","projectName":"n",'
+     b'"startTime":"t","endTime":null,"messageCount":{"$real":1,"$real":2},"summary":null}',
+     "field '$real' appears twice"),
+    ("an array", "sessions", 1, b'{"id":"s","projectPathEncoded":"e","projectPathDecoded":"d","projectName":"n",'
+     b'"startTime":"t","endTime":null,"messageCount":[1],"summary":null}', None),
+    ("weight out of range", "links", 1, b'{"sourceType":"topic","sourceId":"1","targetType":"session",'
+     b'"targetId":"x","relationship":"mentions","weight":1.0000000000000002}',
+     "weight must be between 0 and 1, got 1.0000000000000002"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+@pytest.mark.parametrize("what, table, index, edit, problem", REFUSED, ids=[c[0] for c in REFUSED])
+def test_a_record_the_strict_reader_refuses_does_not_get_in_through_the_fast_one(tmp_path, monkeypatch, sample_db,
+                                                                                 fmt, what, table, index, edit,
+                                                                                 problem):
+    path = tmp_path / f"in.{fmt}"
+    path.write_bytes(_line_edited(fmt, table, index, edit))
+    before = snapshot(sample_db)
+    fast, strict = both(monkeypatch, "import", "--db", sample_db, "--clear", path)
+    assert fast == strict
+    assert strict[0] == 1 and strict[2].startswith("Error: ")
+    if problem and fmt == "json":
+        assert strict[2] == f"Error: {table}[{index}]: {problem}\n"
+    assert snapshot(sample_db) == before
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_a_typed_value_on_the_fast_path_is_stored_as_the_strict_path_stores_it(tmp_path, monkeypatch, fmt):
+    doc = json.loads(TYPED_SAMPLE.read_bytes())
+    (tmp_path / f"in.{fmt}").write_bytes(as_written(doc, fmt))
+    states = []
+    for strict in ("0", "1"):
+        monkeypatch.setenv(STRICT_ENV, strict)
+        db = tmp_path / f"{strict}.db"
+        assert memory("import", "--db", db, tmp_path / f"in.{fmt}").exit_code == 0
+        states.append(snapshot(db))
+    assert states[0] == states[1]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_a_file_memory_wrote_never_reaches_the_strict_readers_records(tmp_path, monkeypatch, sample_db, fmt):
+    """Else every test of the fast path above would pass by falling back."""
+    assert memory("export", "--db", sample_db, tmp_path / f"out.{fmt}").exit_code == 0
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the strict reader was asked for records")
+    monkeypatch.setattr(formats, "array_rest", refused)
+    monkeypatch.setattr(formats, "strict_line", lambda line: refused() if not line.startswith(b'{"end"') else
+                        json.loads(line))
+    monkeypatch.setenv(STRICT_ENV, "0")
+    result = memory("validate", tmp_path / f"out.{fmt}")
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert memory("import", "--db", tmp_path / "new.db", tmp_path / f"out.{fmt}").exit_code == 0
+    assert snapshot(tmp_path / "new.db") == snapshot(sample_db)
+
+
+def _many_messages(count: int) -> dict:
+    doc = json.loads(SAMPLE.read_bytes())
+    first = doc["messages"][0]
+    doc["messages"] = [dict(first, id=f"m-{i}") for i in range(count)]
+    doc["stats"]["messages"] = count
+    return doc
+
+
+@pytest.mark.parametrize("fmt", ["json", "pretty.json"])
+def test_a_fault_deep_in_a_big_array_is_placed_at_its_record_on_both_readers(tmp_path, monkeypatch, fmt):
+    """The strict reader builds records a chunk of 16,000 events at a time; a fault in the bytes is placed at
+    the record it is in (here past the first chunks), not where its chunk began, as the fast reader places it."""
+    doc = _many_messages(3000)
+    text = as_written(doc, "json") if fmt == "json" else json.dumps(doc, indent=2).encode()
+    at = text.index(b'"m-2500"')
+    (tmp_path / "in.json").write_bytes(text[:at] + b"\x01" + text[at:])
+    fast, strict = both(monkeypatch, "validate", tmp_path / "in.json")
+    assert fast == strict == (1, "", "Error: messages[2500]: the file is cut short or corrupt "
+                                     "(lexical error: invalid char in json text.)\n")
+
+
+@pytest.mark.parametrize("what, edit, message", [
+    ("a header key after the header line", lambda text: text.replace(b',"exportedAt":"2026-11-20T08:30:00.000Z"', b"", 1)
+     .replace(b'},\n"sessions":[', b'},\n"exportedAt":"2026-11-20T08:30:00.000Z",\n"sessions":[', 1), None),
+    ("the same header key twice", lambda text: text.replace(b'},\n"sessions":[', b'},\n"version":"1.0",\n"sessions":[',
+                                                           1), "duplicate key 'version' in the header"),
+    ("a header key between arrays", lambda text: text.replace(b'],\n"messages":[', b'],\n"version":"1.0",\n'
+                                                               b'"messages":[', 1),
+     "'version' comes after the data; the header must come first"),
+    ("an array two objects down", lambda text: text.replace(b'"messageCount":3', b'"messageCount":{"$real":{"x":[1]}}',
+                                                             1),
+     "sessions[0]: a field holds an array; values are strings, numbers or null"),
+    ("an empty array, then one that is not", lambda text: text.replace(b'"entityLinks":[\n', b'"topics":[],\n'
+                                                                       b'"entityLinks":[\n', 1)
+     .replace(b'"extractionStates":2}', b'"extractionStates":2,"topics":0}', 1), None),
+])
+def test_a_layout_a_line_away_from_memory_s_gets_the_strict_answer(tmp_path, monkeypatch, what, edit, message):
+    text = as_written(DOC, "json")
+    (tmp_path / "in.json").write_bytes(edit(text))
+    assert edit(text) != text
+    fast, strict = both(monkeypatch, "validate", tmp_path / "in.json")
+    assert fast == strict
+    assert strict[2] == (f"Error: {message}\n" if message else "")
+
+
+@pytest.mark.parametrize("compress", ["gz", "zst"])
+def test_a_compressed_file_cut_anywhere_is_placed_alike_by_both_readers(tmp_path, monkeypatch, compress):
+    """A cut stream is found when the bytes before the cut have been read: both readers hand those on first, so
+    both name the record the cut falls in (the strict reader's large reads once named an earlier one)."""
+    import gzip
+
+    import zstandard
+    text = as_written(_many_messages(3000), "json")
+    data = gzip.compress(text) if compress == "gz" else zstandard.ZstdCompressor(write_checksum=True).compress(text)
+    places = set()
+    for eighth in range(1, 8):
+        (tmp_path / f"cut.json.{compress}").write_bytes(data[: len(data) * eighth // 8])
+        fast, strict = both(monkeypatch, "validate", tmp_path / f"cut.json.{compress}")
+        assert fast == strict
+        assert strict[2].endswith(": the file is cut short or corrupt (the compressed stream is cut short)\n")
+        places.add(strict[2])
+    assert len(places) >= 4     # zstd decompresses a block (up to 128 KiB) at a time: some cuts end alike
+
+
+def test_a_record_line_longer_than_the_fast_reader_takes_is_read_by_the_strict_one(tmp_path, monkeypatch):
+    from pipeline import canonical
+    monkeypatch.setattr(canonical, "FAST_LINE", 1000)
+    doc = json.loads(SAMPLE.read_bytes())
+    doc["messages"][1]["content"] = "long " * 1000
+    (tmp_path / "in.json").write_bytes(as_written(doc, "json"))
+    taken = []
+    real = formats.array_rest
+    monkeypatch.setattr(formats, "array_rest", lambda events, key, done=0: (taken.append((key, done)),
+                                                                             real(events, key, done))[1])
+    monkeypatch.setenv(STRICT_ENV, "0")
+    assert memory("import", "--db", tmp_path / "x.db", tmp_path / "in.json").exit_code == 0
+    assert taken == [("messages", 1)] + [(key, 0) for key in ("toolUses", "entities", "links", "sessionEntities",
+                                                              "entityLinks", "extractionStates")]
+    assert memory("export", "--db", tmp_path / "x.db", tmp_path / "out.json").exit_code == 0
+    assert json.loads((tmp_path / "out.json").read_bytes())["messages"][1]["content"] == "long " * 1000
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=mutated())
+def test_a_mutated_file_gets_the_same_answer_from_both_readers(tmp_path_factory, case):
+    """Differential: whatever the bytes, validate says the same, word for word, on either reader."""
+    fmt, data = case
+    path = tmp_path_factory.mktemp("diff") / ("in." + fmt.rpartition(".")[2])
+    path.write_bytes(data)
+    results = []
+    for strict in ("0", "1"):
+        os.environ[STRICT_ENV] = strict
+        try:
+            result = memory("validate", path)
+        finally:
+            del os.environ[STRICT_ENV]
+        results.append((result.exit_code, result.stdout, result.stderr))
+    assert results[0] == results[1]
