@@ -263,6 +263,9 @@ def new_backup(conn: sqlite3.Connection, directory: Path, retention: Retention, 
             path.unlink(missing_ok=True)
             raise BackupFailed("the new backup failed its check and was removed; no old backup was touched: "
                                f"{exc}") from exc
+        except KeyboardInterrupt:      # Ctrl-C, SIGTERM, SIGHUP: an unchecked backup goes as a half-written one
+            path.unlink(missing_ok=True)
+            raise
         removed, future = rotate(directory, retention, path, now)
         yield Done(path, size, stats, removed, exported.left_out, future_warnings(future))
 
