@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, memory, snapshot
+from conftest import ROOT, TYPED_SAMPLE, memory, snapshot
 
 from pipeline.output import NotAFile, atomic_file
 
@@ -166,3 +166,17 @@ def test_errors_name_the_users_path_never_the_temporary_one(tmp_path, sample_db)
     result = memory("export", "--db", sample_db, output)
     assert (result.exit_code, result.stderr) == (1, f"Error: {output}: No such file or directory\n")
 
+
+
+def test_an_import_into_a_dangling_symlink_creates_the_database_where_it_points(tmp_path):
+    """~/.memory-nexus/memory.db linked to a folder that holds no database yet, as on a fresh machine: the
+    database is made where the link points (where SQLite, and so memory-nexus, would make it), the link stays."""
+    (tmp_path / "data").mkdir()
+    link, target = tmp_path / "memory.db", tmp_path / "data" / "memory.db"
+    link.symlink_to(Path("data") / "memory.db")
+    result = memory("import", "--db", link, TYPED_SAMPLE)      # 1.1: every value in the file, no defaults
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and os.readlink(link) == str(Path("data") / "memory.db")
+    assert (listing(tmp_path), listing(tmp_path / "data")) == (["data", "memory.db"], ["memory.db"])
+    memory("import", "--db", tmp_path / "direct.db", TYPED_SAMPLE)
+    assert snapshot(target) == snapshot(tmp_path / "direct.db")
