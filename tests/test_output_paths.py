@@ -71,6 +71,26 @@ def test_an_output_that_is_the_database_or_its_files_is_refused(tmp_path, sample
     live.close()
 
 
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+def test_the_files_of_the_database_by_another_of_its_names_are_refused(tmp_path, sample_db, suffix):
+    """--db is a hard link to the database that memory-nexus opens by its own name: the -wal, -shm and
+    -journal beside that name are the database's files too."""
+    other = tmp_path / "other-name.db"
+    os.link(sample_db, other)
+    live = sqlite3.connect(sample_db)            # memory-nexus has it open: its -wal and -shm are there
+    live.execute("SELECT count(*) FROM sessions").fetchone()
+    output = Path(f"{sample_db}{suffix}")
+    state, before, files = snapshot(sample_db), database_files(sample_db), listing(tmp_path)
+    result = memory("export", "--db", other, "--format", "json", output)
+    assert (result.exit_code, result.stderr) == (1, (
+        f"Error: {output}: is the database's {suffix[1:]} file ({output}); writing the backup there would destroy "
+        "it, so nothing was written: give another path\n"))
+    assert database_files(sample_db) == before and snapshot(sample_db) == state
+    # Reading the database by its other name gives that name a -wal and -shm of its own, as SQLite does
+    assert [f for f in listing(tmp_path) if not f.startswith("other-name.db-")] == files
+    live.close()
+
 def test_backup_into_the_database_folder_is_allowed(tmp_path, sample_db):
     result = memory("backup", "--db", sample_db, "--json", tmp_path)
     assert result.exit_code == 0, result.output
