@@ -25,6 +25,7 @@ EXTENSIONS = {("json", "none"): ".json", ("json", "gzip"): ".json.gz", ("json", 
 # second get two names.
 _OURS = re.compile(r"memory-(\d{8}T\d{6}\.\d{6}Z)\.(jsonl?)(\.gz|\.zst)?")
 _STAMP = "%Y%m%dT%H%M%S.%fZ"
+SQLITE_HEADER = b"SQLite format 3\0"     # what every SQLite database file starts with
 LOCK_NAME = ".memory-backup.lock"      # not a name of ours: listing and rotation never see it
 # A name later than now by more than this was written under a wrong clock: it is not trusted to be newest.
 FUTURE_TOLERANCE = timedelta(hours=1)
@@ -107,9 +108,19 @@ def backup_name(fmt: str, compression: str, now: datetime | None = None) -> str:
 
 
 def own_backups(directory: Path) -> list[Path]:
-    """This tool's backups in `directory`, oldest first by name; anything else there is not ours."""
-    found = [(m[1], p) for p in directory.iterdir() if p.is_file() and (m := _OURS.fullmatch(p.name))]
+    """This tool's backups in `directory`, oldest first by name; anything else there is not ours, nor is a
+    SQLite database under a name of ours (rotation would remove it)."""
+    found = [(m[1], p) for p in directory.iterdir()
+             if p.is_file() and (m := _OURS.fullmatch(p.name)) and not _is_database(p)]
     return [p for _, p in sorted(found)]
+
+
+def _is_database(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:      # removed meanwhile (list and a folder restore take no lock), or unreadable: as before
+        return False
 
 
 def _layout(path: Path) -> tuple[str, str]:
@@ -263,6 +274,9 @@ def new_backup(conn: sqlite3.Connection, directory: Path, retention: Retention, 
             path.unlink(missing_ok=True)
             raise BackupFailed("the new backup failed its check and was removed; no old backup was touched: "
                                f"{exc}") from exc
+        except KeyboardInterrupt:      # Ctrl-C, SIGTERM, SIGHUP: an unchecked backup goes as a half-written one
+            path.unlink(missing_ok=True)
+            raise
         removed, future = rotate(directory, retention, path, now)
         yield Done(path, size, stats, removed, exported.left_out, future_warnings(future))
 

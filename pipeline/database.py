@@ -100,7 +100,10 @@ def new_database(path: Path) -> Iterator[sqlite3.Connection]:
     """A database made at a hidden name beside `path` and linked there only once the block has ended well,
     so a failed or killed import leaves nothing at `path` (the next run removes what a killed one left).
     It loads with a rollback journal, which for a new file holds next to nothing where WAL would write every
-    page twice, and becomes WAL, as memory-nexus keeps it, once in place."""
+    page twice, and becomes WAL, as memory-nexus keeps it, once in place. A symbolic link at `path` that
+    leads nowhere yet stays: the database is made where it points, as SQLite would make it."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     temp = temp_beside(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +119,11 @@ def new_database(path: Path) -> Iterator[sqlite3.Connection]:
         os.chmod(temp, 0o600)
         yield conn
         conn.close()
-        os.link(temp, path)          # link, not rename: never over a database that appeared meanwhile
+        try:
+            os.link(temp, path)          # link, not rename: never over a database that appeared meanwhile
+        except FileExistsError as exc:
+            raise DatabaseProblem(f"cannot create a database at {path}: something is there now (a database "
+                                  "made meanwhile, or a link that leads nowhere); nothing was imported") from exc
         with closing(sqlite3.connect(str(path))) as placed:
             placed.execute("PRAGMA journal_mode = WAL")
     finally:

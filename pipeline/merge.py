@@ -98,8 +98,10 @@ class Merge:
         except sqlite3.IntegrityError:
             self.conn.execute("ROLLBACK TO merge")
             counted = (0, 0)
+            # Read as it goes, not fetched whole: the records waiting to be renumbered can be every message.
+            # The phases write to the database and the id maps, never to the staging table being read.
             for (pos,) in self.conn.execute(f"SELECT pos FROM {staging_name(table)} WHERE pos >= ? ORDER BY pos",
-                                            (first,)).fetchall():
+                                            (first,)):
                 try:
                     counted = tuple(map(sum, zip(counted, phase(table, sql, pos, pos))))
                 except sqlite3.IntegrityError as error:

@@ -81,7 +81,12 @@ def refuse_database_files(path: Path, database: Path) -> None:
     -shm come and go). Checked before anything is opened for writing."""
     out = _resolved(path)
     for suffix in DATABASE_SUFFIXES:
-        for name in {Path(f"{database}{suffix}"), Path(f"{os.path.realpath(database)}{suffix}")}:
+        names = {Path(f"{database}{suffix}"), Path(f"{os.path.realpath(database)}{suffix}")}
+        # The database may have other names (hard links), and SQLite keeps a -wal, -shm and -journal beside
+        # each name a program opens it by: OUTPUT is one of those if, its suffix taken off, it is the database.
+        if suffix and out.endswith(suffix) and _same_file(Path(out[: -len(suffix)]), database):
+            names.add(Path(out))
+        for name in names:
             if _resolved(name) == out or _same_file(path, name):
                 what = "the database" if not suffix else f"the database's {suffix[1:]} file"
                 raise Refused(f"{path}: is {what} ({name}); writing the backup there would destroy it, "

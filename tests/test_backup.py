@@ -54,6 +54,21 @@ def test_rotation_keeps_exactly_n_and_never_touches_other_files(tmp_path, sample
         assert (folder / name).read_text() == "not ours"
 
 
+
+def test_a_database_named_as_a_backup_of_ours_is_never_removed_nor_listed(tmp_path, sample_db):
+    """A database (this one, or any other) under a name of ours is not a backup: rotation leaves it, listing
+    and a folder restore do not see it."""
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    database = folder / backup_name("json", "none", datetime(2020, 1, 1, tzinfo=timezone.utc))
+    database.write_bytes(sample_db.read_bytes())
+    pristine = database.read_bytes()
+    result = memory("backup", "--db", database, "--keep", "1", "--json", folder)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["removed"] == []
+    assert database.read_bytes() == pristine
+    assert own_backups(folder) == [Path(json.loads(result.stdout)["path"])]
+
 def test_two_backups_in_one_second_do_not_overwrite_each_other(tmp_path, sample_db):
     paths = {json.loads(memory("backup", "--db", sample_db, "--json", tmp_path).stdout)["path"] for _ in range(3)}
     assert len(paths) == 3 and len(own_backups(tmp_path)) == 3

@@ -1,5 +1,6 @@
 """Memory stays flat: the traced peak of export and import does not grow with the number of rows."""
 
+import json
 import tracemalloc
 
 import pytest
@@ -51,3 +52,33 @@ def test_peak_memory_at_20x_rows_stays_within_a_batch_of_1x(tmp_path, fmt, monke
     large = peaks(tmp_path, 1_000, fmt)     # 20,000 messages
     for one, twenty in zip(small, large):
         assert twenty < one * 1.1 + 50_000, (small, large)
+
+
+def merge_peak_with_a_fact_twice(tmp_path, messages_per_session: int) -> int:
+    """A merge whose messages all wait to be renumbered (the target has every rowid) and whose file holds one
+    message twice: the set-wise insert fails and the merge goes record by record."""
+    source = make_database(tmp_path / f"src-{messages_per_session}.db", sessions=20,
+                           messages_per_session=messages_per_session, name="src")
+    backup = tmp_path / f"twice-{messages_per_session}.json"
+    with open(backup, "wb") as out:
+        export(open_for_reading(source), out, "json")
+    doc = json.loads(backup.read_bytes())
+    doc["messages"].append(doc["messages"][0])
+    doc["stats"]["messages"] += 1
+    backup.write_text(json.dumps(doc))
+    target = open_for_writing(make_database(tmp_path / f"t-{messages_per_session}.db", sessions=20,
+                                            messages_per_session=messages_per_session, name="other"))
+    tracemalloc.start()
+    with open(backup, "rb") as raw:
+        report = load(target, open_backup(decompressed_reader(raw), "json", ignore_checksum=True))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert report.renumbered["messages"] == 20 * messages_per_session    # the copy met the first: skipped
+    return peak
+
+
+def test_a_merge_that_goes_record_by_record_stays_flat_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "BATCH", 100)
+    small = merge_peak_with_a_fact_twice(tmp_path, 50)      # 1,000 messages
+    large = merge_peak_with_a_fact_twice(tmp_path, 1_000)   # 20,000 messages
+    assert large < small * 1.1 + 50_000, (small, large)

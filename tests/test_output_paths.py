@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, memory, snapshot
+from conftest import ROOT, TYPED_SAMPLE, memory, snapshot
 
 from pipeline.output import NotAFile, atomic_file
 
@@ -70,6 +70,26 @@ def test_an_output_that_is_the_database_or_its_files_is_refused(tmp_path, sample
     assert listing(tmp_path / "out") == out_listing
     live.close()
 
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+def test_the_files_of_the_database_by_another_of_its_names_are_refused(tmp_path, sample_db, suffix):
+    """--db is a hard link to the database that memory-nexus opens by its own name: the -wal, -shm and
+    -journal beside that name are the database's files too."""
+    other = tmp_path / "other-name.db"
+    os.link(sample_db, other)
+    live = sqlite3.connect(sample_db)            # memory-nexus has it open: its -wal and -shm are there
+    live.execute("SELECT count(*) FROM sessions").fetchone()
+    output = Path(f"{sample_db}{suffix}")
+    state, before, files = snapshot(sample_db), database_files(sample_db), listing(tmp_path)
+    result = memory("export", "--db", other, "--format", "json", output)
+    assert (result.exit_code, result.stderr) == (1, (
+        f"Error: {output}: is the database's {suffix[1:]} file ({output}); writing the backup there would destroy "
+        "it, so nothing was written: give another path\n"))
+    assert database_files(sample_db) == before and snapshot(sample_db) == state
+    # Reading the database by its other name gives that name a -wal and -shm of its own, as SQLite does
+    assert [f for f in listing(tmp_path) if not f.startswith("other-name.db-")] == files
+    live.close()
 
 def test_backup_into_the_database_folder_is_allowed(tmp_path, sample_db):
     result = memory("backup", "--db", sample_db, "--json", tmp_path)
@@ -166,3 +186,17 @@ def test_errors_name_the_users_path_never_the_temporary_one(tmp_path, sample_db)
     result = memory("export", "--db", sample_db, output)
     assert (result.exit_code, result.stderr) == (1, f"Error: {output}: No such file or directory\n")
 
+
+
+def test_an_import_into_a_dangling_symlink_creates_the_database_where_it_points(tmp_path):
+    """~/.memory-nexus/memory.db linked to a folder that holds no database yet, as on a fresh machine: the
+    database is made where the link points (where SQLite, and so memory-nexus, would make it), the link stays."""
+    (tmp_path / "data").mkdir()
+    link, target = tmp_path / "memory.db", tmp_path / "data" / "memory.db"
+    link.symlink_to(Path("data") / "memory.db")
+    result = memory("import", "--db", link, TYPED_SAMPLE)      # 1.1: every value in the file, no defaults
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and os.readlink(link) == str(Path("data") / "memory.db")
+    assert (listing(tmp_path), listing(tmp_path / "data")) == (["data", "memory.db"], ["memory.db"])
+    memory("import", "--db", tmp_path / "direct.db", TYPED_SAMPLE)
+    assert snapshot(target) == snapshot(tmp_path / "direct.db")

@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, SAMPLE, make_database, memory, snapshot
 from platforms import command
 
+import pipeline.backup as backup_module
 import pipeline.cli as cli_module
 
 # (simulated platform, signal): Windows has no SIGHUP to send
@@ -155,3 +156,28 @@ def test_a_hot_journal_that_cannot_be_rolled_back_is_one_line_and_left_alone(tmp
            f"failed (attempt to write a readonly database); run `sqlite3 {db} 'PRAGMA quick_check'` as a user "
            "who may write the database and its folder, then try again\n")
     assert (db.read_bytes(), journal.read_bytes()) == files
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "KeyboardInterrupt"])
+def test_a_backup_interrupted_while_it_is_read_back_is_removed_and_the_old_ones_stay(tmp_path, sample_db,
+                                                                                      monkeypatch, name):
+    """The new backup is whole on disk but not yet checked: stopped then, it goes as a half-written one does,
+    so the folder is as before and "nothing was changed" is true."""
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    old = folder / "memory-20260101T000000.000000Z.json.zst"
+    old.write_bytes(b"the last good backup")
+    real_validate = backup_module.validate
+
+    def interrupted(backup, progress):
+        report = real_validate(backup, progress)
+        if name == "SIGTERM":
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(backup_module, "validate", interrupted)
+    result = memory("backup", "--db", sample_db, "--keep", "1", folder)
+    assert (result.exit_code, result.stderr) == ((143, "Terminated by SIGTERM: nothing was changed\n")
+                                                 if name == "SIGTERM" else
+                                                 (130, "Interrupted: nothing was changed\n"))
+    assert sorted(os.listdir(folder)) == [".memory-backup.lock", old.name]
+    assert old.read_bytes() == b"the last good backup"
