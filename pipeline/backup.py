@@ -155,7 +155,7 @@ def rotate(directory: Path, retention: Retention, new: Path, now: datetime | Non
     removed = [p for p in others if p not in kept]
     if not dry_run:
         for path in removed:
-            path.unlink()
+            path.unlink(missing_ok=True)      # removed by hand meanwhile: gone all the same
     return removed, future
 
 

@@ -67,9 +67,6 @@ class MemoryGroup(click.Group):
         except Terminated as exc:
             click.echo(f"Terminated by {exc.name}: nothing was changed", err=True)
             ctx.exit(exc.status)
-        except Terminated as exc:
-            click.echo(f"Terminated by {exc.name}: nothing was changed", err=True)
-            ctx.exit(exc.status)
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was changed", err=True)
             ctx.exit(Exit.INTERRUPTED)

@@ -13,6 +13,7 @@ import pytest
 from conftest import SAMPLE, SAMPLE_TABLE, memory, snapshot
 from platforms import command, lock_state
 
+from pipeline import backup as backup_module
 from pipeline.backup import Retention, backup_name, new_backup, own_backups, rotate
 
 pytestmark = pytest.mark.usefixtures("platform")     # natively, and as on macOS and Windows (tests/platforms.py)
@@ -254,3 +255,22 @@ def test_the_backup_flow_runs_without_click_and_holds_the_folder_while_reporting
         assert lock_state(folder / ".memory-backup.lock", platform) == "locked"    # another run would wait here
     assert lock_state(folder / ".memory-backup.lock", platform) == "free"
     assert memory("validate", done.path).exit_code == 0
+
+
+def test_rotation_takes_a_backup_removed_by_hand_meanwhile_as_removed(tmp_path, monkeypatch):
+    """Runs take turns, but a person may delete a file between the folder's listing and the removal."""
+    folder = tmp_path / "b"
+    folder.mkdir()
+    names = [folder / backup_name("json", "zstd", datetime(2026, 1, d, tzinfo=timezone.utc)) for d in (1, 2, 3)]
+    for name in names:
+        name.write_text("ours")
+    real_trusted = backup_module._trusted
+
+    def listed_then_deleted(directory, now):
+        found = real_trusted(directory, now)
+        names[0].unlink()
+        return found
+    monkeypatch.setattr(backup_module, "_trusted", listed_then_deleted)
+    removed, future = rotate(folder, Retention(last=1), names[2], datetime(2026, 1, 4, tzinfo=timezone.utc))
+    assert (removed, future) == ([names[0], names[1]], [])
+    assert sorted(folder.iterdir()) == [names[2]]

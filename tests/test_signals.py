@@ -170,7 +170,7 @@ def test_a_backup_interrupted_while_it_is_read_back_is_removed_and_the_old_ones_
     real_validate = backup_module.validate
 
     def interrupted(backup, progress):
-        report = real_validate(backup, progress)
+        real_validate(backup, progress)
         if name == "SIGTERM":
             os.kill(os.getpid(), signal.SIGTERM)
         raise KeyboardInterrupt
