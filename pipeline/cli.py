@@ -80,8 +80,16 @@ class MemoryGroup(click.Group):
         return super().get_command(ctx, self.ALIASES.get(name, name))
 
 
+class HomePath(click.Path):
+    """A path option or argument with a leading ~ expanded before click checks it, as --db always was (a
+    quoted or a crontab ~ reaches us as is)."""
+
+    def convert(self, value, param, ctx):
+        return super().convert(os.path.expanduser(value) if isinstance(value, str) else value, param, ctx)
+
+
 db_option = click.option(
-    "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), envvar="MEMORY_DB",
+    "--db", "db_path", type=HomePath(dir_okay=False, path_type=Path), envvar="MEMORY_DB",
     default=str(DEFAULT_PATH), show_default=True, help="The memory database (also $MEMORY_DB).")
 format_option = click.option(
     "--format", "fmt", type=click.Choice(FORMATS),
@@ -133,7 +141,6 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
     """
     output = _expanded(output)
     fmt, compression = _format(output, fmt, compress)
-    db_path = db_path.expanduser()
     to_stdout = output == "-"
     if to_stdout and compression != "none" and sys.stdout.isatty():
         raise Refused(f"stdout is a terminal: {compression}-compressed data is not written there; "
@@ -187,7 +194,7 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
       zstd -dc backup.json.zst | memory import -
     """
     _warn_slow_parser()
-    input, db_path = _expanded(input), db_path.expanduser()
+    input = _expanded(input)
     new = not db_path.exists()
     shown = Shown(quiet or as_json, plain_progress)
     with _source(input, fmt, ignore_checksum, shown) as (source, backup), \
@@ -235,7 +242,7 @@ def validate(input: str, fmt: str | None, ignore_checksum: bool, quiet: bool, as
 
 
 @cli.command(short_help="Write a new checked backup into a folder; rotate.")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", type=HomePath(file_okay=False, path_type=Path))
 @db_option
 @click.option("--keep", type=click.IntRange(min=1), metavar="N",
               help="Keep the newest N of its own backups in DIRECTORY, the new one included "
@@ -277,7 +284,6 @@ def backup(directory: Path, db_path: Path, keep: int | None, keep_daily: int | N
     """
     if str(directory) == "-":
         raise click.UsageError("backup writes into a folder, not to stdout: use `memory export -` for that")
-    directory, db_path = directory.expanduser(), db_path.expanduser()
     retention = Retention.given(keep, keep_daily, keep_weekly, keep_monthly)
     if dry_run:
         _backup_dry_run(directory, retention, fmt, compress, quiet, as_json)
@@ -310,7 +316,7 @@ def _backup_dry_run(directory: Path, retention: Retention, fmt: str, compress: s
 
 
 @cli.command(name="list", short_help="List a folder's backups, newest first.")
-@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("directory", type=HomePath(file_okay=False, exists=True, path_type=Path))
 @click.option("--check", is_flag=True,
               help="Validate each backup whole, checksum included, and mark the bad ones; exit 1 if any is bad.")
 @ignore_checksum_option
@@ -325,7 +331,7 @@ def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) ->
     Example:
       memory list --check ~/backups/memory
     """
-    entries = list(listing(directory.expanduser(), check, ignore_checksum))
+    entries = list(listing(directory, check, ignore_checksum))
     if as_json:
         click.echo(json.dumps([_listed_data(e) for e in entries]))
     else:
@@ -353,7 +359,6 @@ def stats(db_path: Path, as_json: bool) -> None:
     Example:
       memory stats --db /tmp/restored.db
     """
-    db_path = db_path.expanduser()
     with closing(open_for_reading(db_path)) as conn:
         summary = database_summary(conn, db_path)
     if as_json:
