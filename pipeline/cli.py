@@ -85,7 +85,12 @@ class HomePath(click.Path):
     quoted or a crontab ~ reaches us as is)."""
 
     def convert(self, value, param, ctx):
+        if value == "":
+            self.fail(EMPTY_PATH, param, ctx)
         return super().convert(os.path.expanduser(value) if isinstance(value, str) else value, param, ctx)
+
+
+EMPTY_PATH = "an empty path names nothing (an unset variable?)"
 
 
 db_option = click.option(
@@ -426,7 +431,10 @@ def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]
 
 
 def _expanded(name: str) -> str:
-    """A path argument with ~ expanded, as --db and MEMORY_DB are (a quoted or a crontab ~ reaches us as is)."""
+    """A path argument with ~ expanded, as --db and MEMORY_DB are (a quoted or a crontab ~ reaches us as is);
+    never "", which Path would read as the current folder."""
+    if not name:
+        raise click.UsageError(EMPTY_PATH)
     return name if name == "-" else os.path.expanduser(name)
 
 

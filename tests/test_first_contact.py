@@ -317,6 +317,20 @@ def test_a_tilde_is_expanded_in_every_path_as_in_db(tmp_path, sample_db, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bk", "new.db", "sample.db", "x.json"]
 
 
+@pytest.mark.parametrize("args", [("backup", "--db", "sample.db", ""), ("backup", "--db", "sample.db", "--dry-run", ""),
+                                  ("export", "--db", "sample.db", ""), ("validate", ""), ("import", "--db", "n.db", ""),
+                                  ("import", "--db", "", "x.json"), ("stats", "--db", ""), ("list", "")])
+def test_an_empty_path_is_a_usage_error_never_the_current_folder(tmp_path, sample_db, monkeypatch, args):
+    """`memory backup "$DIR"` with DIR unset must not back up into (and rotate) whatever folder cron is in."""
+    monkeypatch.chdir(tmp_path)
+    memory("export", "--db", sample_db, "-q", "x.json")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = memory(*args)
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr.endswith("an empty path names nothing (an unset variable?)\n"), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 # ---- terminals and pipes ----------------------------------------------------------------------------------
 
 def test_compressed_output_is_not_written_to_a_terminal(tmp_path, sample_db):
