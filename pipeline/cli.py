@@ -28,7 +28,7 @@ from .database import (
 from .errors import PipelineError, Refused
 from .export import export_to
 from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decompressed_reader, format_from_name
-from .report import Shown, label, records, size, table
+from .report import Shown, records, size, table
 from .report import progress as _progress
 from .report import report as _report
 from .portable import Terminated, signals_as_interrupts
@@ -341,8 +341,10 @@ def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) ->
         click.echo(json.dumps([_listed_data(e) for e in entries]))
     else:
         rows = [_listed_row(e, check) for e in entries]
+        if rows:
+            rows.insert(0, ["name", "size", "sessions", "messages", ""])
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
-        for row in rows:
+        for row in rows:      # within 80 columns: the name says the time, layout and compression
             cells = [cell.rjust(width) if i in (1, 2, 3) else cell.ljust(width)
                      for i, (cell, width) in enumerate(zip(row, widths))]
             click.echo("  ".join(cells).rstrip())
@@ -398,13 +400,12 @@ def _left_out(left_out: list[str]) -> list[str]:
 
 
 def _listed_row(entry: Listed, check: bool) -> list[str]:
-    """time, size, sessions, messages, format and name; the fault last, or with --check "ok"."""
+    """name (its UTC time, layout and compression), size, sessions and messages; the fault last, or with
+    --check "ok"."""
     stats = (entry.header or {}).get("stats", {})
-    counted = [f"{stats[key]:,} {label(key, stats[key])}" if key in stats else "?" for key in ("sessions", "messages")]
-    layout = entry.fmt if entry.compression == "none" else f"{entry.fmt} {entry.compression}"
-    mark = [f"BAD: {entry.fault}"] if entry.fault else (["ok"] if check else [""])
-    return [entry.time.strftime("%Y-%m-%d %H:%M:%S UTC"), size(entry.bytes), *counted, layout,
-            entry.path.name, *mark]
+    counted = [f"{stats[key]:,}" if key in stats else "?" for key in ("sessions", "messages")]
+    mark = f"BAD: {entry.fault}" if entry.fault else ("ok" if check else "")
+    return [entry.path.name, size(entry.bytes), *counted, mark]
 
 
 def _listed_data(entry: Listed) -> dict:

@@ -221,6 +221,19 @@ def test_terminal_output_fits_80_columns(tmp_path, sample_db, args):
     assert all(len(line) <= 80 for line in screen_lines(screen)), screen
 
 
+def test_list_fits_80_columns_with_a_real_sized_database(tmp_path):
+    """A folder of backups of a database with thousands of sessions and messages, on a terminal, with and
+    without --check."""
+    make_database(tmp_path / "big.db", sessions=1200, messages_per_session=3)
+    assert memory("backup", "--db", tmp_path / "big.db", "-q", "--compress", "none", "--format", "jsonl",
+                  tmp_path / "b").exit_code == 0
+    for args in (("list", "b"), ("list", "--check", "b")):
+        status, screen = on_terminal(*args, cwd=tmp_path)
+        lines = screen_lines(screen)
+        assert status == 0 and "1,200" in screen and "3,600" in screen and ".jsonl" in screen, screen
+        assert all(len(line) <= 80 for line in lines), screen
+
+
 def test_import_into_a_new_database_says_so_and_the_prompt_names_the_database(tmp_path, sample_db):
     first = memory("import", "--db", tmp_path / "typo" / "m.db", SAMPLE)
     assert first.stdout.splitlines()[1] == f"into new database {tmp_path / 'typo' / 'm.db'}"
