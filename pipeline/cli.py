@@ -31,7 +31,7 @@ from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decomp
 from .report import Shown, records, size, table
 from .report import progress as _progress
 from .report import report as _report
-from .portable import Terminated, signals_as_interrupts
+from .portable import Terminated, is_terminal, signals_as_interrupts
 from .restore import CONFLICT_MODES, Backup, load, open_backup
 from .restore import validate as validate_backup
 from .schema_check import check_for_import
@@ -147,9 +147,9 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
     output = _expanded(output)
     fmt, compression = _format(output, fmt, compress)
     to_stdout = output == "-"
-    if to_stdout and compression != "none" and sys.stdout.isatty():
-        raise Refused(f"stdout is a terminal: {compression}-compressed data is not written there; "
-                      "redirect it to a file or a pipe")
+    if compression != "none" and (sys.stdout.isatty() if to_stdout else is_terminal(output)):
+        raise Refused(f"{'stdout' if to_stdout else output} is a terminal: {compression}-compressed data is not "
+                      "written there; redirect it to a file or a pipe")
     shown = Shown(quiet or as_json, plain_progress)
     with closing(open_for_reading(db_path)) as conn:
         exported, nbytes = export_to(conn, None if to_stdout else Path(output), fmt, compression,

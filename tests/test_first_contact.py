@@ -355,6 +355,16 @@ def test_compressed_output_is_not_written_to_a_terminal(tmp_path, sample_db):
     assert status == 0 and '\n{"version":"1.2"' in screen
 
 
+@pytest.mark.parametrize("path", ["/dev/stdout", "/dev/stderr"])   # (/dev/tty: this terminal is no controlling one)
+def test_compressed_output_to_a_terminal_named_by_its_path_is_refused_too(tmp_path, sample_db, path):
+    status, screen = on_terminal("export", "--db", "sample.db", "--format", "json", "--compress", "zstd", path,
+                                 cwd=tmp_path)
+    assert (status, screen) == (1, f"Error: {path} is a terminal: zstd-compressed data is not written there; "
+                                   "redirect it to a file or a pipe\n")
+    status, screen = on_terminal("export", "--db", "sample.db", "--format", "json", "-q", path, cwd=tmp_path)
+    assert status == 0 and screen.startswith('{"version":"1.2"')
+
+
 @pytest.mark.parametrize("args", [("export", "-"), ("export", "--compress", "zstd", "-"), ("stats",)])
 def test_a_closed_pipe_ends_quietly_with_the_status_of_a_tool_killed_by_sigpipe(tmp_path, sample_db, args):
     read_end, write_end = os.pipe()
