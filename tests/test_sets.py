@@ -354,3 +354,21 @@ def test_usage_errors_of_the_folder_options(tmp_path, args, message):
     assert result.exit_code == 2
     assert result.stderr.splitlines()[-1] == f"Error: {message}"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [("list",), ("list", "--check"), ("list", "--json")])
+def test_a_backup_rotated_away_while_list_reads_the_folder_is_left_out(tmp_path, sample_db, monkeypatch, args):
+    """`memory list` while the nightly `memory backup` removes old backups: the folder was read, then a file went."""
+    import pipeline.backup
+    old, kept = exported(sample_db, named(tmp_path, 0, ".json")), exported(sample_db, named(tmp_path, 1, ".json"))
+    read_folder = pipeline.backup.own_backups
+
+    def rotated_meanwhile(directory):
+        found = read_folder(directory)
+        old.unlink()
+        return found
+
+    monkeypatch.setattr(pipeline.backup, "own_backups", rotated_meanwhile)
+    result = memory(*args, tmp_path)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert kept.name in result.stdout and old.name not in result.stdout
