@@ -161,7 +161,7 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
     _report(err=to_stdout, quiet=quiet, as_json=as_json, shown=shown,
             data={"path": target, "database": str(db_path), "bytes": nbytes, "format": fmt,
                   "compression": compression, "counts": stats, "leftOut": exported.left_out},
-            lines=[f"Exported {records(sum(stats.values()))} ({size(nbytes)}) to {target}",
+            lines=[f"Exported {records(sum(stats.values()))} ({size(nbytes)})", f"to {target}",
                    f"from database {db_path}", *table({"records": stats}), *_left_out(exported.left_out)])
 
 
@@ -303,7 +303,7 @@ def backup(directory: Path, db_path: Path, keep: int | None, keep_daily: int | N
         _report(err=False, quiet=quiet, as_json=as_json, shown=shown,
                 data={"path": str(done.path), "database": str(db_path), "bytes": done.bytes, "counts": done.counts,
                       "leftOut": done.left_out, "removed": [str(p) for p in done.removed]},
-                lines=[f"Backed up {records(sum(done.counts.values()))} ({size(done.bytes)}) to {done.path}",
+                lines=[f"Backed up {records(sum(done.counts.values()))} ({size(done.bytes)})", f"to {done.path}",
                        f"from database {db_path}", *table({"records": done.counts}), *_left_out(done.left_out),
                        f"removed {removed} old backup{'' if removed == 1 else 's'} ({retention})"
                        + "".join(f"\n  {p}" for p in done.removed)])
@@ -380,19 +380,20 @@ def stats(db_path: Path, as_json: bool) -> None:
 
 def _imported(records_: dict[str, int], inserted: dict[str, int], tally: dict[str, dict[str, int]], source: str,
               db_path: Path, new: bool, dry_run: bool) -> list[str]:
-    """The import's report: what it did in one line (or that a merge changed nothing), into which database,
-    and per table the records, inserted and skipped, and updated and renumbered where any were."""
+    """The import's report: what it did in one line (or that a merge changed nothing), from which file and
+    into which database each on a line of its own (a long path wraps no sentence), and per table the records,
+    inserted and skipped, and updated and renumbered where any were."""
     total, done = sum(records_.values()), sum(inserted.values())
     said = ", ".join(f"{sum(counts.values()):,} {word}" for word, counts in tally.items()
                      if word == "skipped" or any(counts.values()))
     if done or any(tally["updated"].values()) or not total:
-        first = f"{'Would import' if dry_run else 'Imported'} {records(total)} from {source}: {done:,} inserted, {said}"
+        first = f"{'Would import' if dry_run else 'Imported'} {records(total)}: {done:,} inserted, {said}"
     else:
-        first = f"Nothing {'would be ' if dry_run else ''}imported from {source}: all {records(total)} are there already"
+        first = f"Nothing {'would be ' if dry_run else ''}imported: all {records(total)} are there already"
     into = f"{'would go ' if dry_run else ''}into {'new ' if new else ''}database {db_path}"
     columns = {"records": records_, "inserted": inserted, "skipped": tally["skipped"],
                **{word: counts for word, counts in tally.items() if word != "skipped" and any(counts.values())}}
-    return [first, into, *table(columns)]
+    return [first, f"from {source}", into, *table(columns)]
 
 
 def _left_out(left_out: list[str]) -> list[str]:

@@ -138,7 +138,7 @@ def test_each_crontab_recipe_runs_as_cron_runs_it_and_says_nothing_on_success(cr
     assert re.fullmatch(
         f"{STAMP}Exporting {newest}: 0 of 19 records \\(0%\\)\n{STAMP}Exporting {newest}: 19 of 19 records \\(100%\\)\n"
         f"{STAMP}Checking {newest}: 0 of 19 records \\(0%\\)\n{STAMP}Checking {newest}: 19 of 19 records \\(100%\\)\n"
-        f"{STAMP}Backed up 19 records \\([0-9.]+ kB\\) to {newest}; from database {cron_home}/.memory-nexus/memory.db; "
+        f"{STAMP}Backed up 19 records \\([0-9.]+ kB\\); to {newest}; from database {cron_home}/.memory-nexus/memory.db; "
         "removed 0 old backups \\(--keep-daily 7 --keep-weekly 4 --keep-monthly 12\\)\n", log), log
 
 
@@ -163,8 +163,8 @@ def test_backup_on_a_terminal_shows_counts_size_and_what_it_removed(tmp_path, sa
     lines = screen_lines(screen)
     report = lines[next(i for i, line in enumerate(lines) if line.startswith("Backed up")):]
     assert status == 0 and old != new and not old.exists()
-    assert report[0] == f"Backed up 19 records ({new.stat().st_size / 1000:.1f} kB) to b/{new.name}"
-    assert report[1:3] == ["from database sample.db", "  sessions                      2"]
+    assert report[0:2] == [f"Backed up 19 records ({new.stat().st_size / 1000:.1f} kB)", f"to b/{new.name}"]
+    assert report[2:4] == ["from database sample.db", "  sessions                      2"]
     assert report[-3:] == ["removed 1 old backup (--keep 1)", f"  b/{old.name}", ""]
 
 
@@ -190,7 +190,7 @@ def test_import_progress_logs_each_phase_after_the_records_with_the_time_and_the
     assert re.fullmatch(f"{STAMP}Importing {SAMPLE}: 0 of 19 records \\(0%\\)\n"
                         f"{STAMP}Importing {SAMPLE}: 19 of 19 records \\(100%\\)\n"
                         + "".join(f"{STAMP}Importing {SAMPLE}: {p}\n" for p in phases) +
-                        f"{STAMP}Imported 19 records from {SAMPLE}: 19 inserted, 0 skipped; "
+                        f"{STAMP}Imported 19 records: 19 inserted, 0 skipped; from {SAMPLE}; "
                         f"into new database {tmp_path / 'new.db'}\n", done.stderr), done.stderr
     assert done.stdout.startswith("Imported 19 records")
 
@@ -203,7 +203,7 @@ def test_import_on_a_terminal_shows_the_phases_after_the_bar_and_no_time_estimat
     bar_end = max(i for i, line in enumerate(lines) if line.startswith("Importing") and "100%" in line)
     assert lines[bar_end + 1: bar_end + 5] == ["  Rebuilding indexes...", "  Rebuilding the search index...",
                                                "  Checking foreign keys...", "  Committing..."]
-    assert lines[bar_end + 5: bar_end + 7] == ["Imported 19 records from sample.json: 19 inserted, 0 skipped",
+    assert lines[bar_end + 5: bar_end + 8] == ["Imported 19 records: 19 inserted, 0 skipped", "from sample.json",
                                                "into new database new.db"]
     assert not re.search(r"\d\d:\d\d:\d\d", screen)      # no estimate, so none that lies
 
@@ -221,6 +221,27 @@ def test_terminal_output_fits_80_columns(tmp_path, sample_db, args):
     assert all(len(line) <= 80 for line in screen_lines(screen)), screen
 
 
+@pytest.mark.parametrize("args", [("backup", "~/backups/memory"), ("import", "--clear", "~/backups/memory"),
+                                  ("export", "~/backups/memory.json.gz")])
+def test_the_readme_recipes_on_a_terminal_put_each_long_path_on_a_line_of_its_own(tmp_path, monkeypatch, args):
+    """The default database and the README's folder: a line wider than 80 columns is only ever a path with
+    a short word before it, never a sentence that wraps mid-word."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".memory-nexus").mkdir()
+    shutil.copy(SAMPLE, tmp_path / "sample.json")
+    assert memory("import", "-q", "sample.json".join([str(tmp_path) + "/", ""])).exit_code == 0
+    assert memory("backup", "-q", "~/backups/memory").exit_code == 0
+    status, screen = on_terminal(*args, cwd=tmp_path)
+    assert status == 0, screen
+    lines = screen_lines(screen)
+    report = lines[next(i for i, line in enumerate(lines) if re.match("Backed up|Imported|Exported", line)):]
+    assert len(report) >= 3 and len(report[0]) <= 80 and "/" not in report[0], screen
+    words = ("to ", "from ", "from database ", "into database ")
+    long = [line for line in report if len(line) > 80]
+    assert long and all(any(line == word + path for word in words for path in re.findall(r"/\S+", line))
+                        for line in long), screen
+
+
 def test_list_fits_80_columns_with_a_real_sized_database(tmp_path):
     """A folder of backups of a database with thousands of sessions and messages, on a terminal, with and
     without --check."""
@@ -236,9 +257,9 @@ def test_list_fits_80_columns_with_a_real_sized_database(tmp_path):
 
 def test_import_into_a_new_database_says_so_and_the_prompt_names_the_database(tmp_path, sample_db):
     first = memory("import", "--db", tmp_path / "typo" / "m.db", SAMPLE)
-    assert first.stdout.splitlines()[1] == f"into new database {tmp_path / 'typo' / 'm.db'}"
+    assert first.stdout.splitlines()[2] == f"into new database {tmp_path / 'typo' / 'm.db'}"
     again = memory("import", "--db", tmp_path / "typo" / "m.db", "--clear", SAMPLE)
-    assert again.stdout.splitlines()[1] == f"into database {tmp_path / 'typo' / 'm.db'}"
+    assert again.stdout.splitlines()[2] == f"into database {tmp_path / 'typo' / 'm.db'}"
     assert json.loads(memory("import", "--db", tmp_path / "j.db", "--json", SAMPLE).stdout)["created"] is True
     status, screen = on_terminal("import", "--db", "sample.db", str(SAMPLE), cwd=tmp_path, typed=b"n\n")
     assert status == 1       # (the terminal echoes the typed answer before the question appears)

@@ -146,7 +146,7 @@ def test_import_dir_restores_the_newest_whole_backup_and_names_the_damaged_ones(
     before = listing(folder)
     result = memory(command, "--db", tmp_path / "restored.db", folder)
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith(f"Imported 130 records from {f['B']}: 130 inserted, 0 skipped\n"
+    assert result.stdout.startswith(f"Imported 130 records: 130 inserted, 0 skipped\nfrom {f['B']}\n"
                                     f"into new database {tmp_path / 'restored.db'}\n")
     assert result.stderr == f"passed over {f['D']}: {CUT}\npassed over {f['C']}: {MISMATCH}\n"
     assert snapshot(tmp_path / "restored.db") == snapshot(expected)
