@@ -67,9 +67,6 @@ class MemoryGroup(click.Group):
         except Terminated as exc:
             click.echo(f"Terminated by {exc.name}: nothing was changed", err=True)
             ctx.exit(exc.status)
-        except Terminated as exc:
-            click.echo(f"Terminated by {exc.name}: nothing was changed", err=True)
-            ctx.exit(exc.status)
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was changed", err=True)
             ctx.exit(Exit.INTERRUPTED)
@@ -488,7 +485,7 @@ def _import_target(db_path: Path, clear: bool, merge_allowed: bool, stdin_is_dat
         empty = not conn.execute("SELECT 1 FROM sqlite_master").fetchone()
         if not empty:
             if not all(has_table(conn, t.name) for t in TABLES):
-                raise Refused(f"{db_path} is not a memory database (no table {_missing_table(conn)})")
+                raise Refused(f"{db_path} is not a memory database: no table {_missing_table(conn)}")
             check_for_import(conn, clear)
             _confirm_merge(conn, db_path, merge_allowed, stdin_is_data)
         yield conn, empty

@@ -472,3 +472,18 @@ def test_the_guarantees_resting_on_tests_that_need_shared_say_so():
     note = README[README.index("They skip without `../shared`"):]
     note = note[: note.index("\n\n")]
     assert all(f"`{name}`" in note for name in skipping), note
+
+
+@pytest.mark.parametrize("args", [("stats",), ("export", "x.json"), ("backup", "b"), ("import", "{sample}"),
+                                  ("import", "--clear", "{sample}"), ("import", "--yes", "--dry-run", "{sample}")])
+def test_a_sqlite_file_that_is_not_a_memory_database_is_one_line_the_same_everywhere(tmp_path, monkeypatch, args):
+    db = tmp_path / "other.db"
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("CREATE TABLE notes (x)")
+        conn.execute("INSERT INTO notes VALUES (1)")
+    before = db.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    result = memory(*[a.format(sample=SAMPLE) for a in args], "--db", db)
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        1, "", f"Error: {db} is not a memory database: no table sessions\n")
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
