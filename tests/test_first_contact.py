@@ -301,6 +301,10 @@ def test_sniffed_format_reads_only_the_first_line_and_consumes_nothing(first_byt
     (("--format", "jsonl", "z.json"), "--format jsonl contradicts the name 'z.json' (.json): change one of them"),
     (("--format", "json", "b.jsonl.zst"),
      "--format json contradicts the name 'b.jsonl.zst' (.jsonl): change one of them"),
+    (("--compress", "none", "y.json.GZ"), "--compress none contradicts the name 'y.json.GZ' (.GZ): change one of them"),
+    (("--format", "json", "--compress", "none", "y.ZST"),
+     "--compress none contradicts the name 'y.ZST' (.ZST): change one of them"),
+    (("--format", "jsonl", "z.JSON"), "--format jsonl contradicts the name 'z.JSON' (.json): change one of them"),
     (("--format", "json", "backup.json.bz2"),
      "'backup.json.bz2' ends in .bz2, which memory does not write: name it .gz or .zst (or neither)"),
 ])
@@ -318,6 +322,12 @@ def test_options_that_agree_with_the_name_or_a_name_that_says_nothing_are_taken(
                  ("--format", "jsonl", "--compress", "gzip", "c.bak")):
         assert memory("export", "--db", sample_db, *args[:-1], tmp_path / args[-1]).exit_code == 0
     assert gzip.decompress((tmp_path / "c.bak").read_bytes()).startswith(b'{"version":"1.2"')
+    for name, magic in (("UPPER.JSON.GZ", b"\x1f\x8b"), ("Upper.Json.Zst", b"\x28\xb5\x2f\xfd"),
+                        ("UPPER.JSONL", b'{"version":"1.2","exportedAt"')):
+        assert memory("export", "--db", sample_db, tmp_path / name).exit_code == 0, name    # the name says it
+        assert (tmp_path / name).read_bytes().startswith(magic), name
+        assert memory("validate", tmp_path / name).exit_code == 0, name
+    assert b'\n{"table":' in (tmp_path / "UPPER.JSONL").read_bytes()
 
 
 def test_export_to_a_directory_says_so_and_points_at_backup(tmp_path, sample_db):
