@@ -443,6 +443,8 @@ def _backup_in(name: str, fmt: str | None, ignore_checksum: bool = False) -> Ite
     with; the layout from --format, else from a name that says it (.json, .jsonl), else told from the bytes,
     as the compression is. A name is trusted over the bytes so that a damaged file is refused for what it
     claims to be."""
+    if name == "-" and sys.stdin.isatty():
+        raise Refused("stdin is a terminal: pipe a backup into it (zstd -dc backup.json.zst | memory import -)")
     fmt = fmt or (format_from_name(name)[0] if name != "-" else None)
     with (nullcontext(sys.stdin.buffer) if name == "-" else open(name, "rb")) as raw:
         yield open_backup(decompressed_reader(raw), fmt, ignore_checksum)

@@ -398,6 +398,15 @@ def test_compressed_output_to_a_terminal_named_by_its_path_is_refused_too(tmp_pa
     assert status == 0 and screen.startswith('{"version":"1.2"')
 
 
+@pytest.mark.parametrize("args", [("validate", "-"), ("import", "--db", "new.db", "-")])
+def test_reading_stdin_that_is_a_terminal_is_refused_not_waited_on(tmp_path, args):
+    """`memory import -` typed by mistake would sit waiting for a backup typed by hand, as gzip -d refuses to."""
+    status, screen = on_terminal(*args, cwd=tmp_path)
+    assert (status, screen) == (1, "Error: stdin is a terminal: pipe a backup into it "
+                                   "(zstd -dc backup.json.zst | memory import -)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args", [("export", "-"), ("export", "--compress", "zstd", "-"), ("stats",)])
 def test_a_closed_pipe_ends_quietly_with_the_status_of_a_tool_killed_by_sigpipe(tmp_path, sample_db, args):
     read_end, write_end = os.pipe()
