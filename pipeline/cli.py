@@ -144,6 +144,8 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
     output = _expanded(output)
     fmt, compression = _format(output, fmt, compress)
     to_stdout = output == "-"
+    if to_stdout and sys.stdout is None:     # closed (>&-)
+        raise Refused("stdout is closed: give a file, or - with a pipe or a redirection")
     if compression != "none" and (sys.stdout.isatty() if to_stdout else is_terminal(output)):
         raise Refused(f"{'stdout' if to_stdout else output} is a terminal: {compression}-compressed data is not "
                       "written there; redirect it to a file or a pipe")
@@ -443,8 +445,9 @@ def _backup_in(name: str, fmt: str | None, ignore_checksum: bool = False) -> Ite
     with; the layout from --format, else from a name that says it (.json, .jsonl), else told from the bytes,
     as the compression is. A name is trusted over the bytes so that a damaged file is refused for what it
     claims to be."""
-    if name == "-" and sys.stdin.isatty():
-        raise Refused("stdin is a terminal: pipe a backup into it (zstd -dc backup.json.zst | memory import -)")
+    if name == "-" and (sys.stdin is None or sys.stdin.isatty()):    # None: closed (<&-)
+        raise Refused(f"stdin is {'closed' if sys.stdin is None else 'a terminal'}: pipe a backup into it "
+                      "(zstd -dc backup.json.zst | memory import -)")
     fmt = fmt or (format_from_name(name)[0] if name != "-" else None)
     with (nullcontext(sys.stdin.buffer) if name == "-" else open(name, "rb")) as raw:
         yield open_backup(decompressed_reader(raw), fmt, ignore_checksum)

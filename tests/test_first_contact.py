@@ -407,6 +407,19 @@ def test_reading_stdin_that_is_a_terminal_is_refused_not_waited_on(tmp_path, arg
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args, closed, message", [
+    (("export", "--db", "{db}", "-"), ">&-", "Error: stdout is closed: give a file, or - with a pipe or a redirection\n"),
+    (("import", "--db", "{tmp}/new.db", "-"), "<&-",
+     "Error: stdin is closed: pipe a backup into it (zstd -dc backup.json.zst | memory import -)\n"),
+    (("validate", "-"), "<&-", "Error: stdin is closed: pipe a backup into it (zstd -dc backup.json.zst | memory import -)\n")])
+def test_a_closed_stdin_or_stdout_is_one_line_not_a_traceback(tmp_path, sample_db, args, closed, message):
+    command = " ".join(f"'{a.format(db=sample_db, tmp=tmp_path)}'" for a in args)
+    done = subprocess.run(["/bin/sh", "-c", f"'{sys.executable}' -m pipeline {command} {closed}"], capture_output=True,
+                          text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (1, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample.db"]
+
+
 @pytest.mark.parametrize("args", [("export", "-"), ("export", "--compress", "zstd", "-"), ("stats",)])
 def test_a_closed_pipe_ends_quietly_with_the_status_of_a_tool_killed_by_sigpipe(tmp_path, sample_db, args):
     read_end, write_end = os.pipe()
