@@ -326,7 +326,8 @@ def _backup_dry_run(directory: Path, retention: Retention, fmt: str, compress: s
 @ignore_checksum_option
 @click.option("--json", "as_json", is_flag=True, help="Print the backups as one JSON array.")
 def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) -> None:
-    """List memory's own backups in DIRECTORY, newest first: time, size, sessions, messages, format.
+    """List memory's own backups in DIRECTORY, newest first: name (its UTC time, layout and compression), size,
+    sessions, messages.
 
     Only each file's header is read, unless --check. Exit 1 if a backup cannot be read (with --check:
     if one fails validation).
