@@ -241,8 +241,8 @@ def validate(input: str, fmt: str | None, ignore_checksum: bool, quiet: bool, as
     version = backup.header["version"]
     _report(err=False, quiet=quiet, as_json=as_json, shown=shown,
             data={"path": source, "valid": True, "version": version, "counts": report.records},
-            lines=[f"{source} is a valid memory backup (version {version}, {records(sum(report.records.values()))})",
-                   *table({"records": report.records})])
+            lines=[f"Validated {records(sum(report.records.values()))} (version {version}): a valid memory backup",
+                   f"from {source}", *table({"records": report.records})])
 
 
 @cli.command(short_help="Write a new checked backup into a folder; rotate.")

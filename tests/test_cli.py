@@ -133,7 +133,8 @@ def test_quiet_and_json_reports(tmp_path, sample_db):
 
 def test_validate_reports_a_good_file(tmp_path):
     result = memory("validate", SAMPLE)
-    assert (result.exit_code, result.stdout) == (0, f"{SAMPLE} is a valid memory backup (version 1.0, 19 records)\n"
+    assert (result.exit_code, result.stdout) == (0, "Validated 19 records (version 1.0): a valid memory backup\n"
+                                                 f"from {SAMPLE}\n"
                                                  + SAMPLE_TABLE.replace("  topics                        0\n", ""))
 
 

@@ -224,7 +224,7 @@ def test_terminal_output_fits_80_columns(tmp_path, sample_db, args):
 
 
 @pytest.mark.parametrize("args", [("backup", "~/backups/memory"), ("import", "--clear", "~/backups/memory"),
-                                  ("export", "~/backups/memory.json.gz")])
+                                  ("export", "~/backups/memory.json.gz"), ("validate", "{newest}")])
 def test_the_readme_recipes_on_a_terminal_put_each_long_path_on_a_line_of_its_own(tmp_path, monkeypatch, args):
     """The default database and the README's folder: a line wider than 80 columns is only ever a path with
     a short word before it, never a sentence that wraps mid-word."""
@@ -233,10 +233,11 @@ def test_the_readme_recipes_on_a_terminal_put_each_long_path_on_a_line_of_its_ow
     shutil.copy(SAMPLE, tmp_path / "sample.json")
     assert memory("import", "-q", "sample.json".join([str(tmp_path) + "/", ""])).exit_code == 0
     assert memory("backup", "-q", "~/backups/memory").exit_code == 0
-    status, screen = on_terminal(*args, cwd=tmp_path)
+    newest = own_backups(tmp_path / "backups" / "memory")[-1]
+    status, screen = on_terminal(*[a.format(newest=newest) for a in args], cwd=tmp_path)
     assert status == 0, screen
     lines = screen_lines(screen)
-    report = lines[next(i for i, line in enumerate(lines) if re.match("Backed up|Imported|Exported", line)):]
+    report = lines[next(i for i, line in enumerate(lines) if re.match("Backed up|Imported|Exported|Validated", line)):]
     assert len(report) >= 3 and len(report[0]) <= 80 and "/" not in report[0], screen
     words = ("to ", "from ", "from database ", "into database ")
     long = [line for line in report if len(line) > 80]
