@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import io
 import json
 import os
 import sys
@@ -440,6 +441,9 @@ def _expanded(name: str) -> str:
     return name if name == "-" else os.path.expanduser(name)
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 @contextmanager
 def _backup_in(name: str, fmt: str | None, ignore_checksum: bool = False) -> Iterator[Backup]:
     """The backup at `name` (a path, or - for stdin), its header read and checked, whatever it is compressed
@@ -451,6 +455,12 @@ def _backup_in(name: str, fmt: str | None, ignore_checksum: bool = False) -> Ite
                       "(zstd -dc backup.json.zst | memory import -)")
     fmt = fmt or (format_from_name(name)[0] if name != "-" else None)
     with (nullcontext(sys.stdin.buffer) if name == "-" else open(name, "rb")) as raw:
+        if not hasattr(raw, "peek"):      # a stdin that is not a buffered file (a test's BytesIO)
+            raw = io.BufferedReader(raw)
+        if raw.peek(len(SQLITE_MAGIC)).startswith(SQLITE_MAGIC):     # the database given as the backup
+            raise Refused("stdin is an SQLite database, not a backup" if name == "-" else
+                          f"{name} is an SQLite database, not a backup: restore into it with --db {name}, or back "
+                          f"it up with memory export --db {name} FILE")
         yield open_backup(decompressed_reader(raw), fmt, ignore_checksum)
 
 

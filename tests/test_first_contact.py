@@ -318,6 +318,20 @@ def test_a_name_contradicting_the_options_is_a_usage_error_and_writes_nothing(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample.db"]
 
 
+@pytest.mark.parametrize("args", [("validate", "sample.db"), ("import", "--db", "new.db", "sample.db"),
+                                  ("import", "--db", "new.db", "-")])
+def test_a_database_given_where_a_backup_belongs_says_so(tmp_path, sample_db, monkeypatch, args):
+    """`memory import ~/.memory-nexus/memory.db`: the database passed as the backup, a new user's slip."""
+    monkeypatch.chdir(tmp_path)
+    before = sample_db.read_bytes()
+    result = memory(*args, input=before if args[-1] == "-" else None)
+    said = ("stdin is an SQLite database, not a backup" if args[-1] == "-" else
+            "sample.db is an SQLite database, not a backup: restore into it with --db sample.db, or back it up "
+            "with memory export --db sample.db FILE")
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {said}\n")
+    assert sample_db.read_bytes() == before and not (tmp_path / "new.db").exists()
+
+
 def test_options_that_agree_with_the_name_or_a_name_that_says_nothing_are_taken(tmp_path, sample_db):
     for args in (("--compress", "gzip", "a.json.gz"), ("--format", "jsonl", "b.jsonl"),
                  ("--format", "jsonl", "--compress", "gzip", "c.bak")):
