@@ -195,13 +195,15 @@ def listing(directory: Path, check: bool = False, ignore_checksum: bool = False,
     """Our backups in `directory`, newest first by name, each read as far as its header; with `check`, every
     record and the checksum too. A file that cannot be read is listed with its fault."""
     for path in reversed(own_backups(directory)):
-        entry = Listed(path, _named_for(path), path.stat().st_size, *_layout(path))
         try:
+            entry = Listed(path, _named_for(path), path.stat().st_size, *_layout(path))
             with opened(path, entry.fmt, ignore_checksum) as backup:
                 entry.header = backup.header
                 if check:
                     with progress(sum(backup.stats.values()), "Checking", str(path)) as step:
                         validate(backup, step)
+        except FileNotFoundError:       # a backup run's rotation removed it since the folder was read
+            continue
         except BadBackup as exc:
             entry.fault = str(exc)
         yield entry

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import io
 import json
 import os
 import sys
@@ -28,10 +29,10 @@ from .database import (
 from .errors import PipelineError, Refused
 from .export import export_to
 from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decompressed_reader, format_from_name
-from .report import Shown, label, records, size, table
+from .report import Shown, records, size, table
 from .report import progress as _progress
 from .report import report as _report
-from .portable import Terminated, signals_as_interrupts
+from .portable import Terminated, is_terminal, signals_as_interrupts
 from .restore import CONFLICT_MODES, Backup, load, open_backup
 from .restore import validate as validate_backup
 from .schema_check import check_for_import
@@ -77,8 +78,21 @@ class MemoryGroup(click.Group):
         return super().get_command(ctx, self.ALIASES.get(name, name))
 
 
+class HomePath(click.Path):
+    """A path option or argument with a leading ~ expanded before click checks it, as --db always was (a
+    quoted or a crontab ~ reaches us as is)."""
+
+    def convert(self, value, param, ctx):
+        if value == "":
+            self.fail(EMPTY_PATH, param, ctx)
+        return super().convert(os.path.expanduser(value) if isinstance(value, str) else value, param, ctx)
+
+
+EMPTY_PATH = "an empty path names nothing (an unset variable?)"
+
+
 db_option = click.option(
-    "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), envvar="MEMORY_DB",
+    "--db", "db_path", type=HomePath(dir_okay=False, path_type=Path), envvar="MEMORY_DB",
     default=str(DEFAULT_PATH), show_default=True, help="The memory database (also $MEMORY_DB).")
 format_option = click.option(
     "--format", "fmt", type=click.Choice(FORMATS),
@@ -130,11 +144,12 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
     """
     output = _expanded(output)
     fmt, compression = _format(output, fmt, compress)
-    db_path = db_path.expanduser()
     to_stdout = output == "-"
-    if to_stdout and compression != "none" and sys.stdout.isatty():
-        raise Refused(f"stdout is a terminal: {compression}-compressed data is not written there; "
-                      "redirect it to a file or a pipe")
+    if to_stdout and sys.stdout is None:     # closed (>&-)
+        raise Refused("stdout is closed: give a file, or - with a pipe or a redirection")
+    if compression != "none" and (sys.stdout.isatty() if to_stdout else is_terminal(output)):
+        raise Refused(f"{'stdout' if to_stdout else output} is a terminal: {compression}-compressed data is not "
+                      "written there; redirect it to a file or a pipe")
     shown = Shown(quiet or as_json, plain_progress)
     with closing(open_for_reading(db_path)) as conn:
         exported, nbytes = export_to(conn, None if to_stdout else Path(output), fmt, compression,
@@ -146,7 +161,7 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
     _report(err=to_stdout, quiet=quiet, as_json=as_json, shown=shown,
             data={"path": target, "database": str(db_path), "bytes": nbytes, "format": fmt,
                   "compression": compression, "counts": stats, "leftOut": exported.left_out},
-            lines=[f"Exported {records(sum(stats.values()))} ({size(nbytes)}) to {target}",
+            lines=[f"Exported {records(sum(stats.values()))} ({size(nbytes)})", f"to {target}",
                    f"from database {db_path}", *table({"records": stats}), *_left_out(exported.left_out)])
 
 
@@ -184,7 +199,7 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
       zstd -dc backup.json.zst | memory import -
     """
     _warn_slow_parser()
-    input, db_path = _expanded(input), db_path.expanduser()
+    input = _expanded(input)
     new = not db_path.exists()
     shown = Shown(quiet or as_json, plain_progress)
     with _source(input, fmt, ignore_checksum, shown) as (source, backup), \
@@ -227,12 +242,12 @@ def validate(input: str, fmt: str | None, ignore_checksum: bool, quiet: bool, as
     version = backup.header["version"]
     _report(err=False, quiet=quiet, as_json=as_json, shown=shown,
             data={"path": source, "valid": True, "version": version, "counts": report.records},
-            lines=[f"{source} is a valid memory backup (version {version}, {records(sum(report.records.values()))})",
-                   *table({"records": report.records})])
+            lines=[f"Validated {records(sum(report.records.values()))} (version {version}): a valid memory backup",
+                   f"from {source}", *table({"records": report.records})])
 
 
 @cli.command(short_help="Write a new checked backup into a folder; rotate.")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", type=HomePath(file_okay=False, path_type=Path))
 @db_option
 @click.option("--keep", type=click.IntRange(min=1), metavar="N",
               help="Keep the newest N of its own backups in DIRECTORY, the new one included "
@@ -274,7 +289,6 @@ def backup(directory: Path, db_path: Path, keep: int | None, keep_daily: int | N
     """
     if str(directory) == "-":
         raise click.UsageError("backup writes into a folder, not to stdout: use `memory export -` for that")
-    directory, db_path = directory.expanduser(), db_path.expanduser()
     retention = Retention.given(keep, keep_daily, keep_weekly, keep_monthly)
     if dry_run:
         _backup_dry_run(directory, retention, fmt, compress, quiet, as_json)
@@ -289,7 +303,7 @@ def backup(directory: Path, db_path: Path, keep: int | None, keep_daily: int | N
         _report(err=False, quiet=quiet, as_json=as_json, shown=shown,
                 data={"path": str(done.path), "database": str(db_path), "bytes": done.bytes, "counts": done.counts,
                       "leftOut": done.left_out, "removed": [str(p) for p in done.removed]},
-                lines=[f"Backed up {records(sum(done.counts.values()))} ({size(done.bytes)}) to {done.path}",
+                lines=[f"Backed up {records(sum(done.counts.values()))} ({size(done.bytes)})", f"to {done.path}",
                        f"from database {db_path}", *table({"records": done.counts}), *_left_out(done.left_out),
                        f"removed {removed} old backup{'' if removed == 1 else 's'} ({retention})"
                        + "".join(f"\n  {p}" for p in done.removed)])
@@ -307,13 +321,14 @@ def _backup_dry_run(directory: Path, retention: Retention, fmt: str, compress: s
 
 
 @cli.command(name="list", short_help="List a folder's backups, newest first.")
-@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("directory", type=HomePath(file_okay=False, exists=True, path_type=Path))
 @click.option("--check", is_flag=True,
               help="Validate each backup whole, checksum included, and mark the bad ones; exit 1 if any is bad.")
 @ignore_checksum_option
 @click.option("--json", "as_json", is_flag=True, help="Print the backups as one JSON array.")
 def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) -> None:
-    """List memory's own backups in DIRECTORY, newest first: time, size, sessions, messages, format.
+    """List memory's own backups in DIRECTORY, newest first: name (its UTC time, layout and compression), size,
+    sessions, messages.
 
     Only each file's header is read, unless --check. Exit 1 if a backup cannot be read (with --check:
     if one fails validation).
@@ -322,13 +337,15 @@ def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) ->
     Example:
       memory list --check ~/backups/memory
     """
-    entries = list(listing(directory.expanduser(), check, ignore_checksum))
+    entries = list(listing(directory, check, ignore_checksum))
     if as_json:
         click.echo(json.dumps([_listed_data(e) for e in entries]))
     else:
         rows = [_listed_row(e, check) for e in entries]
+        if rows:
+            rows.insert(0, ["name", "size", "sessions", "messages", ""])
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
-        for row in rows:
+        for row in rows:      # within 80 columns: the name says the time, layout and compression
             cells = [cell.rjust(width) if i in (1, 2, 3) else cell.ljust(width)
                      for i, (cell, width) in enumerate(zip(row, widths))]
             click.echo("  ".join(cells).rstrip())
@@ -350,7 +367,6 @@ def stats(db_path: Path, as_json: bool) -> None:
     Example:
       memory stats --db /tmp/restored.db
     """
-    db_path = db_path.expanduser()
     with closing(open_for_reading(db_path)) as conn:
         summary = database_summary(conn, db_path)
     if as_json:
@@ -365,19 +381,20 @@ def stats(db_path: Path, as_json: bool) -> None:
 
 def _imported(records_: dict[str, int], inserted: dict[str, int], tally: dict[str, dict[str, int]], source: str,
               db_path: Path, new: bool, dry_run: bool) -> list[str]:
-    """The import's report: what it did in one line (or that a merge changed nothing), into which database,
-    and per table the records, inserted and skipped, and updated and renumbered where any were."""
+    """The import's report: what it did in one line (or that a merge changed nothing), from which file and
+    into which database each on a line of its own (a long path wraps no sentence), and per table the records,
+    inserted and skipped, and updated and renumbered where any were."""
     total, done = sum(records_.values()), sum(inserted.values())
     said = ", ".join(f"{sum(counts.values()):,} {word}" for word, counts in tally.items()
                      if word == "skipped" or any(counts.values()))
     if done or any(tally["updated"].values()) or not total:
-        first = f"{'Would import' if dry_run else 'Imported'} {records(total)} from {source}: {done:,} inserted, {said}"
+        first = f"{'Would import' if dry_run else 'Imported'} {records(total)}: {done:,} inserted, {said}"
     else:
-        first = f"Nothing {'would be ' if dry_run else ''}imported from {source}: all {records(total)} are there already"
+        first = f"Nothing {'would be ' if dry_run else ''}imported: all {records(total)} are there already"
     into = f"{'would go ' if dry_run else ''}into {'new ' if new else ''}database {db_path}"
     columns = {"records": records_, "inserted": inserted, "skipped": tally["skipped"],
                **{word: counts for word, counts in tally.items() if word != "skipped" and any(counts.values())}}
-    return [first, into, *table(columns)]
+    return [first, f"from {source}", into, *table(columns)]
 
 
 def _left_out(left_out: list[str]) -> list[str]:
@@ -385,13 +402,12 @@ def _left_out(left_out: list[str]) -> list[str]:
 
 
 def _listed_row(entry: Listed, check: bool) -> list[str]:
-    """time, size, sessions, messages, format and name; the fault last, or with --check "ok"."""
+    """name (its UTC time, layout and compression), size, sessions and messages; the fault last, or with
+    --check "ok"."""
     stats = (entry.header or {}).get("stats", {})
-    counted = [f"{stats[key]:,} {label(key, stats[key])}" if key in stats else "?" for key in ("sessions", "messages")]
-    layout = entry.fmt if entry.compression == "none" else f"{entry.fmt} {entry.compression}"
-    mark = [f"BAD: {entry.fault}"] if entry.fault else (["ok"] if check else [""])
-    return [entry.time.strftime("%Y-%m-%d %H:%M:%S UTC"), size(entry.bytes), *counted, layout,
-            entry.path.name, *mark]
+    counted = [f"{stats[key]:,}" if key in stats else "?" for key in ("sessions", "messages")]
+    mark = f"BAD: {entry.fault}" if entry.fault else ("ok" if check else "")
+    return [entry.path.name, size(entry.bytes), *counted, mark]
 
 
 def _listed_data(entry: Listed) -> dict:
@@ -418,8 +434,14 @@ def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]
 
 
 def _expanded(name: str) -> str:
-    """A path argument with ~ expanded, as --db and MEMORY_DB are (a quoted or a crontab ~ reaches us as is)."""
+    """A path argument with ~ expanded, as --db and MEMORY_DB are (a quoted or a crontab ~ reaches us as is);
+    never "", which Path would read as the current folder."""
+    if not name:
+        raise click.UsageError(EMPTY_PATH)
     return name if name == "-" else os.path.expanduser(name)
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 @contextmanager
@@ -428,8 +450,17 @@ def _backup_in(name: str, fmt: str | None, ignore_checksum: bool = False) -> Ite
     with; the layout from --format, else from a name that says it (.json, .jsonl), else told from the bytes,
     as the compression is. A name is trusted over the bytes so that a damaged file is refused for what it
     claims to be."""
+    if name == "-" and (sys.stdin is None or sys.stdin.isatty()):    # None: closed (<&-)
+        raise Refused(f"stdin is {'closed' if sys.stdin is None else 'a terminal'}: pipe a backup into it "
+                      "(zstd -dc backup.json.zst | memory import -)")
     fmt = fmt or (format_from_name(name)[0] if name != "-" else None)
     with (nullcontext(sys.stdin.buffer) if name == "-" else open(name, "rb")) as raw:
+        if not hasattr(raw, "peek"):      # a stdin that is not a buffered file (a test's BytesIO)
+            raw = io.BufferedReader(raw)
+        if raw.peek(len(SQLITE_MAGIC)).startswith(SQLITE_MAGIC):     # the database given as the backup
+            raise Refused("stdin is an SQLite database, not a backup" if name == "-" else
+                          f"{name} is an SQLite database, not a backup: restore into it with --db {name}, or back "
+                          f"it up with memory export --db {name} FILE")
         yield open_backup(decompressed_reader(raw), fmt, ignore_checksum)
 
 
@@ -470,7 +501,7 @@ def _import_target(db_path: Path, clear: bool, merge_allowed: bool, stdin_is_dat
         empty = not conn.execute("SELECT 1 FROM sqlite_master").fetchone()
         if not empty:
             if not all(has_table(conn, t.name) for t in TABLES):
-                raise Refused(f"{db_path} is not a memory database (no table {_missing_table(conn)})")
+                raise Refused(f"{db_path} is not a memory database: no table {_missing_table(conn)}")
             check_for_import(conn, clear)
             _confirm_merge(conn, db_path, merge_allowed, stdin_is_data)
         yield conn, empty

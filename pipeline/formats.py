@@ -52,8 +52,9 @@ def encode(value: Any, option: int = 0) -> bytes:
 # ---- names ------------------------------------------------------------------------------------------------
 
 def format_from_name(name: str) -> tuple[str | None, str]:
-    """(format, compression) that a file name says, e.g. 'x.jsonl.gz' -> ('jsonl', 'gzip')."""
-    compression = "none"
+    """(format, compression) that a file name says, e.g. 'x.jsonl.gz' -> ('jsonl', 'gzip'), in any case
+    ('X.JSON.GZ' too: a name is not to be read one way by us and another by gzip or a file manager)."""
+    name, compression = name.lower(), "none"
     for suffix, method in ((".gz", "gzip"), (".zst", "zstd")):
         if name.endswith(suffix):
             name, compression = name[: -len(suffix)], method
@@ -76,7 +77,7 @@ def contradiction(name: str, fmt: str | None, compression: str | None) -> str | 
         return f"{name!r} ends in {other}, which memory does not write: name it .gz or .zst (or neither)"
     if fmt and named_fmt and fmt != named_fmt:
         return f"--format {fmt} contradicts the name {name!r} (.{named_fmt}): change one of them"
-    says_compression = name.endswith((".gz", ".zst")) or named_fmt is not None    # x.json: not compressed
+    says_compression = name.lower().endswith((".gz", ".zst")) or named_fmt is not None    # x.json: not compressed
     if compression and says_compression and compression != named_compression:
         suffix = name[name.rindex("."):]
         return f"--compress {compression} contradicts the name {name!r} ({suffix}): change one of them"

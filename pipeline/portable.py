@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import threading
 import time
 from contextlib import contextmanager
@@ -27,6 +28,21 @@ REPLACE_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 class FileHeld(PipelineError):
     """The target could not be replaced: another program holds it open (Windows), or the system says no."""
+
+
+def is_terminal(path: str) -> bool:
+    """Whether writing to `path` writes on a terminal (/dev/tty, or /dev/stdout when stdout is one): a
+    character device opened to ask, without becoming our controlling terminal and without blocking."""
+    try:
+        if not stat.S_ISCHR(os.stat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    try:
+        return os.isatty(fd)
+    finally:
+        os.close(fd)
 
 
 # ---- creating a file that appears whole -------------------------------------------------------------------

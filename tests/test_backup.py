@@ -24,7 +24,7 @@ def test_backup_writes_a_validated_zstd_file_and_reports_it(tmp_path, sample_db)
     assert result.exit_code == 0, result.output
     (path,) = own_backups(tmp_path / "backups")
     assert sorted(p.name for p in (tmp_path / "backups").iterdir()) == [".memory-backup.lock", path.name]
-    assert result.stdout == (f"Backed up 19 records ({path.stat().st_size / 1000:.1f} kB) to {path}\n"
+    assert result.stdout == (f"Backed up 19 records ({path.stat().st_size / 1000:.1f} kB)\nto {path}\n"
                              f"from database {sample_db}\n" + SAMPLE_TABLE + "removed 0 old backups (--keep 7)\n")
     assert path.name.startswith("memory-") and path.name.endswith(".json.zst")
     assert path.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
@@ -103,7 +103,7 @@ def test_backup_from_cron_no_terminal_no_stdin(tmp_path, sample_db, platform):
     assert re.fullmatch(
         f"{stamp}Exporting {path}: 0 of 19 records \\(0%\\)\n{stamp}Exporting {path}: 19 of 19 records \\(100%\\)\n"
         f"{stamp}Checking {path}: 0 of 19 records \\(0%\\)\n{stamp}Checking {path}: 19 of 19 records \\(100%\\)\n"
-        f"{stamp}Backed up 19 records \\([0-9.]+ kB\\) to {path}; from database {sample_db}; "
+        f"{stamp}Backed up 19 records \\([0-9.]+ kB\\); to {path}; from database {sample_db}; "
         "removed 0 old backups \\(--keep 7\\)\n", run.stderr), run.stderr
 
 

@@ -154,8 +154,8 @@ def test_bad_file_leaves_the_database_unchanged_when_merging(tmp_path, name, dat
     result = memory("import", "--db", db, "--yes", tmp_path / name)
     if name == "twice.json":   # merging, a fact met again is skipped and counted, as rows already there are:
         assert result.exit_code == 0   # message m-1 the second time; entity 1 of the file is not other.db's 1
-        assert result.stdout.startswith(f"Imported 19 records from {tmp_path / name}: 18 inserted, 1 skipped, "
-                                        "1 renumbered\n")
+        assert result.stdout.startswith("Imported 19 records: 18 inserted, 1 skipped, 1 renumbered\n"
+                                        f"from {tmp_path / name}\n")
         assert "\n  messages                      5             4             1             0\n" in result.stdout
         assert "\n  entities                      3             3             0             1\n" in result.stdout
         return

@@ -49,7 +49,8 @@ def test_clear_replaces_everything(tmp_path, sample_db):
     other = make_database(tmp_path / "other.db")
     result = memory("import", "--db", other, "--clear", tmp_path / "sample.json")
     assert result.exit_code == 0, result.output
-    assert result.stdout == (f"Imported 19 records from {tmp_path / 'sample.json'}: 19 inserted, 0 skipped\n"
+    assert result.stdout == ("Imported 19 records: 19 inserted, 0 skipped\n"
+                             f"from {tmp_path / 'sample.json'}\n"
                              f"into database {other}\n" + ALL_INSERTED +
                              "  topics                        0             0             0\n")
     assert snapshot(other) == snapshot(sample_db)
@@ -84,14 +85,14 @@ def test_merge_asks_on_a_terminal(tmp_path, monkeypatch, answer, code):
         assert result.stderr.endswith("Error: nothing imported: the merge was declined\n")
         assert snapshot(db) == before
     else:
-        assert result.stdout.startswith(f"Imported 19 records from {SAMPLE}: 19 inserted, 0 skipped, 1 renumbered\n"
+        assert result.stdout.startswith(f"Imported 19 records: 19 inserted, 0 skipped, 1 renumbered\nfrom {SAMPLE}\n"
                                         f"into database {db}\n")
 
 
 def test_merge_skips_rows_already_there_and_counts_them(tmp_path, sample_db):
     result = memory("import", "--db", sample_db, "--yes", SAMPLE)
     assert result.exit_code == 0
-    assert result.stdout == (f"Nothing imported from {SAMPLE}: all 19 records are there already\n"
+    assert result.stdout == (f"Nothing imported: all 19 records are there already\nfrom {SAMPLE}\n"
                              f"into database {sample_db}\n" + ALL_SKIPPED)
 
 
@@ -132,7 +133,8 @@ def test_quiet_and_json_reports(tmp_path, sample_db):
 
 def test_validate_reports_a_good_file(tmp_path):
     result = memory("validate", SAMPLE)
-    assert (result.exit_code, result.stdout) == (0, f"{SAMPLE} is a valid memory backup (version 1.0, 19 records)\n"
+    assert (result.exit_code, result.stdout) == (0, "Validated 19 records (version 1.0): a valid memory backup\n"
+                                                 f"from {SAMPLE}\n"
                                                  + SAMPLE_TABLE.replace("  topics                        0\n", ""))
 
 

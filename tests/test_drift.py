@@ -94,7 +94,7 @@ def test_backup_refuses_unknown_data_and_names_what_skip_unknown_left_out(tmp_pa
     done = memory("backup", "--db", db, "--skip-unknown", tmp_path / "backups")
     assert done.exit_code == 0, done.output
     (made,) = (tmp_path / "backups").glob("memory-*")
-    assert done.stdout.startswith(f"Backed up 22 records ({made.stat().st_size} B) to {made}\nfrom database {db}\n")
+    assert done.stdout.startswith(f"Backed up 22 records ({made.stat().st_size} B)\nto {made}\nfrom database {db}\n")
     assert done.stdout.endswith("\nleft out, as --skip-unknown asked: column sessions.tags\n"
                                 "removed 0 old backups (--keep 7)\n")
 

@@ -6,7 +6,7 @@ import tracemalloc
 import pytest
 from conftest import make_database
 
-from pipeline import records
+from pipeline import canonical, records
 from pipeline.database import new_database, open_for_reading, open_for_writing
 from pipeline.export import export
 from pipeline.formats import decompressed_reader
@@ -79,6 +79,11 @@ def merge_peak_with_a_fact_twice(tmp_path, messages_per_session: int) -> int:
 
 def test_a_merge_that_goes_record_by_record_stays_flat_too(tmp_path, monkeypatch):
     monkeypatch.setattr(records, "BATCH", 100)
+    # The file is one line (json.dumps): the fast reader reads up to OTHER_LINE of it looking for the header's
+    # end before handing it to the strict reader. A constant, lowered so both sizes are past it, as BATCH is.
+    monkeypatch.setattr(canonical, "OTHER_LINE", 4096)
     small = merge_peak_with_a_fact_twice(tmp_path, 50)      # 1,000 messages
     large = merge_peak_with_a_fact_twice(tmp_path, 1_000)   # 20,000 messages
-    assert large < small * 1.1 + 50_000, (small, large)
+    # This peak moves with where the batches fall, not with the size: measured 0.32 to 0.63 MB at 1,000 to
+    # 40,000 messages, in no order. Positions held in a list (the bug this guards) gave 0.43 MB against 2.2 MB.
+    assert large < small * 1.5 + 50_000, (small, large)

@@ -160,7 +160,8 @@ def test_the_report_counts_per_table_and_merging_again_changes_nothing_and_says_
     for mode in ("skip", "replace", "fail"):
         again = memory("import", "--db", target, "-y", "--on-conflict", mode, tmp_path / "b.json")
         assert (again.exit_code, again.stdout) == (0, (
-            f"Nothing imported from {tmp_path / 'b.json'}: all 23 records are there already\n"
+            "Nothing imported: all 23 records are there already\n"
+            f"from {tmp_path / 'b.json'}\n"
             f"into database {target}\n"
             "                          records      inserted       skipped\n"
             "  sessions                      2             0             2\n"
@@ -266,7 +267,8 @@ def test_dry_run_into_a_new_path_creates_nothing(tmp_path):
     machine(tmp_path / "b.db", "b")
     memory("export", "--db", tmp_path / "b.db", "-q", tmp_path / "b.json")
     dry = memory("import", "--db", tmp_path / "new" / "m.db", "--dry-run", tmp_path / "b.json")
-    assert dry.stdout.startswith(f"Would import 23 records from {tmp_path / 'b.json'}: 23 inserted, 0 skipped\n"
+    assert dry.stdout.startswith("Would import 23 records: 23 inserted, 0 skipped\n"
+                                 f"from {tmp_path / 'b.json'}\n"
                                  f"would go into new database {tmp_path / 'new' / 'm.db'}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.db", "b.json"]
     real = memory("import", "--db", tmp_path / "new" / "m.db", tmp_path / "b.json")

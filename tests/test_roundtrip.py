@@ -150,14 +150,14 @@ def test_export_to_stdout_keeps_the_report_off_stdout(tmp_path, sample_db):
     result = memory("export", "--db", sample_db, "-")
     doc = json.loads(result.stdout)
     assert doc["stats"]["messages"] == 5
-    assert result.stderr.startswith(f"Exported 19 records ({len(result.stdout_bytes) / 1000:.1f} kB) to stdout\n"
+    assert result.stderr.startswith(f"Exported 19 records ({len(result.stdout_bytes) / 1000:.1f} kB)\nto stdout\n"
                                     f"from database {sample_db}\n  sessions                      2\n")
 
 
 def test_import_from_stdin(tmp_path):
     result = memory("import", "--db", tmp_path / "new.db", "-", input=SAMPLE.read_bytes())
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("Imported 19 records from stdin: 19 inserted, 0 skipped\n"
+    assert result.stdout.startswith("Imported 19 records: 19 inserted, 0 skipped\nfrom stdin\n"
                                     f"into new database {tmp_path / 'new.db'}\n")
 
 

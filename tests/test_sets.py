@@ -66,11 +66,12 @@ def folder(tmp_path, sample_db):
     return folder, files
 
 
-LINES = [   # newest first; the sizes as the fixture's files have them
-    "2026-11-04 03:15:00 UTC  22.1 kB  3 sessions  120 messages  jsonl       memory-20261104T031500.000000Z.jsonl",
-    "2026-11-03 03:15:00 UTC   1.4 kB  2 sessions    5 messages  json zstd   memory-20261103T031500.000000Z.json.zst",
-    "2026-11-02 03:15:00 UTC   2.5 kB  3 sessions  120 messages  jsonl gzip  memory-20261102T031500.000000Z.jsonl.gz",
-    "2026-11-01 03:15:00 UTC   1.4 kB  2 sessions    5 messages  json zstd   memory-20261101T031500.000000Z.json.zst",
+LINES = [   # a header, then newest first; the sizes as the fixture's files have them; within 80 columns
+    "name                                        size  sessions  messages",
+    "memory-20261104T031500.000000Z.jsonl     22.1 kB         3       120",
+    "memory-20261103T031500.000000Z.json.zst   1.4 kB         2         5",
+    "memory-20261102T031500.000000Z.jsonl.gz   2.5 kB         3       120",
+    "memory-20261101T031500.000000Z.json.zst   1.4 kB         2         5",
 ]
 CUT = ("messages[81]: the file is cut short or corrupt (line contains invalid json: Unterminated string starting "
        "at: line 1 column 110 (char 109) (line 86))")
@@ -108,7 +109,7 @@ def test_list_check_marks_the_damaged_ones_and_exits_1(folder):
     assert result.exit_code == 1
     assert result.stderr == f"Error: {folder}: 2 of its 4 backups fail (marked BAD)\n"
     assert result.stdout.splitlines() == [
-        LINES[0] + f"     BAD: {CUT}", LINES[1] + f"  BAD: {MISMATCH}", LINES[2] + "  ok", LINES[3] + "  ok"]
+        LINES[0], LINES[1] + f"  BAD: {CUT}", LINES[2] + f"  BAD: {MISMATCH}", LINES[3] + "  ok", LINES[4] + "  ok"]
     data = json.loads(memory("list", "--check", "--json", folder).stdout)
     assert [(d["path"], d["fault"]) for d in data] == [
         (str(f["D"]), CUT), (str(f["C"]), MISMATCH), (str(f["B"]), None), (str(f["A"]), None)]
@@ -121,10 +122,10 @@ def test_list_marks_a_file_whose_header_cannot_be_read(tmp_path):
     result = memory("list", tmp_path)
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [
-        "2026-11-02 03:15:00 UTC  6 B  ?  ?  json       memory-20261102T031500.000000Z.json     BAD: not a memory "
-        "backup: the JSON document is not an object",
-        "2026-11-01 03:15:00 UTC  0 B  ?  ?  json gzip  memory-20261101T031500.000000Z.json.gz  BAD: the file is "
-        "empty"]
+        "name                                    size  sessions  messages",
+        "memory-20261102T031500.000000Z.json      6 B         ?         ?  BAD: not a memory backup: the JSON "
+        "document is not an object",
+        "memory-20261101T031500.000000Z.json.gz   0 B         ?         ?  BAD: the file is empty"]
     assert result.stderr == f"Error: {tmp_path}: 2 of its 2 backups cannot be read (marked BAD)\n"
 
 
@@ -145,7 +146,7 @@ def test_import_dir_restores_the_newest_whole_backup_and_names_the_damaged_ones(
     before = listing(folder)
     result = memory(command, "--db", tmp_path / "restored.db", folder)
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith(f"Imported 130 records from {f['B']}: 130 inserted, 0 skipped\n"
+    assert result.stdout.startswith(f"Imported 130 records: 130 inserted, 0 skipped\nfrom {f['B']}\n"
                                     f"into new database {tmp_path / 'restored.db'}\n")
     assert result.stderr == f"passed over {f['D']}: {CUT}\npassed over {f['C']}: {MISMATCH}\n"
     assert snapshot(tmp_path / "restored.db") == snapshot(expected)
@@ -353,3 +354,21 @@ def test_usage_errors_of_the_folder_options(tmp_path, args, message):
     assert result.exit_code == 2
     assert result.stderr.splitlines()[-1] == f"Error: {message}"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [("list",), ("list", "--check"), ("list", "--json")])
+def test_a_backup_rotated_away_while_list_reads_the_folder_is_left_out(tmp_path, sample_db, monkeypatch, args):
+    """`memory list` while the nightly `memory backup` removes old backups: the folder was read, then a file went."""
+    import pipeline.backup
+    old, kept = exported(sample_db, named(tmp_path, 0, ".json")), exported(sample_db, named(tmp_path, 1, ".json"))
+    read_folder = pipeline.backup.own_backups
+
+    def rotated_meanwhile(directory):
+        found = read_folder(directory)
+        old.unlink()
+        return found
+
+    monkeypatch.setattr(pipeline.backup, "own_backups", rotated_meanwhile)
+    result = memory(*args, tmp_path)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert kept.name in result.stdout and old.name not in result.stdout
