@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote
 
+from . import portable
 from .errors import DatabaseProblem
 from .output import remove_leftovers, temp_beside
 from .tables import TABLES, Table
@@ -126,6 +127,7 @@ def new_database(path: Path) -> Iterator[sqlite3.Connection]:
                                   "made meanwhile, or a link that leads nowhere); nothing was imported") from exc
         with closing(sqlite3.connect(str(path))) as placed:
             placed.execute("PRAGMA journal_mode = WAL")
+        portable.fsync_directory(path.parent)      # the new name is durable, not only the file
     finally:
         conn.close()
         remove_database(temp)
@@ -171,7 +173,9 @@ def remove_database(path: Path) -> None:
 
 
 def has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+    # COLLATE NOCASE: SQLite's own names are case-insensitive (TOPICS is the table topics)
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ? COLLATE NOCASE",
+                        (name,)).fetchone() is not None
 
 
 def create_schema(conn: sqlite3.Connection) -> None:

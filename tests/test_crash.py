@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_database, snapshot
+from conftest import ROOT, SAMPLE, make_database, memory, snapshot
 from platforms import command
 
 from pipeline.output import _LEFTOVER
@@ -125,3 +125,15 @@ def test_killed_import_into_a_new_path_leaves_nothing_there(tmp_path, big_db, pl
     # what the killed runs left behind is removed by the next run
     assert memory_process("import", "-q", "--db", target, backup, platform=platform).wait() == 0
     assert sorted(p.name for p in target.parent.iterdir() if not p.name.startswith("memory.db")) == []
+
+
+def test_a_new_database_is_made_durable_where_it_is_linked_in(tmp_path, monkeypatch):
+    """After the new database is linked in, its folder is fsynced, so a power cut cannot lose its name."""
+    from pipeline import database, portable
+    seen = []
+    real_link, real_fsync_directory = os.link, portable.fsync_directory
+    monkeypatch.setattr(database.os, "link", lambda *a, **k: (seen.append(("link", Path(a[1]))), real_link(*a, **k))[1])
+    monkeypatch.setattr(portable, "fsync_directory", lambda d: (seen.append(("fsync", Path(d))), real_fsync_directory(d))[1])
+    db = tmp_path / "new" / "m.db"
+    assert memory("import", "--db", db, SAMPLE).exit_code == 0
+    assert ("link", db) in seen and seen[seen.index(("link", db)) + 1:].count(("fsync", db.parent)) >= 1

@@ -199,3 +199,19 @@ def test_stats_of_a_database_without_a_column_it_shows_is_one_line(tmp_path):
     result = memory("stats", "--db", db)
     assert (result.exit_code, result.stdout, result.stderr) == (
         1, "", "Error: the newest session: no such column: s.start_time\n")
+
+
+def test_a_table_whose_name_differs_only_in_case_is_still_the_table(tmp_path):
+    """SQLite's names are case-insensitive: TOPICS is topics, so the database is a memory database."""
+    db = make_database(tmp_path / "x.db")
+    conn = sqlite3.connect(db)
+    conn.execute("ALTER TABLE topics RENAME TO renaming")
+    conn.execute("ALTER TABLE renaming RENAME TO TOPICS")
+    conn.commit()
+    conn.close()
+    result = memory("export", "--db", db, "--json", tmp_path / "out.json")
+    assert (result.exit_code, result.stderr) == (0, ""), result.output
+    assert json.loads(result.stdout)["counts"]["topics"] == 1
+    restored = memory("import", "--db", tmp_path / "back.db", tmp_path / "out.json")
+    assert restored.exit_code == 0, restored.output
+    assert sqlite3.connect(tmp_path / "back.db").execute("SELECT name FROM topics").fetchall() == [("cron",)]
