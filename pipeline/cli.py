@@ -15,7 +15,7 @@ from typing import Iterator
 import click
 
 from . import __version__
-from .backup import Listed, Retention, dry_run, listing, new_backup, newest_whole
+from .backup import Retention, dry_run, listing, new_backup, newest_whole
 from .database import (
     DEFAULT_PATH,
     counts,
@@ -29,7 +29,7 @@ from .database import (
 from .errors import PipelineError, Refused
 from .export import export_to
 from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decompressed_reader, format_from_name
-from .report import Shown, records, size, table
+from .report import Shown, imported, left_out, listed_data, listed_row, records, size, table
 from .report import progress as _progress
 from .report import report as _report
 from .portable import Terminated, is_terminal, signals_as_interrupts
@@ -162,7 +162,7 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
             data={"path": target, "database": str(db_path), "bytes": nbytes, "format": fmt,
                   "compression": compression, "counts": stats, "leftOut": exported.left_out},
             lines=[f"Exported {records(sum(stats.values()))} ({size(nbytes)})", f"to {target}",
-                   f"from database {db_path}", *table({"records": stats}), *_left_out(exported.left_out)])
+                   f"from database {db_path}", *table({"records": stats}), *left_out(exported.left_out)])
 
 
 @cli.command(name="import", short_help="Restore a backup into the database (also: restore).")
@@ -212,7 +212,7 @@ def import_(input: str, db_path: Path, fmt: str | None, clear: bool, yes: bool, 
     _report(err=False, quiet=quiet, as_json=as_json, shown=shown,
             data={"path": source, "database": str(db_path), "created": new and not dry_run, "dryRun": dry_run,
                   "records": report.records, "inserted": report.inserted, **tally},
-            lines=_imported(report.records, report.inserted, tally, source, db_path, new, dry_run))
+            lines=imported(report.records, report.inserted, tally, source, db_path, new, dry_run))
 
 
 @cli.command(short_help="Check a backup file as import would.")
@@ -304,7 +304,7 @@ def backup(directory: Path, db_path: Path, keep: int | None, keep_daily: int | N
                 data={"path": str(done.path), "database": str(db_path), "bytes": done.bytes, "counts": done.counts,
                       "leftOut": done.left_out, "removed": [str(p) for p in done.removed]},
                 lines=[f"Backed up {records(sum(done.counts.values()))} ({size(done.bytes)})", f"to {done.path}",
-                       f"from database {db_path}", *table({"records": done.counts}), *_left_out(done.left_out),
+                       f"from database {db_path}", *table({"records": done.counts}), *left_out(done.left_out),
                        f"removed {removed} old backup{'' if removed == 1 else 's'} ({retention})"
                        + "".join(f"\n  {p}" for p in done.removed)])
 
@@ -339,9 +339,9 @@ def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) ->
     """
     entries = list(listing(directory, check, ignore_checksum))
     if as_json:
-        click.echo(json.dumps([_listed_data(e) for e in entries]))
+        click.echo(json.dumps([listed_data(e) for e in entries]))
     else:
-        rows = [_listed_row(e, check) for e in entries]
+        rows = [listed_row(e, check) for e in entries]
         if rows:
             rows.insert(0, ["name", "size", "sessions", "messages", ""])
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
@@ -378,44 +378,6 @@ def stats(db_path: Path, as_json: bool) -> None:
 
 
 # ---- helpers of the commands ------------------------------------------------------------------------------
-
-def _imported(records_: dict[str, int], inserted: dict[str, int], tally: dict[str, dict[str, int]], source: str,
-              db_path: Path, new: bool, dry_run: bool) -> list[str]:
-    """The import's report: what it did in one line (or that a merge changed nothing), from which file and
-    into which database each on a line of its own (a long path wraps no sentence), and per table the records,
-    inserted and skipped, and updated and renumbered where any were."""
-    total, done = sum(records_.values()), sum(inserted.values())
-    said = ", ".join(f"{sum(counts.values()):,} {word}" for word, counts in tally.items()
-                     if word == "skipped" or any(counts.values()))
-    if done or any(tally["updated"].values()) or not total:
-        first = f"{'Would import' if dry_run else 'Imported'} {records(total)}: {done:,} inserted, {said}"
-    else:
-        first = f"Nothing {'would be ' if dry_run else ''}imported: all {records(total)} are there already"
-    into = f"{'would go ' if dry_run else ''}into {'new ' if new else ''}database {db_path}"
-    columns = {"records": records_, "inserted": inserted, "skipped": tally["skipped"],
-               **{word: counts for word, counts in tally.items() if word != "skipped" and any(counts.values())}}
-    return [first, f"from {source}", into, *table(columns)]
-
-
-def _left_out(left_out: list[str]) -> list[str]:
-    return [f"left out, as --skip-unknown asked: {', '.join(left_out)}"] if left_out else []
-
-
-def _listed_row(entry: Listed, check: bool) -> list[str]:
-    """name (its UTC time, layout and compression), size, sessions and messages; the fault last, or with
-    --check "ok"."""
-    stats = (entry.header or {}).get("stats", {})
-    counted = [f"{stats[key]:,}" if key in stats else "?" for key in ("sessions", "messages")]
-    mark = f"BAD: {entry.fault}" if entry.fault else ("ok" if check else "")
-    return [entry.path.name, size(entry.bytes), *counted, mark]
-
-
-def _listed_data(entry: Listed) -> dict:
-    header = entry.header or {}
-    return {"path": str(entry.path), "exportedAt": header.get("exportedAt"), "bytes": entry.bytes,
-            "format": entry.fmt, "compression": entry.compression, "version": header.get("version"),
-            "stats": header.get("stats"), "fault": entry.fault}
-
 
 def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]:
     """The format and compression to write `name` in: the options, else what the name says; never both

@@ -7,9 +7,13 @@ import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import click
+
+if TYPE_CHECKING:
+    from .backup import Listed
 
 PLAIN_EVERY = 5.0   # seconds between two plain progress lines
 NUMBER_WIDTH = 12
@@ -152,3 +156,43 @@ def size(n: float) -> str:
             return f"{int(n):,} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+# ---- the commands' reports -------------------------------------------------------------------------------
+
+def imported(records_: dict[str, int], inserted: dict[str, int], tally: dict[str, dict[str, int]], source: str,
+             db_path: Path, new: bool, dry_run: bool) -> list[str]:
+    """The import's report: what it did in one line (or that a merge changed nothing), from which file and
+    into which database each on a line of its own (a long path wraps no sentence), and per table the records,
+    inserted and skipped, and updated and renumbered where any were."""
+    total, done = sum(records_.values()), sum(inserted.values())
+    said = ", ".join(f"{sum(counts.values()):,} {word}" for word, counts in tally.items()
+                     if word == "skipped" or any(counts.values()))
+    if done or any(tally["updated"].values()) or not total:
+        first = f"{'Would import' if dry_run else 'Imported'} {records(total)}: {done:,} inserted, {said}"
+    else:
+        first = f"Nothing {'would be ' if dry_run else ''}imported: all {records(total)} are there already"
+    into = f"{'would go ' if dry_run else ''}into {'new ' if new else ''}database {db_path}"
+    columns = {"records": records_, "inserted": inserted, "skipped": tally["skipped"],
+               **{word: counts for word, counts in tally.items() if word != "skipped" and any(counts.values())}}
+    return [first, f"from {source}", into, *table(columns)]
+
+
+def left_out(left_out: list[str]) -> list[str]:
+    return [f"left out, as --skip-unknown asked: {', '.join(left_out)}"] if left_out else []
+
+
+def listed_row(entry: Listed, check: bool) -> list[str]:
+    """name (its UTC time, layout and compression), size, sessions and messages; the fault last, or with
+    --check "ok"."""
+    stats = (entry.header or {}).get("stats", {})
+    counted = [f"{stats[key]:,}" if key in stats else "?" for key in ("sessions", "messages")]
+    mark = f"BAD: {entry.fault}" if entry.fault else ("ok" if check else "")
+    return [entry.path.name, size(entry.bytes), *counted, mark]
+
+
+def listed_data(entry: Listed) -> dict:
+    header = entry.header or {}
+    return {"path": str(entry.path), "exportedAt": header.get("exportedAt"), "bytes": entry.bytes,
+            "format": entry.fmt, "compression": entry.compression, "version": header.get("version"),
+            "stats": header.get("stats"), "fault": entry.fault}
