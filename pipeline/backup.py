@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Hashable, Iterator
 
+from .database import SQLITE_HEADER
 from .errors import BadBackup, PipelineError
 from .export import Exported, ProgressFor, export_to, no_progress
 from .formats import decompressed_reader, format_from_name
@@ -25,7 +26,6 @@ EXTENSIONS = {("json", "none"): ".json", ("json", "gzip"): ".json.gz", ("json", 
 # second get two names.
 _OURS = re.compile(r"memory-(\d{8}T\d{6}\.\d{6}Z)\.(jsonl?)(\.gz|\.zst)?")
 _STAMP = "%Y%m%dT%H%M%S.%fZ"
-SQLITE_HEADER = b"SQLite format 3\0"     # what every SQLite database file starts with
 LOCK_NAME = ".memory-backup.lock"      # not a name of ours: listing and rotation never see it
 # A name later than now by more than this was written under a wrong clock: it is not trusted to be newest.
 FUTURE_TOLERANCE = timedelta(hours=1)

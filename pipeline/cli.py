@@ -18,12 +18,13 @@ from . import __version__
 from .backup import Retention, dry_run, listing, new_backup, newest_whole
 from .database import (
     DEFAULT_PATH,
+    SQLITE_HEADER,
     counts,
     database_summary,
-    has_table,
     new_database,
     open_for_reading,
     open_for_writing,
+    require_memory_tables,
     scratch_database,
 )
 from .errors import PipelineError, Refused
@@ -36,7 +37,6 @@ from .portable import Terminated, is_terminal, signals_as_interrupts
 from .restore import CONFLICT_MODES, Backup, load, open_backup
 from .restore import validate as validate_backup
 from .schema_check import check_for_import
-from .tables import TABLES
 
 
 class Exit(enum.IntEnum):
@@ -403,9 +403,6 @@ def _expanded(name: str) -> str:
     return name if name == "-" else os.path.expanduser(name)
 
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
 @contextmanager
 def _backup_in(name: str, fmt: str | None, ignore_checksum: bool = False) -> Iterator[Backup]:
     """The backup at `name` (a path, or - for stdin), its header read and checked, whatever it is compressed
@@ -419,7 +416,7 @@ def _backup_in(name: str, fmt: str | None, ignore_checksum: bool = False) -> Ite
     with (nullcontext(sys.stdin.buffer) if name == "-" else open(name, "rb")) as raw:
         if not hasattr(raw, "peek"):      # a stdin that is not a buffered file (a test's BytesIO)
             raw = io.BufferedReader(raw)
-        if raw.peek(len(SQLITE_MAGIC)).startswith(SQLITE_MAGIC):     # the database given as the backup
+        if raw.peek(len(SQLITE_HEADER)).startswith(SQLITE_HEADER):     # the database given as the backup
             raise Refused("stdin is an SQLite database, not a backup" if name == "-" else
                           f"{name} is an SQLite database, not a backup: restore into it with --db {name}, or back "
                           f"it up with memory export --db {name} FILE")
@@ -462,8 +459,7 @@ def _import_target(db_path: Path, clear: bool, merge_allowed: bool, stdin_is_dat
     with closing(open_for_writing(db_path)) as conn:
         empty = not conn.execute("SELECT 1 FROM sqlite_master").fetchone()
         if not empty:
-            if not all(has_table(conn, t.name) for t in TABLES):
-                raise Refused(f"{db_path} is not a memory database: no table {_missing_table(conn)}")
+            require_memory_tables(conn, db_path)
             check_for_import(conn, clear)
             _confirm_merge(conn, db_path, merge_allowed, stdin_is_data)
         yield conn, empty
@@ -481,10 +477,6 @@ def _confirm_merge(conn, db_path: Path, allowed: bool, stdin_is_data: bool) -> N
         raise Refused("nothing imported: the merge was declined")
     raise Refused(f"{db_path} already has {have['sessions']:,} sessions and {have['messages']:,} messages; "
                   "pass --yes to merge into it or --clear to replace it")
-
-
-def _missing_table(conn) -> str:
-    return next(t.name for t in TABLES if not has_table(conn, t.name))
 
 
 _warned: list[bool] = []

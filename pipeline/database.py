@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from . import portable
 from .errors import DatabaseProblem
-from .output import remove_leftovers, temp_beside
+from .output import DATABASE_SUFFIXES, remove_leftovers, temp_beside
 from .tables import TABLES, Table
 
 DEFAULT_PATH = Path("~/.memory-nexus/memory.db")
@@ -22,6 +22,7 @@ IMPORT_CACHE_KIB = 8 * 1024    # measured at N=100: see BENCHMARKS.md; 16 MiB to
 # The triggers that keep messages_fts in step row by row; a load into empty tables drops them and
 # rebuilds the index once instead, inside the same transaction (see derived_rebuilt).
 MESSAGE_TRIGGERS = ("messages_fts_insert", "messages_fts_delete", "messages_fts_update")
+SQLITE_HEADER = b"SQLite format 3\0"     # what every SQLite database file starts with
 # memory-nexus indexes a summary only on UPDATE OF summary; this mirrors it for the rows an import inserts,
 # so a restored database finds the summaries the source found.
 SUMMARY_ON_INSERT = """
@@ -57,10 +58,15 @@ def open_for_reading(path: Path) -> sqlite3.Connection:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         raise DatabaseProblem(f"cannot read {path}: {exc}") from exc
-    missing = [t.name for t in TABLES if not has_table(conn, t.name)]
-    if missing:
-        raise DatabaseProblem(f"{path} is not a memory database: no table {missing[0]}")
+    require_memory_tables(conn, path)
     return conn
+
+
+def require_memory_tables(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a database that lacks one of the tables memory-nexus keeps, naming the first missing."""
+    missing = next((t.name for t in TABLES if not has_table(conn, t.name)), None)
+    if missing:
+        raise DatabaseProblem(f"{path} is not a memory database: no table {missing}")
 
 
 def _roll_back_hot_journal(path: Path) -> None:
@@ -168,7 +174,7 @@ def quick_check(conn: sqlite3.Connection) -> None:
 
 
 def remove_database(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    for suffix in DATABASE_SUFFIXES:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
