@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import re
 from decimal import Decimal
 from typing import IO, Any, Iterator
 
 import orjson
 
 from . import formats
+from .errors import stream_errors
 from .formats import CHECKSUM, HEADER_KEYS, Ended, Header, Section
 
 # Set (to anything but "" or "0") to read every file through the strict readers alone; CI runs the
@@ -24,6 +26,9 @@ OTHER_LINE = 1 << 20      # the longest header, or line around an array, the fas
 # times the line, where the strict reader streams (a string it holds once, twice while yajl builds it). A longer
 # line, and the rest of the file, go to the strict reader, which reads a long value in linear time too.
 FAST_LINE = 16 << 20
+RUN = 1 << 18             # the lines read as one: less than twice this, so no line longer than FAST_LINE
+PIECE = 1 << 16           # a read below: as the buffer under it reads, so a cut stream is met where line reads meet it
+_OTHER_LINE = re.compile(rb"\n[^{]")     # a line that is not a record's
 _STATS_TYPES = {int}
 _ODD = frozenset({float, list, dict})     # in a record: what the strict reader builds or words otherwise
 
@@ -96,7 +101,7 @@ def read_json(stream: IO[bytes], end: Ended = formats._nothing) -> tuple[Header,
         opening = formats.read_line(stream, longest=OTHER_LINE)
         key, empty = _array_opening(opening)
         if key is not None:
-            return header, _sections(stream, end, key, empty)
+            return header, _sections(_Ahead(stream), end, key, empty)
         line += opening
     return formats.read_json(_Chained(line, stream), end)
 
@@ -112,21 +117,21 @@ def _header(line: bytes) -> Header | None:
     return header
 
 
-def _sections(stream: IO[bytes], end: Ended, key: str, empty: bool) -> Iterator[Section]:
+def _sections(reader: _Ahead, end: Ended, key: str, empty: bool) -> Iterator[Section]:
     """The arrays from the first, whose opening line has been read."""
     while True:
         if empty:
             yield key, iter(())
         else:
             handed: list[Iterator[tuple]] = []
-            yield key, _records(stream, key, handed)
+            yield key, _records(reader, key, handed)
             if handed:
                 yield from formats.json_rest(handed[0], end)
                 return
-        line = formats.read_line(stream, longest=OTHER_LINE)
+        line = reader.line(OTHER_LINE)
         key, empty = _array_opening(line)
         if key is None:
-            yield from formats.json_rest(_strict(_AFTER_COMMA, line, stream), end)
+            yield from formats.json_rest(_strict(_AFTER_COMMA, line, reader), end)
             return
 
 
@@ -140,26 +145,73 @@ def _array_opening(line: bytes) -> tuple[str | None, bool]:
     return None, False
 
 
-def _records(stream: IO[bytes], key: str, handed: list[Iterator[tuple]]) -> Iterator[Any]:
-    """The records of the array `key`; the rest of the file's events go into `handed` if the strict reader
-    takes over."""
-    for index in itertools.count():
-        line = formats.read_line(stream, longest=FAST_LINE)
-        more = line.endswith(b",\n")
-        record = canonical(line, 2 if more else 1) if line.endswith(b"},\n" if more else b"}\n") else NOT_CANONICAL
-        if type(record) is dict and not _ODD.isdisjoint(map(type, record.values())):
-            record = _as_strict(record)
-        if type(record) is not dict:
-            handed.append(_strict(_ARRAY_COMMA if index else _ARRAY_START, line, stream))
-            yield from formats.array_rest(handed[0], key, index)
-            return
-        yield record
-        if not more:
-            closing = formats.read_line(stream, longest=OTHER_LINE)
+def _records(reader: _Ahead, key: str, handed: list[Iterator[tuple]]) -> Iterator[list]:
+    """The records of the array `key`, a run of lines at a time; the rest of the file's events go into
+    `handed` if the strict reader takes over."""
+    index = 0
+    while True:
+        run = reader.run()
+        records = _run(run)
+        if records is not None:
+            reader.take(len(run))
+            index += len(records)
+        else:         # a line at a time, over the lines of a run that is not all as memory writes it
+            records = []
+            for _ in range(run.count(b"\n") or 1):
+                line = reader.line(FAST_LINE)
+                record = _record(line)
+                if record is None:
+                    if records:
+                        yield records
+                    handed.append(_strict(_ARRAY_COMMA if index else _ARRAY_START, line, reader))
+                    yield from formats.array_rest(handed[0], key, index)
+                    return
+                records.append(record)
+                index += 1
+                if not line.endswith(b",\n"):
+                    break
+            run = line
+        yield records
+        if not run.endswith(b",\n"):
+            closing = reader.line(OTHER_LINE)
             if closing != b"],\n":
-                handed.append(_strict(_ARRAY_ITEM, closing, stream))
-                yield from formats.array_rest(handed[0], key, index + 1)
+                handed.append(_strict(_ARRAY_ITEM, closing, reader))
+                yield from formats.array_rest(handed[0], key, index)
             return
+
+
+def _record(line: bytes) -> dict | None:
+    """The record a line holds as memory writes it, '{...},' or the array's last, '{...}'; else None."""
+    more = line.endswith(b",\n")
+    record = canonical(line, 2 if more else 1) if line.endswith(b"},\n" if more else b"}\n") else NOT_CANONICAL
+    if type(record) is dict and not _ODD.isdisjoint(map(type, record.values())):
+        record = _as_strict(record)
+    return record if type(record) is dict else None
+
+
+def _run(run: bytes) -> list | None:
+    """The records of a run of lines, if every line holds one record exactly as memory writes it (see
+    `canonical`), read and checked as one: one orjson call for all of them, none per line. Else None.
+
+    The lines are read as one JSON array; written again without their newlines they must be those bytes.
+    Only whitespace can stand for a newline in JSON, so the records are those the lines hold, and being
+    objects (no object is the start of another), one to a line as their count says."""
+    if not run:
+        return None
+    body = run[:-2] if run.endswith(b",\n") else run[:-1]
+    try:
+        records = orjson.loads(b"[" + body + b"]")
+        written = orjson.dumps(records)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return None
+    if (len(records) != run.count(b"\n") or written != b"[" + body.replace(b"\n", b"") + b"]"
+            or set(map(type, records)) != {dict}):
+        return None
+    if not _ODD.isdisjoint(set().union(*map(map, itertools.repeat(type), map(dict.values, records)))):
+        records = [_as_strict(r) if not _ODD.isdisjoint(map(type, r.values())) else r for r in records]
+        if None in records:
+            return None
+    return records
 
 
 def _as_strict(record: dict) -> dict | None:
@@ -175,13 +227,73 @@ def _holds_array(value: dict) -> bool:
     return any(type(v) is list or type(v) is dict and _holds_array(v) for v in value.values())
 
 
-def _strict(state: tuple[bytes, int], line: bytes, stream: IO[bytes]) -> Iterator[tuple]:
-    """The strict reader's events for `line` and the rest of `stream`, its parser put in `state` first."""
+def _strict(state: tuple[bytes, int], line: bytes, reader: _Ahead) -> Iterator[tuple]:
+    """The strict reader's events for `line` and the rest of the file, its parser put in `state` first."""
     prefix, made = state
-    events = formats.json_events(_Chained(prefix + bytes(line), stream))
+    events = formats.json_events(_Chained(prefix + bytes(line) + reader.rest(), reader.stream))
     for _ in itertools.islice(events, made):
         pass
     return events
+
+
+class _Ahead:
+    """The stream, with what was read ahead of the line reached: runs of record lines are read RUN bytes at
+    a time. A fault below is kept till the lines before it are taken, so it is met where it is, as reading
+    line by line meets it."""
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream = stream
+        self.read_below = getattr(stream, "read1", stream.read)
+        self.held, self.at = b"", 0
+        self.fault: BaseException | None = None
+
+    def run(self) -> bytes:
+        """Whole lines from the line reached, about RUN bytes of them, up to the first that does not start
+        with '{' (none: b""). They are taken only when `take` says so."""
+        if len(self.held) - self.at < RUN and self.fault is None:
+            self._fill()
+        if self.held[self.at: self.at + 1] != b"{":
+            return b""
+        last = self.held.rfind(b"\n") + 1
+        other = _OTHER_LINE.search(self.held, self.at, last)
+        return self.held[self.at: other.start() + 1 if other else last]
+
+    def take(self, size: int) -> None:
+        self.at += size
+
+    def line(self, longest: int) -> bytes:
+        """One line as formats.read_line reads it."""
+        if self.at < len(self.held):
+            end = self.held.find(b"\n", self.at, self.at + longest + 1)
+            if end >= 0:
+                line, self.at = self.held[self.at: end + 1], end + 1
+                return line
+            if len(self.held) - self.at > longest:
+                line, self.at = self.held[self.at: self.at + longest + 1], self.at + longest + 1
+                return line
+        head = self.rest()
+        if self.fault is not None:
+            raise self.fault
+        return head + formats.read_line(self.stream, longest=longest - len(head))
+
+    def rest(self) -> bytes:
+        """What is held ahead, now taken."""
+        rest, self.held, self.at = self.held[self.at:], b"", 0
+        return rest
+
+    def _fill(self) -> None:
+        rest = self.rest()
+        pieces, got = [rest], len(rest)
+        try:
+            while got < RUN:
+                piece = self.read_below(min(RUN - got, PIECE))
+                if not piece:
+                    break
+                pieces.append(piece)
+                got += len(piece)
+        except stream_errors() as exc:
+            self.fault = exc
+        self.held = b"".join(pieces)
 
 
 class _Chained(io.RawIOBase):

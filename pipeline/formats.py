@@ -340,7 +340,7 @@ def _json_end(events: Iterator[tuple], checksum: Any, end: Ended) -> Iterator[Se
 
 
 _DEPTH = {"start_map": 1, "start_array": 1, "end_map": -1, "end_array": -1}.get
-_SECOND = operator.itemgetter(1)
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 _NOT_END = functools.partial(operator.ne, ("end_array", None))
 
 
@@ -415,8 +415,9 @@ def _built(events: Iterator[tuple], key: str, done: int = 0) -> Iterator[Any]:
         tail = _no_field_twice(key, done, built, tail, events_chunk)
         del events_chunk             # before the next chunk is built, not after
         done += len(built)
-        yield from built
-        built.clear()
+        if built:
+            yield list(built)
+            built.clear()
         if fault is not None:
             raise fault
         if not whole:
@@ -490,8 +491,8 @@ def read_jsonl(stream: IO[bytes], end: Ended = _nothing,
     if unknown:
         raise BadBackup(f"line 1: unknown header key {unknown[0]!r}")
     tagged = _tagged(lines, end)
-    return header, ((key, (record for _, record in group))
-                    for key, group in itertools.groupby(tagged, key=lambda pair: pair[0]))
+    return header, ((key, records.read_in_batches(map(_SECOND, group)))
+                    for key, group in itertools.groupby(tagged, key=_FIRST))
 
 
 def strict_line(line: bytes) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import re
 import sqlite3
 from contextlib import contextmanager, nullcontext
@@ -27,7 +28,7 @@ from .formats import Section, decompressed_reader, sniffed_format
 from .integrity import SINCE as CHECKSUM_SINCE
 from .integrity import Summing
 from .merge import Merge
-from .records import BATCH, batches, checked, rows_of, shown
+from .records import Checker, batches, rows_of, shown
 from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
 from .values import NeedsCast, RawText
 
@@ -112,9 +113,9 @@ def check_header(header: dict) -> int:
     return minor
 
 
-def checked_sections(backup: Backup, progress: Progress) -> Iterator[tuple[Table, Iterator[Record]]]:
-    """Each table's records, checked one by one and counted against stats; then that every array the
-    version requires was there."""
+def checked_sections(backup: Backup, progress: Progress) -> Iterator[tuple[Table, Iterator[list[Record]]]]:
+    """Each table's records in batches, checked and counted against stats; then that every array the version
+    requires was there."""
     seen: set[str] = set()
     for key, records in backup.sections:
         table = BY_KEY.get(key)
@@ -125,7 +126,7 @@ def checked_sections(backup: Backup, progress: Progress) -> Iterator[tuple[Table
         seen.add(key)
         if key not in backup.stats:
             raise BadBackup(f"stats has no count for {key}")
-        yield table, _counted(table, backup.stats[key], checked(table, backup.minor, records), progress)
+        yield table, _checked(table, backup.minor, backup.stats[key], records, progress)
     for table in TABLES:
         if table.key not in seen and table.since <= backup.minor and backup.arrays_required:
             raise BadBackup(f"no {table.key} array")
@@ -133,15 +134,22 @@ def checked_sections(backup: Backup, progress: Progress) -> Iterator[tuple[Table
             raise BadBackup(f"stats says {backup.stats[table.key]} {table.key} but the file has no {table.key} array")
 
 
-def _counted(table: Table, expected: int, records: Iterable[Record], progress: Progress) -> Iterator[Record]:
+def _checked(table: Table, minor: int, expected: int, pieces: Iterable[list], progress: Progress) -> Iterator[list[Record]]:
+    """Batches of checked records. The first record past the count stats gives is checked, then refused: a
+    bad record is named before a count that is wrong. A fault in the bytes is placed at the record it is in:
+    a reader hands on the records before it first."""
+    check = Checker(table, minor)
     count = 0
-    for count, record in enumerate(records, 1):
-        if count > expected:
-            raise BadBackup(f"{table.key}: more records than stats says ({expected})")
-        yield record
-        if count % BATCH == 0:
-            progress(BATCH)
-    progress(count % BATCH)
+    with corrupt_as_bad_backup(lambda: f"{table.key}[{count}]"):
+        for batch in pieces:
+            if count + len(batch) > expected:
+                batch = batch[: expected - count + 1]
+            batch = check(batch, count)
+            count += len(batch)
+            if count > expected:
+                raise BadBackup(f"{table.key}: more records than stats says ({expected})")
+            progress(len(batch))
+            yield batch
     if count != expected:
         raise BadBackup(f"{table.key}: the file holds {count} records but stats says {expected}")
 
@@ -152,8 +160,8 @@ def validate(backup: Backup, progress: Progress = lambda n: None) -> Report:
     with _located(_position(report)):
         for table, records in checked_sections(backup, progress):
             report.records[table.key] = 0
-            for _ in records:
-                report.records[table.key] += 1
+            for batch in records:
+                report.records[table.key] += len(batch)
     return _with_empty_tables(report, backup)
 
 
@@ -183,7 +191,7 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
             for table, records in checked_sections(backup, progress):
                 report.records[table.key] = 0
                 sql = functools.partial(insert_sql, table, backup.minor, into=merge.stage(table) if merge else None)
-                for batch in batches(rows_of(table, backup.minor, records)):
+                for batch in batches(rows_of(table, backup.minor, itertools.chain.from_iterable(records))):
                     _insert(conn, table, sql, batch, report.records[table.key])
                     report.records[table.key] += len(batch)
                     if merge:

@@ -252,6 +252,7 @@ def test_a_compressed_file_cut_anywhere_is_placed_alike_by_both_readers(tmp_path
 def test_a_record_line_longer_than_the_fast_reader_takes_is_read_by_the_strict_one(tmp_path, monkeypatch):
     from pipeline import canonical
     monkeypatch.setattr(canonical, "FAST_LINE", 1000)
+    monkeypatch.setattr(canonical, "RUN", 400)       # a run holds less than twice RUN: below FAST_LINE
     doc = json.loads(SAMPLE.read_bytes())
     doc["messages"][1]["content"] = "long " * 1000
     (tmp_path / "in.json").write_bytes(as_written(doc, "json"))

@@ -48,6 +48,7 @@ def peaks(tmp_path, messages_per_session: int, fmt: str) -> tuple[int, int]:
 @pytest.mark.parametrize("fmt", ["json", "jsonl"])
 def test_peak_memory_at_20x_rows_stays_within_a_batch_of_1x(tmp_path, fmt, monkeypatch):
     monkeypatch.setattr(records, "BATCH", 100)   # so 1x already spans many batches, and the test runs fast
+    monkeypatch.setattr(canonical, "RUN", 16 << 10)     # and many of the fast reader's runs of lines
     small = peaks(tmp_path, 50, fmt)        # 1,000 messages: ten batches
     large = peaks(tmp_path, 1_000, fmt)     # 20,000 messages
     for one, twenty in zip(small, large):
