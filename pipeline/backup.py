@@ -229,13 +229,20 @@ def newest_whole(directory: Path, passed_over: Callable[[Path, str], None], igno
         with raw:
             try:
                 backup = open_backup(decompressed_reader(raw), fmt, ignore_checksum)
-                with progress(sum(backup.stats.values()), "Checking", str(path)) as step:
-                    validate(backup, step)
+                try:
+                    with progress(sum(backup.stats.values()), "Checking", str(path)) as step:
+                        validate(backup, step)
+                finally:
+                    backup.close()
             except BadBackup as exc:
                 passed_over(path, str(exc))
                 continue
             raw.seek(0)
-            yield Chosen(path, open_backup(decompressed_reader(raw), fmt, ignore_checksum))
+            chosen = open_backup(decompressed_reader(raw), fmt, ignore_checksum)
+            try:
+                yield Chosen(path, chosen)
+            finally:
+                chosen.close()
             return
     if not past and not future:
         raise NothingToRestore(f"{directory}: no backup of memory's here (it restores the files memory backup "

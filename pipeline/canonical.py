@@ -3,18 +3,23 @@ orjson at hundreds of MB/s; at the first line that is anything else the strict r
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
+import operator
 import os
 import re
 from decimal import Decimal
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import orjson
 
 from . import formats
 from .errors import stream_errors
 from .formats import CHECKSUM, HEADER_KEYS, Ended, Header, Section
+from .parallel import Parser
+from .records import Checked, Counted, checker
+from .tables import BY_KEY
 
 # Set (to anything but "" or "0") to read every file through the strict readers alone; CI runs the
 # correctness tests both ways.
@@ -28,7 +33,10 @@ OTHER_LINE = 1 << 20      # the longest header, or line around an array, the fas
 FAST_LINE = 16 << 20
 RUN = 1 << 18             # the lines read as one: less than twice this, so no line longer than FAST_LINE
 PIECE = 1 << 16           # a read below: as the buffer under it reads, so a cut stream is met where line reads meet it
-_OTHER_LINE = re.compile(rb"\n[^{]")     # a line that is not a record's
+_JSONL_START, _JSONL_RECORD = b'{"table":"', b'","record":'
+_JSONL_PREFIX = re.compile(rb'\{"table":"[^"\\\x00-\x1f]*","record":')    # a key orjson writes as it is
+_OTHER_TABLE: dict[bytes, re.Pattern] = {}            # per prefix: a line that does not begin with it
+_TABLE, _RECORD = operator.itemgetter("table"), operator.itemgetter("record")
 _STATS_TYPES = {int}
 _ODD = frozenset({float, list, dict})     # in a record: what the strict reader builds or words otherwise
 
@@ -37,9 +45,9 @@ def strict_only() -> bool:
     return os.environ.get(STRICT_ENV, "") not in ("", "0")
 
 
-def readers() -> dict:
-    """The readers of each layout: the fast ones, unless STRICT_ENV says otherwise."""
-    return formats.READERS if strict_only() else READERS
+def reader(fmt: str, parser: Parser) -> Callable[[IO[bytes], Ended], tuple[Header, Iterator[Section]]]:
+    """The reader of a layout: the fast one, its runs parsed by `parser`, unless STRICT_ENV says otherwise."""
+    return formats.READERS[fmt] if strict_only() else functools.partial(READERS[fmt], parser=parser)
 
 
 def canonical(line: bytes, cut: int = 0) -> Any:
@@ -70,8 +78,89 @@ def parsed_line(line: bytes) -> Any:
     return formats.strict_line(line)
 
 
-def read_jsonl(stream: IO[bytes], end: Ended = formats._nothing) -> tuple[Header, Iterator[Section]]:
-    return formats.read_jsonl(stream, end, parsed_line)
+def read_jsonl(stream: IO[bytes], end: Ended = formats._nothing, parser: Parser | None = None
+               ) -> tuple[Header, Iterator[Section]]:
+    """The header line is read first: if it is not as memory writes it, the strict reader's line loop reads
+    the file from its start (each line still read by orjson where it is canonical)."""
+    line = formats.read_line(stream, longest=OTHER_LINE)
+    header = canonical(line, 1) if line.endswith(b"}\n") else None
+    if not _good_header(header) or "table" in header or "end" in header:
+        return formats.read_jsonl(io.BufferedReader(_Chained(line, stream), 1 << 16), end, parsed_line)
+    return header, formats.jsonl_sections(_jsonl_pieces(_Ahead(stream), end, parser or Parser(work)))
+
+
+def _jsonl_pieces(reader: _Ahead, end: Ended, parser: Parser) -> Iterator[tuple[str, list]]:
+    """(table, batch of its records), runs of lines at a time; a run that is not all as memory writes it is
+    read a line at a time; from the first line that is not a record's as memory writes it (the end line), or
+    that is longer than a run holds, the line loop reads the rest of the file."""
+    lineno = 1
+    while (prefix := reader.jsonl_prefix()) is not None:
+        try:
+            key = prefix[len(_JSONL_START):-len(_JSONL_RECORD)].decode()
+        except UnicodeDecodeError:
+            break
+
+        def next_run() -> bytes:
+            run = reader.jsonl_run(prefix)
+            reader.take(len(run))
+            return run
+
+        for run, records in parser.parsed(next_run, reader.unread, "jsonl", key):
+            if records is None:     # the reader stands at its start. Where it holds another table's lines
+                slow = run[: _jsonl_cut(prefix, run)]          # (or the end line), those come after it
+                reader.take(len(slow))
+                records = work("jsonl", key, parser.minor, True, False, slow) if len(slow) < len(run) else None
+                if records is not None:
+                    lineno += len(records)
+                    yield key, records
+                    slow = b""
+                break
+            lineno += len(records)
+            yield key, records
+        else:
+            if reader.starts(prefix):       # a line longer than a run holds: the line loop reads it, and the
+                break                       # rest, holding one line at a time
+            continue                        # another table's lines, or the end line
+        if slow:
+            lines = formats.jsonl_lines(io.BytesIO(slow), parsed_line, lineno + 1)
+            yield from formats.jsonl_pieces(lines, end, whole=False)
+            lineno += slow.count(b"\n")
+    lines = formats.jsonl_lines(reader.rest_stream(), parsed_line, lineno + 1)
+    yield from formats.jsonl_pieces(lines, end)
+
+
+def _jsonl_run(run: bytes, key: str) -> list | None:
+    """The records of a run of lines that begin '{"table":KEY,"record":', if every line is one record as
+    memory writes it, read as one; else None (see `work`). The lines, joined with commas, are read as one
+    JSON array and must be what orjson writes for it. A line boundary is then between two of its items (the
+    next line begins with '{', not a key; and no item may hold an array, which a comma could be inside): as
+    many items as lines is one to a line."""
+    text = b"[" + run[:-1].replace(b"\n", b",") + b"]"
+    try:
+        items = orjson.loads(text)
+        written = orjson.dumps(items)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return None
+    if written != text or set(map(type, items)) != {dict} or len(items) != run.count(b"\n"):
+        return None
+    if set(map(tuple, items)) != {("table", "record")} or set(map(_TABLE, items)) != {key}:
+        return None
+    records = list(map(_RECORD, items))
+    return records if set(map(type, records)) == {dict} else None
+
+
+def _jsonl_cut(prefix: bytes, run: bytes) -> int:
+    """The length of the lines that begin with `prefix` at the start of `run`."""
+    if prefix not in _OTHER_TABLE:
+        _OTHER_TABLE[prefix] = re.compile(b"\n(?!" + re.escape(prefix) + b")")
+    other = _OTHER_TABLE[prefix].search(run, 0, len(run) - 1)
+    return other.start() + 1 if other else len(run)
+
+
+def _jsonl_strictly(records: list[dict]) -> list | None:
+    """The records if none holds an object (a typed value) or an array; else None: read a line at a time."""
+    return records if {dict, list}.isdisjoint(map(type, itertools.chain.from_iterable(map(dict.values, records)))) \
+        else None
 
 
 # ---- one JSON document ------------------------------------------------------------------------------------
@@ -92,7 +181,8 @@ _ARRAY_COMMA = (b'{"":[0,', 4)         # ... and an item
 _ARRAY_ITEM = (b'{"":[0', 4)
 
 
-def read_json(stream: IO[bytes], end: Ended = formats._nothing) -> tuple[Header, Iterator[Section]]:
+def read_json(stream: IO[bytes], end: Ended = formats._nothing, parser: Parser | None = None
+              ) -> tuple[Header, Iterator[Section]]:
     """The header and the first array's opening are read before the fast path is taken: if either is not as
     memory writes them (a header key on the next line, say), the strict reader reads the file from its start."""
     line = formats.read_line(stream, longest=OTHER_LINE)
@@ -101,7 +191,7 @@ def read_json(stream: IO[bytes], end: Ended = formats._nothing) -> tuple[Header,
         opening = formats.read_line(stream, longest=OTHER_LINE)
         key, empty = _array_opening(opening)
         if key is not None:
-            return header, _sections(_Ahead(stream), end, key, empty)
+            return header, _sections(_Ahead(stream), end, key, empty, parser or Parser(work))
         line += opening
     return formats.read_json(_Chained(line, stream), end)
 
@@ -110,21 +200,24 @@ def _header(line: bytes) -> Header | None:
     if not (line.startswith(b"{") and line.endswith(b",\n")):
         return None
     header = canonical(line[:-2] + b"}")
-    if (type(header) is not dict or not header.keys() <= set(HEADER_KEYS) or type(header.get("version")) is not str
-            or type(header.get("exportedAt", "")) is not str or type(header.get("stats")) is not dict
-            or not set(map(type, header["stats"].values())) <= _STATS_TYPES):
-        return None          # the strict reader says what is wrong, as it words it
-    return header
+    return header if _good_header(header) else None
 
 
-def _sections(reader: _Ahead, end: Ended, key: str, empty: bool) -> Iterator[Section]:
+def _good_header(header: Any) -> bool:
+    """A header with nothing the strict reader would word otherwise."""
+    return (type(header) is dict and header.keys() <= set(HEADER_KEYS) and type(header.get("version")) is str
+            and type(header.get("exportedAt", "")) is str and type(header.get("stats")) is dict
+            and set(map(type, header["stats"].values())) <= _STATS_TYPES)
+
+
+def _sections(reader: _Ahead, end: Ended, key: str, empty: bool, parser: Parser) -> Iterator[Section]:
     """The arrays from the first, whose opening line has been read."""
     while True:
         if empty:
             yield key, iter(())
         else:
             handed: list[Iterator[tuple]] = []
-            yield key, _records(reader, key, handed)
+            yield key, _records(reader, key, handed, parser)
             if handed:
                 yield from formats.json_rest(handed[0], end)
                 return
@@ -145,19 +238,35 @@ def _array_opening(line: bytes) -> tuple[str | None, bool]:
     return None, False
 
 
-def _records(reader: _Ahead, key: str, handed: list[Iterator[tuple]]) -> Iterator[list]:
-    """The records of the array `key`, a run of lines at a time; the rest of the file's events go into
-    `handed` if the strict reader takes over."""
+def _records(reader: _Ahead, key: str, handed: list[Iterator[tuple]], parser: Parser) -> Iterator[list]:
+    """The records of the array `key`, runs of lines at a time (see `_run`); the lines of a run that is not
+    all as memory writes it, one at a time; the rest of the file's events go into `handed` if the strict
+    reader takes over."""
     index = 0
     while True:
-        run = reader.run()
-        records = _run(run)
-        if records is not None:
+        ended = False
+
+        def next_run() -> bytes:        # the runs of the array, up to its last record (no comma)
+            nonlocal ended
+            run = b"" if ended else reader.run()
             reader.take(len(run))
+            ended = not run.endswith(b",\n")
+            return run
+
+        stop = b""         # the run that is not as memory writes it, or none: the next line is not a run's
+        for run, records in parser.parsed(next_run, reader.unread, "json", key):
+            if records is None:
+                stop = run
+                break
             index += len(records)
-        else:         # a line at a time, over the lines of a run that is not all as memory writes it
+            yield records
+            if not run.endswith(b",\n"):
+                stop = run
+        if stop and records is not None:      # the array's last record has been read
+            line = stop
+        else:
             records = []
-            for _ in range(run.count(b"\n") or 1):
+            for _ in range(stop.count(b"\n") or 1):
                 line = reader.line(FAST_LINE)
                 record = _record(line)
                 if record is None:
@@ -170,9 +279,8 @@ def _records(reader: _Ahead, key: str, handed: list[Iterator[tuple]]) -> Iterato
                 index += 1
                 if not line.endswith(b",\n"):
                     break
-            run = line
-        yield records
-        if not run.endswith(b",\n"):
+            yield records
+        if not line.endswith(b",\n"):
             closing = reader.line(OTHER_LINE)
             if closing != b"],\n":
                 handed.append(_strict(_ARRAY_ITEM, closing, reader))
@@ -189,13 +297,14 @@ def _record(line: bytes) -> dict | None:
     return record if type(record) is dict else None
 
 
-def _run(run: bytes) -> list | None:
+def _run(run: bytes, key: str) -> list | None:
     """The records of a run of lines, if every line holds one record exactly as memory writes it (see
     `canonical`), read and checked as one: one orjson call for all of them, none per line. Else None.
 
     The lines are read as one JSON array; written again without their newlines they must be those bytes.
     Only whitespace can stand for a newline in JSON, so the records are those the lines hold, and being
-    objects (no object is the start of another), one to a line as their count says."""
+    objects (no object is the start of another), one to a line as their count says. They are not yet made
+    as the strict reader makes them (see `work`)."""
     if not run:
         return None
     body = run[:-2] if run.endswith(b",\n") else run[:-1]
@@ -204,9 +313,15 @@ def _run(run: bytes) -> list | None:
         written = orjson.dumps(records)
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return None
-    if (len(records) != run.count(b"\n") or written != b"[" + body.replace(b"\n", b"") + b"]"
-            or set(map(type, records)) != {dict}):
+    flat = body.replace(b"\n", b"")
+    if (len(written) != len(flat) + 2 or not written.startswith(flat, 1) or set(map(type, records)) != {dict}
+            or len(records) != len(body) - len(flat) + 1):
         return None
+    return records
+
+
+def _strictly(records: list[dict]) -> list | None:
+    """The records as the strict reader builds them (see `_as_strict`), or None."""
     if not _ODD.isdisjoint(set().union(*map(map, itertools.repeat(type), map(dict.values, records)))):
         records = [_as_strict(r) if not _ODD.isdisjoint(map(type, r.values())) else r for r in records]
         if None in records:
@@ -227,10 +342,28 @@ def _holds_array(value: dict) -> bool:
     return any(type(v) is list or type(v) is dict and _holds_array(v) for v in value.values())
 
 
+_RUNS = {"json": (_run, _strictly), "jsonl": (_jsonl_run, _jsonl_strictly)}
+
+
+def work(layout: str, key: str, minor: int, keep: bool, check: bool, run: bytes) -> Any:
+    """What a run of lines holds (see parallel.Work): its records, or None if it is not as memory writes it.
+    With `check`, records that pass the fast checks (records.Checker.fast) come back checked: all of them,
+    or with `keep` false only their count. Others are checked by the reader, which words what is wrong,
+    once made as the strict reader makes them (records that pass hold no float outside a real column and
+    no object or array, so none needs it)."""
+    parse, strictly = _RUNS[layout]
+    records = parse(run, key)
+    if records is None:
+        return None
+    if check and key in BY_KEY and checker(key, minor).fast(records):
+        return Checked(records) if keep else Counted(len(records))
+    return strictly(records)
+
+
 def _strict(state: tuple[bytes, int], line: bytes, reader: _Ahead) -> Iterator[tuple]:
     """The strict reader's events for `line` and the rest of the file, its parser put in `state` first."""
     prefix, made = state
-    events = formats.json_events(_Chained(prefix + bytes(line) + reader.rest(), reader.stream))
+    events = formats.json_events(reader.rest_stream(prefix + bytes(line)))
     for _ in itertools.islice(events, made):
         pass
     return events
@@ -248,18 +381,39 @@ class _Ahead:
         self.fault: BaseException | None = None
 
     def run(self) -> bytes:
-        """Whole lines from the line reached, about RUN bytes of them, up to the first that does not start
-        with '{' (none: b""). They are taken only when `take` says so."""
+        """Whole lines from the line reached, about RUN bytes of them, the first beginning with '{' (else
+        b""). Where the array ends among them, they are not a run as memory writes it (see `_run`)."""
         if len(self.held) - self.at < RUN and self.fault is None:
             self._fill()
-        if self.held[self.at: self.at + 1] != b"{":
-            return b""
-        last = self.held.rfind(b"\n") + 1
-        other = _OTHER_LINE.search(self.held, self.at, last)
-        return self.held[self.at: other.start() + 1 if other else last]
+        return self.held[self.at: self.held.rfind(b"\n") + 1] if self.starts(b"{") else b""
 
     def take(self, size: int) -> None:
         self.at += size
+
+    def unread(self, data: bytes) -> None:
+        """Put back what was taken last (runs a worker held when a run before them was not as memory
+        writes it)."""
+        self.held, self.at = data + self.held[self.at:], 0
+
+    def jsonl_prefix(self) -> bytes | None:
+        """'{"table":KEY,"record":' if the next line begins so (KEY written as orjson writes it)."""
+        if len(self.held) - self.at < RUN and self.fault is None:
+            self._fill()
+        start = _JSONL_PREFIX.match(self.held, self.at)
+        return start.group() if start else None
+
+    def starts(self, prefix: bytes) -> bool:
+        return self.held.startswith(prefix, self.at)
+
+    def jsonl_run(self, prefix: bytes) -> bytes:
+        """Whole lines, about RUN bytes of them, the first beginning with `prefix` (as `run`)."""
+        if len(self.held) - self.at < RUN and self.fault is None:
+            self._fill()
+        return self.held[self.at: self.held.rfind(b"\n") + 1] if self.starts(prefix) else b""
+
+    def rest_stream(self, head: bytes = b"") -> IO[bytes]:
+        """`head`, what is held ahead, then the stream, and a fault met below where the stream ends."""
+        return io.BufferedReader(_Chained(head + self.rest(), self.stream, self.fault), 1 << 16)
 
     def line(self, longest: int) -> bytes:
         """One line as formats.read_line reads it."""
@@ -273,6 +427,8 @@ class _Ahead:
                 return line
         head = self.rest()
         if self.fault is not None:
+            if head:
+                self.held = head
             raise self.fault
         return head + formats.read_line(self.stream, longest=longest - len(head))
 
@@ -300,9 +456,10 @@ class _Chained(io.RawIOBase):
     """`head`, then the rest of `stream`, what it holds before it reads below (read1, not readinto1, which
     also reads below and loses what it held if that read fails), so a fault below is met where it is."""
 
-    def __init__(self, head: bytes, stream: IO[bytes]):
+    def __init__(self, head: bytes, stream: IO[bytes], fault: BaseException | None = None):
         self.head = memoryview(head)
         self.read_below = getattr(stream, "read1", stream.read)
+        self.fault = fault
 
     def readable(self) -> bool:
         return True
@@ -313,6 +470,8 @@ class _Chained(io.RawIOBase):
             buffer[:n] = self.head[:n]
             self.head = self.head[n:]
             return n
+        if self.fault is not None:
+            raise self.fault
         data = self.read_below(len(buffer))
         buffer[: len(data)] = data
         return len(data)

@@ -420,7 +420,11 @@ def _backup_in(name: str, fmt: str | None, ignore_checksum: bool = False) -> Ite
             raise Refused("stdin is an SQLite database, not a backup" if name == "-" else
                           f"{name} is an SQLite database, not a backup: restore into it with --db {name}, or back "
                           f"it up with memory export --db {name} FILE")
-        yield open_backup(decompressed_reader(raw), fmt, ignore_checksum)
+        backup = open_backup(decompressed_reader(raw), fmt, ignore_checksum)
+        try:
+            yield backup
+        finally:
+            backup.close()
 
 
 @contextmanager

@@ -481,7 +481,7 @@ def read_jsonl(stream: IO[bytes], end: Ended = _nothing,
     """The header line of a JSON Lines backup, and its records grouped by table as they stream; once the
     whole file is read, `end` is given the checksum of the end line (None if none). `parse` reads one line
     (strict_line unless the fast path gives its own)."""
-    lines = _lines(stream, parse or strict_line)
+    lines = jsonl_lines(stream, parse or strict_line)
     lineno, header = next(lines, (1, None))
     if header is None:
         raise BadBackup("the file is empty")
@@ -490,9 +490,20 @@ def read_jsonl(stream: IO[bytes], end: Ended = _nothing,
     unknown = [k for k in header if k not in HEADER_KEYS]
     if unknown:
         raise BadBackup(f"line 1: unknown header key {unknown[0]!r}")
-    tagged = _tagged(lines, end)
-    return header, ((key, records.read_in_batches(map(_SECOND, group)))
-                    for key, group in itertools.groupby(tagged, key=_FIRST))
+    return header, jsonl_sections(jsonl_pieces(lines, end))
+
+
+def jsonl_sections(pieces: Iterator[tuple[str, list]]) -> Iterator[Section]:
+    """Sections from (table, batch) pieces: the batches of one table's consecutive lines."""
+    return ((key, map(_SECOND, group)) for key, group in itertools.groupby(pieces, key=_FIRST))
+
+
+def jsonl_pieces(lines: Iterator[tuple[int, Any]], end: Ended, whole: bool = True) -> Iterator[tuple[str, list]]:
+    """(table, batch of its records) from the lines, to the end line; `whole`: the lines are the rest of the
+    file, which must have its end line."""
+    for key, group in itertools.groupby(_tagged(lines, end, whole), key=_FIRST):
+        for batch in records.read_in_batches(map(_SECOND, group)):
+            yield key, batch
 
 
 def strict_line(line: bytes) -> Any:
@@ -500,10 +511,10 @@ def strict_line(line: bytes) -> Any:
     return _LOADS(line.decode("utf-8"))
 
 
-def _lines(stream: IO[bytes], parse: Callable[[bytes], Any]) -> Iterator[tuple[int, Any]]:
-    """(line number, value) of each line. A field named twice becomes a BadBackup naming the line; JSON that
-    does not parse, a jsonlines.InvalidLineError, which the caller places."""
-    for lineno, line in _raw_lines(stream):
+def jsonl_lines(stream: IO[bytes], parse: Callable[[bytes], Any], first: int = 1) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each line, the first numbered `first`. A field named twice becomes a BadBackup
+    naming the line; JSON that does not parse, a jsonlines.InvalidLineError, which the caller places."""
+    for lineno, line in _raw_lines(stream, first):
         try:
             yield lineno, parse(line)
         except DuplicateField as exc:
@@ -514,11 +525,11 @@ def _lines(stream: IO[bytes], parse: Callable[[bytes], Any]) -> Iterator[tuple[i
             raise jsonlines.InvalidLineError(f"line contains invalid json: {exc}", line, lineno) from exc
 
 
-def _raw_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+def _raw_lines(stream: IO[bytes], first: int = 1) -> Iterator[tuple[int, bytes]]:
     """(line number, bytes) of each line, never more than MAX_LINE of one line (its newline counted). Every
     line of a backup is one object, so a line that does not start with '{' (a file of spaces, of zero bytes)
     is refused at its first piece."""
-    for lineno in itertools.count(1):
+    for lineno in itertools.count(first):
         line = read_line(stream, lambda: BadBackup(NOT_A_HEADER if lineno == 1 else NOT_A_RECORD.format(lineno)))
         if not line:
             return
@@ -547,7 +558,7 @@ def read_line(stream: IO[bytes], not_an_object: Callable[[], Exception] | None =
     return longer    # type: ignore[return-value]
 
 
-def _tagged(lines: Iterator[tuple[int, Any]], end: Ended) -> Iterator[tuple[str, Any]]:
+def _tagged(lines: Iterator[tuple[int, Any]], end: Ended, whole: bool = True) -> Iterator[tuple[str, Any]]:
     for lineno, line in lines:
         if type(line) is dict and line.keys() == {"table", "record"} and type(line["table"]) is str:
             yield line["table"], line["record"]
@@ -558,7 +569,8 @@ def _tagged(lines: Iterator[tuple[int, Any]], end: Ended) -> Iterator[tuple[str,
             return
         else:
             raise BadBackup(NOT_A_RECORD.format(lineno))
-    raise BadBackup("the file is cut short: no end line")
+    if whole:
+        raise BadBackup("the file is cut short: no end line")
 
 
 _LOADS = functools.partial(json.loads, object_pairs_hook=_unique_object, parse_constant=_no_constants)

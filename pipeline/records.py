@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from decimal import Decimal
@@ -10,7 +11,7 @@ from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import BadBackup
-from .tables import INT64, Column, Record, Table
+from .tables import BY_KEY, INT64, Column, Record, Table
 from .values import holds, tag_of, untagged
 
 BATCH = 2000
@@ -98,15 +99,22 @@ class Checker:
         self.reals = [c.field for c in self.columns if c.type == "real"]
 
     def __call__(self, batch: list[Any], start: int = 0) -> list[Record]:
-        if batch and set(map(type, batch)) == {dict}:
-            kinds = set(map(tuple, map(map, repeat(type), map(dict.values, batch))))
-            if kinds <= self.shapes and set(map(tuple, batch)) == {self.order} and all(
-                    all(map(test, map(value, batch))) for test, value in self.tests):
-                if any(Decimal in kind for kind in kinds):
-                    for record in batch:
-                        _as_floats(record, self.reals)
-                return batch
+        if self.fast(batch):
+            return batch
         return [self.one(record, index) for index, record in enumerate(batch, start)]
+
+    def fast(self, batch: list[Any]) -> bool:
+        """Whether the whole batch passes the fast path (its reals, where read as Decimal, are then floats)."""
+        if not batch or set(map(type, batch)) != {dict}:
+            return False
+        kinds = set(map(tuple, map(map, repeat(type), map(dict.values, batch))))
+        if not (kinds <= self.shapes and set(map(tuple, batch)) == {self.order} and all(
+                all(map(test, map(value, batch))) for test, value in self.tests)):
+            return False
+        if any(Decimal in kind for kind in kinds):
+            for record in batch:
+                _as_floats(record, self.reals)
+        return True
 
     def one(self, record: Any, index: int) -> Record:
         """One record, as the fast path would take it or else the slow path; `index` names it in a message."""
@@ -118,6 +126,35 @@ class Checker:
                     _as_floats(record, self.reals)
                 return record
         return _slowly_checked(self.table, self.columns, self.reals, index, record)
+
+
+@functools.lru_cache(maxsize=None)
+def checker(key: str, minor: int) -> Checker:
+    return Checker(BY_KEY[key], minor)
+
+
+class Checked(list):
+    """A batch checked already (by the reader's worker): not to be checked again."""
+
+    def __getitem__(self, index: Any) -> Any:
+        part = list.__getitem__(self, index)
+        return Checked(part) if isinstance(index, slice) else part
+
+
+class Counted:
+    """A batch checked already, of which only the count was kept: what validate needs."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: slice) -> "Counted":
+        return Counted(len(range(self.count)[index]))
+
+    def __iter__(self) -> Iterator[Record]:
+        raise TypeError("only the count of these records was kept")
 
 
 def _test(column: Column) -> Callable[[Any], bool]:

@@ -22,12 +22,13 @@ from .database import (
     derived_rebuilt,
     transaction,
 )
-from .canonical import readers
+from .canonical import reader, work
 from .errors import BadBackup, DatabaseProblem, corrupt_as_bad_backup, rejected
 from .formats import Section, decompressed_reader, sniffed_format
 from .integrity import SINCE as CHECKSUM_SINCE
 from .integrity import Summing
 from .merge import Merge
+from .parallel import Parser
 from .records import Checker, batches, rows_of, shown
 from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
 from .values import NeedsCast, RawText
@@ -45,10 +46,16 @@ class Backup:
     minor: int
     sections: Iterator[Section]
     arrays_required: bool      # a JSON document has every array, if empty; JSON Lines has no line for those
+    parser: Parser | None = None
 
     @property
     def stats(self) -> dict[str, int]:
         return self.header["stats"]
+
+    def close(self) -> None:
+        """Let the reader's worker process go, if one was started (it also goes once the sections are read)."""
+        if self.parser is not None:
+            self.parser.close()
 
 
 @dataclass
@@ -69,20 +76,34 @@ def open_backup(stream: IO[bytes], fmt: str | None = None, ignore_checksum: bool
     """Read and check the header; nothing after it is read yet. The format, unless given, is told from the
     bytes (`stream` must then be able to peek). The checksum is checked when the sections have been read to
     their end (a file of version 1.2 on must have one), unless `ignore_checksum`."""
+    parser = Parser(work)
     with _located(lambda: "the header"):
         fmt = fmt or sniffed_format(stream)
         summing = Summing(stream, fmt, ignore_checksum)
-        header, sections = readers()[fmt](io.BufferedReader(summing, 1 << 16), summing.end)
+        header, sections = reader(fmt, parser)(io.BufferedReader(summing, 1 << 16), summing.end)
     minor = check_header(header)
     summing.required = minor >= CHECKSUM_SINCE
-    return Backup(header, minor, sections, arrays_required=fmt == "json")
+    parser.minor = minor
+    return Backup(header, minor, _closing(sections, parser), arrays_required=fmt == "json", parser=parser)
+
+
+def _closing(sections: Iterator[Section], parser: Parser) -> Iterator[Section]:
+    """The sections; the parser's worker let go once they are read, or given up."""
+    try:
+        yield from sections
+    finally:
+        parser.close()
 
 
 @contextmanager
 def opened(path: Path, fmt: str | None = None, ignore_checksum: bool = False) -> Iterator[Backup]:
     """The backup at `path`, its header read and checked, whatever it is compressed with."""
     with open(path, "rb") as raw:
-        yield open_backup(decompressed_reader(raw), fmt, ignore_checksum)
+        backup = open_backup(decompressed_reader(raw), fmt, ignore_checksum)
+        try:
+            yield backup
+        finally:
+            backup.close()
 
 
 def check_header(header: dict) -> int:
@@ -144,7 +165,8 @@ def _checked(table: Table, minor: int, expected: int, pieces: Iterable[list], pr
         for batch in pieces:
             if count + len(batch) > expected:
                 batch = batch[: expected - count + 1]
-            batch = check(batch, count)
+            if type(batch) is list:        # not checked already by the reader's worker (records.Checked)
+                batch = check(batch, count)
             count += len(batch)
             if count > expected:
                 raise BadBackup(f"{table.key}: more records than stats says ({expected})")
@@ -156,6 +178,8 @@ def _checked(table: Table, minor: int, expected: int, pieces: Iterable[list], pr
 
 def validate(backup: Backup, progress: Progress = lambda n: None) -> Report:
     """Stream every record through the import's checks, touching no database."""
+    if backup.parser is not None:
+        backup.parser.keep = False         # a worker sends back how many records passed, not the records
     report = Report()
     with _located(_position(report)):
         for table, records in checked_sections(backup, progress):

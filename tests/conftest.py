@@ -170,12 +170,16 @@ def platform(request, monkeypatch) -> str:
     take_away(request.param, monkeypatch)
     return request.param
 
-@pytest.fixture(params=["fast", "strict"])
+@pytest.fixture(params=["fast", "parallel", "strict"])
 def parse_path(request, monkeypatch):
-    """Run a test through the fast reader (files as memory writes them) and again through the strict readers
-    alone (pipeline.canonical.STRICT_ENV), so every check is seen to hold on both."""
-    from pipeline.canonical import STRICT_ENV
-    monkeypatch.setenv(STRICT_ENV, "1" if request.param == "strict" else "0")
+    """Run a test through the fast reader (files as memory writes them), through it with a worker process
+    parsing its runs of lines from the first (pipeline.parallel), runs made small so that a file holds many,
+    and through the strict readers alone (pipeline.canonical.STRICT_ENV): every check is seen to hold on each."""
+    from pipeline import canonical, parallel
+    monkeypatch.setenv(canonical.STRICT_ENV, "1" if request.param == "strict" else "0")
+    monkeypatch.setenv(parallel.ENV, "1" if request.param == "parallel" else "0")
+    if request.param == "parallel":
+        monkeypatch.setattr(canonical, "RUN", 4096)
     return request.param
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import multiprocessing
 import os
 import runpy
 import signal
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-_real_open, _real_replace = os.open, os.replace
+_real_open, _real_replace, _real_context = os.open, os.replace, multiprocessing.get_context
 
 
 def _directory_refused(path, flags, mode=0o777, *, dir_fd=None):
@@ -59,9 +60,11 @@ TAKE_AWAY = {
     "SIGHUP": lambda mp: mp.delattr(signal, "SIGHUP"),                 # Windows
     "directory open": lambda mp: mp.setattr(os, "open", _directory_refused),   # Windows
     "replace while held": lambda mp: mp.setattr(os, "replace", _HeldOpen(times=2)),   # Windows
+    # macOS, Windows: a worker process is spawned (a fresh interpreter), not forked
+    "fork": lambda mp: mp.setattr(multiprocessing, "get_context", lambda method=None: _real_context("spawn")),
 }
 PLATFORMS = {"linux": ()} | {f"no {name}": (name,) for name in TAKE_AWAY} | {
-    "macos": ("O_TMPFILE",),
+    "macos": ("O_TMPFILE", "fork"),
     "windows": tuple(TAKE_AWAY),
 }
 

@@ -1,0 +1,208 @@
+"""Reading on two cores: while this process inserts rows (or parses runs of its own), a worker process parses
+and checks the runs of lines the fast reader hands it, ahead of it; what comes back is handed on in the
+file's order. The worker is only a way to be quick: whatever goes wrong with it (it cannot start, it dies,
+it fails), the runs it held are parsed here, as they would have been without it, and reading goes on."""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import signal
+from typing import Any, Callable, Iterator
+
+ENV = "MEMORY_PARALLEL_PARSE"   # "0": never start a worker; "1": from the first run (the tests use it)
+START = 16 << 20                # bytes read before a worker is started: a small file does not wait for one
+AHEAD = 2                       # runs the worker may hold at once
+PIPE = 1 << 20                  # bytes a pipe to the worker holds, where it can be made to: AHEAD runs
+PENDING = 6                     # runs read and not yet handed on: parsed here while the worker is busy
+_AWAY = object()
+
+# work(layout, key, minor, keep, check, run) -> None (not a run as memory writes it: read it line by line), a
+# list of records, records.Checked (checked there), or records.Counted (checked, and only their count kept).
+Work = Callable[..., Any]
+
+
+class Parser:
+    """One file's runs: parsed here, or by the worker once the file has proved long enough to pay for one."""
+
+    def __init__(self, work: Work):
+        self.work = work
+        self.keep = True            # records are wanted (an import), not only their count (validate)
+        self.minor = 0              # the file's version, 1.<minor>, once its header is read
+        self.mode = os.environ.get(ENV, "")
+        self.read = 0
+        self.connection: Any = None     # the worker's answers; self.jobs, the runs sent to it
+        self.jobs: Any = None
+        self.process: Any = None
+        self.away = 0               # runs sent to the worker and not yet received
+        self.answered = 0           # runs the worker parsed, and that were handed on
+        self.broken = self.mode == "0" or (os.cpu_count() or 1) < 2
+
+    def parsed(self, next_run: Callable[[], bytes], unread: Callable[[bytes], None], layout: str, key: str
+               ) -> Iterator[tuple[bytes, Any]]:
+        """(run, what work made of it) for each run `next_run` takes, in order, till it gives b"" or a run is
+        not as memory writes it: that one is yielded with None after it and every run taken after it are
+        given back with `unread`, so the reader stands at its start."""
+        job = (layout, key, self.minor)
+        pending: collections.deque = collections.deque()     # [run, outcome or _AWAY], in the file's order
+        more = True
+        try:
+            while more or pending:
+                if more:
+                    run = next_run()
+                    if run:
+                        self.read += len(run)
+                        if self._free():
+                            self._send(job, run)
+                            pending.append([run, _AWAY])
+                        else:
+                            pending.append([run, self.work(*job, True, False, run)])
+                    else:
+                        more = False
+                while pending and (not more or pending[0][1] is not _AWAY or len(pending) > PENDING
+                                   or self._ready()):
+                    run, outcome = pending.popleft()
+                    if outcome is _AWAY:
+                        outcome = self._received(job, run)
+                    if outcome is None:
+                        unread(run + b"".join(r for r, _ in pending))
+                        self._drop(sum(o is _AWAY for _, o in pending))
+                        pending.clear()
+                        yield run, None
+                        return
+                    yield run, outcome
+        except GeneratorExit:     # reading stopped here: what the worker still holds is not wanted
+            if self.away:
+                self._lost()
+            raise
+        except BaseException:     # a fault or a signal: the pipe may hold half a message
+            self._lost()
+            raise
+
+    def close(self) -> None:
+        """Let the worker go: it ends when its end of the pipe is closed."""
+        if self.connection is not None:
+            self.jobs.close()
+            self.connection.close()
+            self.connection = None
+        if self.process is not None:
+            self.process.join(timeout=5)
+            self.process = None
+        self.broken = True
+
+    # ---- the worker -------------------------------------------------------------------------------------
+
+    def _free(self) -> bool:
+        if self.broken or self.away >= AHEAD:
+            return False
+        if self.connection is None:
+            if self.mode != "1" and self.read < START:
+                return False
+            self._start()
+        return not self.broken
+
+    def _start(self) -> None:
+        try:
+            context = multiprocessing.get_context()
+            their_jobs, jobs = context.Pipe(duplex=False)
+            answers, their_answers = context.Pipe(duplex=False)
+            _roomy(jobs)
+            _roomy(their_answers)
+            forked = context.get_start_method() == "fork"
+            process = context.Process(target=_serve, args=(their_jobs, their_answers, forked, self.work),
+                                      daemon=True, name="memory-parser")
+            process.start()
+            their_jobs.close()
+            their_answers.close()
+        except Exception:        # no processes here (a sandbox, a frozen app): parse here
+            self.broken = True
+            return
+        self.jobs, self.connection, self.process = jobs, answers, process
+
+    def _send(self, job: tuple, run: bytes) -> None:
+        try:
+            self.jobs.send((*job, self.keep, True, run))
+            self.away += 1
+        except (OSError, ValueError):
+            self._lost()
+
+    def _ready(self) -> bool:
+        try:
+            return self.connection is not None and self.connection.poll()
+        except (OSError, ValueError):
+            return True         # _received finds it broken and parses here
+
+    def _received(self, job: tuple, run: bytes) -> Any:
+        if self.connection is not None:
+            try:
+                status, outcome = self.connection.recv()
+                self.away -= 1
+                if status == "done":
+                    self.answered += 1
+                    return outcome
+            except (EOFError, OSError, ValueError):
+                pass
+            self._lost()
+        return self.work(*job, True, False, run)
+
+    def _drop(self, count: int) -> None:
+        """Receive and drop the outcomes of `count` runs given back to the reader."""
+        for _ in range(count):
+            if self.connection is None:
+                return
+            try:
+                self.connection.recv()
+                self.away -= 1
+            except (EOFError, OSError, ValueError):
+                self._lost()
+
+    def _lost(self) -> None:
+        """The worker failed, or its work is not wanted: it is stopped, and every run still with it is parsed
+        here as it comes up."""
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.close()
+            self.jobs.close()
+        if self.process is not None:
+            self.process.kill()
+            self.process.join()
+            self.process = None
+        self.broken = True
+        self.away = 0
+
+
+def _serve(jobs: Any, answers: Any, forked: bool, work: Work) -> None:
+    """The worker: a run in, what `work` made of it out, till the reader closes its end of the pipe."""
+    if forked:      # it holds every file the reader had open: the reader's ends of its own pipes (which would
+        keep = sorted({jobs.fileno(), answers.fileno()})     # never end), another worker's, the database
+        for low, high in zip([3] + [fd + 1 for fd in keep], keep + [os.sysconf("SC_OPEN_MAX")]):
+            os.closerange(low, high)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C reaches the whole group: the reader unwinds
+    for name in ("SIGTERM", "SIGHUP", "SIGPIPE"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    while True:
+        try:
+            job = jobs.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            answer = ("done", work(*job))
+        except Exception as exc:       # a fault of ours: the reader parses the run itself
+            answer = ("failed", repr(exc))
+        try:
+            answers.send(answer)
+        except (OSError, ValueError):
+            return
+
+
+def _roomy(connection: Any) -> None:
+    """A pipe that holds every run the worker may be given, where the system lets one be made so (Linux):
+    the reader then never waits to hand a run on. orjson holds the GIL while it parses, so a thread in the
+    worker could not take runs in meanwhile."""
+    try:
+        import fcntl
+        fcntl.fcntl(connection.fileno(), getattr(fcntl, "F_SETPIPE_SZ"), PIPE)
+    except (ImportError, AttributeError, OSError):
+        pass

@@ -1,0 +1,212 @@
+"""Reading on two cores (pipeline/parallel.py): what the worker process parses is what this process would
+have parsed, handed on in the file's order; whatever befalls the worker, reading goes on without it; and
+when the reader stops, so does the worker."""
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SAMPLE, TYPED_SAMPLE, as_written, make_database, memory, snapshot
+
+from pipeline import canonical, parallel, restore
+from pipeline.database import new_database
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A database of 3,000 messages, and its export in each layout (about 700 KB: many runs of 4 KiB)."""
+    folder = tmp_path_factory.mktemp("parallel")
+    db = make_database(folder / "source.db", sessions=10, messages_per_session=300)
+    out = {"db": db}
+    for fmt in ("json", "jsonl"):
+        out[fmt] = folder / f"backup.{fmt}"
+        assert memory("export", "-q", "--db", db, out[fmt]).exit_code == 0
+    return out
+
+
+@pytest.fixture
+def small_runs(monkeypatch):
+    monkeypatch.setattr(canonical, "RUN", 4096)
+    monkeypatch.delenv(canonical.STRICT_ENV, raising=False)
+
+
+def read(path: Path, target: Path | None, monkeypatch, mode: str):
+    """(report, runs the worker answered, database snapshot or None): validate, or import into `target`."""
+    monkeypatch.setenv(parallel.ENV, mode)
+    with restore.opened(path) as backup:
+        parser = backup.parser
+        if target is None:
+            return restore.validate(backup).records, parser.answered, None
+        with new_database(target) as conn:
+            report = restore.load(conn, backup, create=True)
+    return report.inserted, parser.answered, snapshot(target)
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_the_worker_parses_what_this_process_would_in_the_same_order(tmp_path, files, small_runs, monkeypatch,
+                                                                        fmt, start):
+    real = multiprocessing.get_context
+    monkeypatch.setattr(parallel.multiprocessing, "get_context", lambda method=None: real(start))
+    alone = read(files[fmt], tmp_path / "alone.db", monkeypatch, "0")
+    both = read(files[fmt], tmp_path / "both.db", monkeypatch, "1")
+    assert both[0] == alone[0] and both[2] == alone[2] == snapshot(files["db"])
+    assert alone[1] == 0 and both[1] > 50            # the worker parsed runs (of about 170)
+    counted, answered, _ = read(files[fmt], None, monkeypatch, "1")
+    assert counted == {k: v for k, v in alone[0].items()} and answered > 50
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_a_worker_killed_midway_leaves_the_rest_to_this_process(tmp_path, files, small_runs, monkeypatch, fmt):
+    real = parallel.Parser._received
+
+    def then_killed(self, job, run):
+        outcome = real(self, job, run)
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        return outcome
+    monkeypatch.setattr(parallel.Parser, "_received", then_killed)
+    report, answered, state = read(files[fmt], tmp_path / "x.db", monkeypatch, "1")
+    assert state == snapshot(files["db"]) and report["messages"] == 3000
+    assert 1 <= answered <= 3      # what the worker had sent before it died
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_a_worker_that_cannot_start_or_fails_changes_nothing(tmp_path, files, small_runs, monkeypatch, fmt):
+    def no_processes(method=None):
+        raise OSError("no processes here")
+    with monkeypatch.context() as m:
+        m.setattr(parallel.multiprocessing, "get_context", no_processes)
+        report, answered, state = read(files[fmt], tmp_path / "a.db", monkeypatch, "1")
+    assert state == snapshot(files["db"]) and answered == 0
+
+    parent, real = os.getpid(), restore.work
+
+    def failing(*job):
+        if os.getpid() != parent:
+            raise RuntimeError("a fault of ours")
+        return real(*job)
+    monkeypatch.setattr(restore, "work", failing)
+    report, answered, state = read(files[fmt], tmp_path / "b.db", monkeypatch, "1")
+    assert state == snapshot(files["db"]) and answered == 0
+
+
+def _many(fmt: str, edit, sample: Path = SAMPLE) -> bytes:
+    doc = json.loads(sample.read_bytes())
+    message = doc["messages"][0]
+    doc["messages"] = [dict(message, id=f"m{i}", content=f"message {i} " * 20) for i in range(2000)]
+    for i, record in enumerate(doc["messages"]):
+        if "rowid" in record:
+            record["rowid"] = i + 1
+    doc["stats"]["messages"] = 2000
+    edit(doc["messages"])
+    return as_written(doc, fmt)
+
+
+def _role_twice(data: bytes) -> bytes:
+    at = data.index(b'"id":"m1500"')       # the 1500th message names its role twice, as orjson never writes
+    return data[:at] + b'"role":"user",' + data[at:]
+
+
+BAD = [
+    ("a bad role", lambda ms: ms[1777].update(role="robot"), None,
+     "messages[1777]: role must be 'user' or 'assistant', got 'robot'"),
+    ("a field twice", lambda ms: None, _role_twice, "field 'role' appears twice"),
+    ("2**64", lambda ms: ms[1900].update(content="BIG"), lambda data: data.replace(b'"BIG"', b"18446744073709551616"),
+     "messages[1900]: "),
+]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+@pytest.mark.parametrize("what, edit, in_bytes, message", BAD, ids=[b[0] for b in BAD])
+def test_a_fault_deep_in_a_file_gets_the_same_answer_with_the_worker(tmp_path, small_runs, monkeypatch, fmt, what,
+                                                                     edit, in_bytes, message):
+    data = _many(fmt, edit)
+    data = in_bytes(data) if in_bytes else data
+    (tmp_path / f"bad.{fmt}").write_bytes(data)
+    answers = set()
+    for mode, strict in (("0", "1"), ("0", "0"), ("1", "0")):
+        monkeypatch.setenv(parallel.ENV, mode)
+        monkeypatch.setenv(canonical.STRICT_ENV, strict)
+        result = memory("validate", tmp_path / f"bad.{fmt}")
+        answers.add((result.exit_code, result.stderr))
+    assert len(answers) == 1, answers
+    code, stderr = answers.pop()
+    assert code == 1 and stderr.startswith("Error: ") and stderr.count("\n") == 1
+    assert message in stderr, stderr
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_typed_values_deep_in_a_file_import_alike_with_the_worker(tmp_path, small_runs, monkeypatch, fmt):
+    def edit(ms):
+        ms[1234]["content"] = {"$textBytes": "bm90IHV0Zi04IFx4ZmY="}
+        ms[1800]["content"] = {"$blob": "AAEC"}
+    data = _many(fmt, edit, TYPED_SAMPLE)
+    (tmp_path / f"typed.{fmt}").write_bytes(data)
+    states = []
+    for mode, strict in (("0", "1"), ("0", "0"), ("1", "0")):
+        monkeypatch.setenv(parallel.ENV, mode)
+        monkeypatch.setenv(canonical.STRICT_ENV, strict)
+        target = tmp_path / f"{mode}{strict}.db"
+        result = memory("import", "-q", "--db", target, tmp_path / f"typed.{fmt}")
+        assert result.exit_code == 0, result.stderr
+        states.append(snapshot(target))
+    assert states[0] == states[1] == states[2]
+
+
+# ---- the worker stops with the reader ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("parallel-big")
+    db = make_database(folder / "big.db", sessions=20, messages_per_session=3000)
+    path = folder / "big.json"
+    assert memory("export", "-q", "--db", db, path).exit_code == 0
+    return path
+
+
+def ours(marker: str) -> list[int]:
+    """Processes whose command line names `marker`: the command and, forked from it, its worker."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def gone(marker: str, within: float = 10) -> bool:
+    deadline = time.monotonic() + within
+    while ours(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not ours(marker)
+
+
+@pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("SIGINT", 130), ("SIGKILL", -9)])
+def test_the_worker_ends_with_the_reader(tmp_path, big, how, code):
+    target = tmp_path / "target.db"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "import", "--db", str(target), str(big)], cwd=ROOT,
+                            env={**os.environ, parallel.ENV: "1"}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while len(ours(str(target))) < 2 and time.monotonic() < deadline:    # the worker has started
+        time.sleep(0.01)
+    assert len(ours(str(target))) == 2, proc.poll()
+    if how == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)      # Ctrl-C: the terminal signals the whole group
+    else:
+        proc.send_signal(getattr(signal, how))
+    assert proc.wait(timeout=60) == code
+    if how != "SIGKILL":
+        assert proc.stderr.read().decode().endswith("nothing was changed\n")
+    assert gone(str(target))
+    assert not target.exists()
