@@ -109,7 +109,7 @@ def _jsonl_pieces(reader: _Ahead, end: Ended, parser: Parser) -> Iterator[tuple[
             if records is None:     # the reader stands at its start. Where it holds another table's lines
                 slow = run[: _jsonl_cut(prefix, run)]          # (or the end line), those come after it
                 reader.take(len(slow))
-                records = work("jsonl", key, parser.minor, True, False, slow) if len(slow) < len(run) else None
+                records = work("jsonl", key, parser.minor, parser.keep, slow) if len(slow) < len(run) else None
                 if records is not None:
                     lineno += len(records)
                     yield key, records
@@ -141,7 +141,8 @@ def _jsonl_run(run: bytes, key: str) -> list | None:
         written = orjson.dumps(items)
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return None
-    if written != text or set(map(type, items)) != {dict} or len(items) != run.count(b"\n"):
+    lines = len(run) - len(run.replace(b"\n", b""))      # (bytes.count of one byte does not use memchr)
+    if written != text or set(map(type, items)) != {dict} or len(items) != lines:
         return None
     if set(map(tuple, items)) != {("table", "record")} or set(map(_TABLE, items)) != {key}:
         return None
@@ -345,17 +346,17 @@ def _holds_array(value: dict) -> bool:
 _RUNS = {"json": (_run, _strictly), "jsonl": (_jsonl_run, _jsonl_strictly)}
 
 
-def work(layout: str, key: str, minor: int, keep: bool, check: bool, run: bytes) -> Any:
-    """What a run of lines holds (see parallel.Work): its records, or None if it is not as memory writes it.
-    With `check`, records that pass the fast checks (records.Checker.fast) come back checked: all of them,
-    or with `keep` false only their count. Others are checked by the reader, which words what is wrong,
-    once made as the strict reader makes them (records that pass hold no float outside a real column and
-    no object or array, so none needs it)."""
+def work(layout: str, key: str, minor: int, keep: bool, run: bytes) -> Any:
+    """What a run of lines holds (see parallel.Work): None if it is not as memory writes it; else, if its
+    records pass the fast checks (records.Checker.fast), them checked (records.Checked), or with `keep` false
+    only their count (records.Counted); else the records, made as the strict reader makes them, for the
+    reader to check one by one, which words what is wrong (records that pass hold no float outside a real
+    column and no object or array, so none needs making so)."""
     parse, strictly = _RUNS[layout]
     records = parse(run, key)
     if records is None:
         return None
-    if check and key in BY_KEY and checker(key, minor).fast(records):
+    if key in BY_KEY and checker(key, minor).fast(records):
         return Checked(records) if keep else Counted(len(records))
     return strictly(records)
 

@@ -18,7 +18,7 @@ PIPE = 1 << 20                  # bytes a pipe to the worker holds, where it can
 PENDING = 6                     # runs read and not yet handed on: parsed here while the worker is busy
 _AWAY = object()
 
-# work(layout, key, minor, keep, check, run) -> None (not a run as memory writes it: read it line by line), a
+# work(layout, key, minor, keep, run) -> None (not a run as memory writes it: read it line by line), a
 # list of records, records.Checked (checked there), or records.Counted (checked, and only their count kept).
 Work = Callable[..., Any]
 
@@ -57,7 +57,7 @@ class Parser:
                             self._send(job, run)
                             pending.append([run, _AWAY])
                         else:
-                            pending.append([run, self.work(*job, True, False, run)])
+                            pending.append([run, self.work(*job, self.keep, run)])
                     else:
                         more = False
                 while pending and (not more or pending[0][1] is not _AWAY or len(pending) > PENDING
@@ -122,7 +122,7 @@ class Parser:
 
     def _send(self, job: tuple, run: bytes) -> None:
         try:
-            self.jobs.send((*job, self.keep, True, run))
+            self.jobs.send((*job, self.keep, run))
             self.away += 1
         except (OSError, ValueError):
             self._lost()
@@ -144,7 +144,7 @@ class Parser:
             except (EOFError, OSError, ValueError):
                 pass
             self._lost()
-        return self.work(*job, True, False, run)
+        return self.work(*job, self.keep, run)
 
     def _drop(self, count: int) -> None:
         """Receive and drop the outcomes of `count` runs given back to the reader."""
