@@ -49,19 +49,11 @@ class Parser:
         more = True
         try:
             while more or pending:
-                if more:
-                    run = next_run()
-                    if run:
-                        self.read += len(run)
-                        if self._free():
-                            self._send(job, run)
-                            pending.append([run, _AWAY])
-                        else:
-                            pending.append([run, self.work(*job, self.keep, run)])
-                    else:
-                        more = False
-                while pending and (not more or pending[0][1] is not _AWAY or len(pending) > PENDING
-                                   or self._ready()):
+                # Hand on the runs that are ready, in order; and wait for the worker where this process should
+                # not parse: while it holds AHEAD runs of an import (this process has the database's work), or
+                # when PENDING runs are read.
+                while pending and (not more or pending[0][1] is not _AWAY or self._ready() or len(pending) > PENDING
+                                   or self.keep and self.away >= AHEAD):
                     run, outcome = pending.popleft()
                     if outcome is _AWAY:
                         outcome = self._received(job, run)
@@ -72,6 +64,17 @@ class Parser:
                         yield run, None
                         return
                     yield run, outcome
+                if more:
+                    run = next_run()
+                    if run:
+                        self.read += len(run)
+                        if self._free():
+                            self._send(job, run)
+                            pending.append([run, _AWAY])
+                        else:        # parsed here: no worker (yet), or this process's share of a validation
+                            pending.append([run, self.work(*job, self.keep, run)])
+                    else:
+                        more = False
         except GeneratorExit:     # reading stopped here: what the worker still holds is not wanted
             if self.away:
                 self._lost()

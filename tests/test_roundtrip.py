@@ -196,3 +196,18 @@ def test_compat_database_round_trips_exactly(tmp_path):
     memory("export", "--db", COMPAT_DB, tmp_path / "b.jsonl.gz")
     memory("import", "--db", tmp_path / "r.db", tmp_path / "b.jsonl.gz")
     assert snapshot(tmp_path / "r.db") == snapshot(COMPAT_DB)
+
+
+def test_the_search_index_settings_are_left_as_they_were(tmp_path, sample_db):
+    """The rebuild runs with FTS5's automerge off, for speed; the setting is put back: no row in a new database
+    (memory-nexus's default), and a database's own value kept through --clear."""
+    def config(path):
+        with sqlite3.connect(path) as conn:
+            return dict(conn.execute("SELECT k, v FROM messages_fts_config"))
+    memory("export", "--db", sample_db, tmp_path / "a.json")
+    assert memory("import", "--db", tmp_path / "new.db", tmp_path / "a.json").exit_code == 0
+    assert config(tmp_path / "new.db") == config(sample_db) == {"version": 4}
+    with sqlite3.connect(sample_db) as conn:
+        conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('automerge', 8)")
+    assert memory("import", "--db", sample_db, "--clear", tmp_path / "a.json").exit_code == 0
+    assert config(sample_db) == {"version": 4, "automerge": 8}
