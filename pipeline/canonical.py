@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import io
 import itertools
-import operator
 import os
 import re
 from decimal import Decimal
@@ -36,7 +35,6 @@ PIECE = 1 << 16           # a read below: as the buffer under it reads, so a cut
 _JSONL_START, _JSONL_RECORD = b'{"table":"', b'","record":'
 _JSONL_PREFIX = re.compile(rb'\{"table":"[^"\\\x00-\x1f]*","record":')    # a key orjson writes as it is
 _OTHER_TABLE: dict[bytes, re.Pattern] = {}            # per prefix: a line that does not begin with it
-_TABLE, _RECORD = operator.itemgetter("table"), operator.itemgetter("record")
 _STATS_TYPES = {int}
 _ODD = frozenset({float, list, dict})     # in a record: what the strict reader builds or words otherwise
 
@@ -130,24 +128,26 @@ def _jsonl_pieces(reader: _Ahead, end: Ended, parser: Parser) -> Iterator[tuple[
 
 
 def _jsonl_run(run: bytes, key: str) -> list | None:
-    """The records of a run of lines that begin '{"table":KEY,"record":', if every line is one record as
-    memory writes it, read as one; else None (see `work`). The lines, joined with commas, are read as one
-    JSON array and must be what orjson writes for it. A line boundary is then between two of its items (the
-    next line begins with '{', not a key; and no item may hold an array, which a comma could be inside): as
-    many items as lines is one to a line."""
-    text = b"[" + run[:-1].replace(b"\n", b",") + b"]"
+    """The records of a run of lines, if each is '{"table":KEY,"record":' RECORD '}' exactly as memory writes
+    it; else None (see `work`). With that start and the '}' before each newline taken out, the records joined
+    with commas are read as one JSON array, which must be what orjson writes for it: no newline is then left,
+    so every line began so and ended '}'; and as many records as lines is one to a line (a record that is an
+    array's start could be continued by the next line's record: `work` refuses records holding arrays)."""
+    start = _JSONL_START + key.encode() + _JSONL_RECORD
+    if not (run.startswith(start) and run.endswith(b"}\n")):
+        return None
+    inner = run[len(start):-2]
+    joined = inner.replace(b"}\n" + start, b",")
+    text = b"[" + joined + b"]"
     try:
-        items = orjson.loads(text)
-        written = orjson.dumps(items)
+        records = orjson.loads(text)
+        written = orjson.dumps(records)
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return None
-    lines = len(run) - len(run.replace(b"\n", b""))      # (bytes.count of one byte does not use memchr)
-    if written != text or set(map(type, items)) != {dict} or len(items) != lines:
+    lines = (len(inner) - len(joined)) // (len(start) + 1) + 1
+    if written != text or len(records) != lines or set(map(type, records)) != {dict}:
         return None
-    if set(map(tuple, items)) != {("table", "record")} or set(map(_TABLE, items)) != {key}:
-        return None
-    records = list(map(_RECORD, items))
-    return records if set(map(type, records)) == {dict} else None
+    return records
 
 
 def _jsonl_cut(prefix: bytes, run: bytes) -> int:

@@ -210,3 +210,36 @@ def test_the_worker_ends_with_the_reader(tmp_path, big, how, code):
         assert proc.stderr.read().decode().endswith("nothing was changed\n")
     assert gone(str(target))
     assert not target.exists()
+
+
+def _joined(data: bytes) -> bytes:          # two records on one line
+    at = data.index(b'"id":"m1001"')
+    at = data.rindex(b"\n", 0, at)
+    return data[:at] + data[at + 1:]
+
+
+def _split(data: bytes) -> bytes:           # a record broken over two lines, after a comma
+    at = data.index(b'"id":"m1002"') + len(b'"id":"m1002",')
+    return data[:at] + b"\n" + data[at:]
+
+
+def _wrapped_twice(data: bytes) -> bytes:   # (JSON Lines) a line with a key besides table and record
+    at = data.index(b'"id":"m1003"')
+    end = data.index(b"\n", at)
+    return data[:end - 1] + b',"extra":1}' + data[end:]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+@pytest.mark.parametrize("edit", [_joined, _split, _wrapped_twice], ids=["joined", "split", "extra key"])
+def test_lines_not_one_record_each_get_the_same_answer_with_the_worker(tmp_path, small_runs, monkeypatch, fmt, edit):
+    data = _many(fmt, lambda ms: None)
+    edited = edit(data)
+    assert edited != data
+    (tmp_path / f"odd.{fmt}").write_bytes(edited)
+    answers = set()
+    for mode, strict in (("0", "1"), ("0", "0"), ("1", "0")):
+        monkeypatch.setenv(parallel.ENV, mode)
+        monkeypatch.setenv(canonical.STRICT_ENV, strict)
+        result = memory("validate", "--json", tmp_path / f"odd.{fmt}")
+        answers.add((result.exit_code, result.stdout, result.stderr))
+    assert len(answers) == 1, answers
