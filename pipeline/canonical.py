@@ -128,16 +128,17 @@ def _jsonl_pieces(reader: _Ahead, end: Ended, parser: Parser) -> Iterator[tuple[
 
 
 def _jsonl_run(run: bytes, key: str) -> list | None:
-    """The records of a run of lines, if each is '{"table":KEY,"record":' RECORD '}' exactly as memory writes
-    it; else None (see `work`). With that start and the '}' before each newline taken out, the records joined
-    with commas are read as one JSON array, which must be what orjson writes for it: no newline is then left,
-    so every line began so and ended '}'; and as many records as lines is one to a line (a record that is an
-    array's start could be continued by the next line's record: `work` refuses records holding arrays)."""
+    """The records of a run of lines, if each is '{"table":KEY,"record":{' ... '}' exactly as memory writes
+    it; else None (see `work`). With the start of each line but its record's '{', and the '}' before each
+    newline, taken out, the records joined with commas are read as one JSON array, which must be what orjson
+    writes for it. No newline is then left, so every line began so and ended '}'; each comma that stands for
+    a line break is followed by '{', so it is not inside an object, and not inside an array (`work` refuses
+    records holding one): it is between two records. As many records as lines is then one to a line."""
     start = _JSONL_START + key.encode() + _JSONL_RECORD
-    if not (run.startswith(start) and run.endswith(b"}\n")):
+    if not (run.startswith(start + b"{") and run.endswith(b"}\n")):
         return None
     inner = run[len(start):-2]
-    joined = inner.replace(b"}\n" + start, b",")
+    joined = inner.replace(b"}\n" + start + b"{", b",{")
     text = b"[" + joined + b"]"
     try:
         records = orjson.loads(text)
@@ -386,7 +387,7 @@ class _Ahead:
         b""). Where the array ends among them, they are not a run as memory writes it (see `_run`)."""
         if len(self.held) - self.at < RUN and self.fault is None:
             self._fill()
-        return self.held[self.at: self.held.rfind(b"\n") + 1] if self.starts(b"{") else b""
+        return self._lines() if self.starts(b"{") else b""
 
     def take(self, size: int) -> None:
         self.at += size
@@ -410,7 +411,12 @@ class _Ahead:
         """Whole lines, about RUN bytes of them, the first beginning with `prefix` (as `run`)."""
         if len(self.held) - self.at < RUN and self.fault is None:
             self._fill()
-        return self.held[self.at: self.held.rfind(b"\n") + 1] if self.starts(prefix) else b""
+        return self._lines() if self.starts(prefix) else b""
+
+    def _lines(self) -> bytes:
+        """The whole lines held from the line reached, at most twice RUN bytes of them (after `unread` more is
+        held): what a pipe to the worker takes at once (parallel.PIPE)."""
+        return self.held[self.at: self.held.rfind(b"\n", self.at, self.at + 2 * RUN) + 1]
 
     def rest_stream(self, head: bytes = b"") -> IO[bytes]:
         """`head`, what is held ahead, then the stream, and a fault met below where the stream ends."""

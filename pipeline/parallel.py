@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 ENV = "MEMORY_PARALLEL_PARSE"   # "0": never start a worker; "1": from the first run (the tests use it)
 START = 16 << 20                # bytes read before a worker is started: a small file does not wait for one
-AHEAD = 2                       # runs the worker may hold at once
+AHEAD = 2                       # runs the worker may hold at once, where the pipes hold PIPE (else one)
 PIPE = 1 << 20                  # bytes a pipe to the worker holds, where it can be made to: AHEAD runs
 PENDING = 6                     # runs read and not yet handed on: parsed here while the worker is busy
 _AWAY = object()
@@ -36,6 +36,7 @@ class Parser:
         self.jobs: Any = None
         self.process: Any = None
         self.away = 0               # runs sent to the worker and not yet received
+        self.ahead = 1              # runs it may hold: AHEAD once its pipes are known to hold them
         self.answered = 0           # runs the worker parsed, and that were handed on
         self.broken = self.mode == "0" or (os.cpu_count() or 1) < 2
 
@@ -50,10 +51,10 @@ class Parser:
         try:
             while more or pending:
                 # Hand on the runs that are ready, in order; and wait for the worker where this process should
-                # not parse: while it holds AHEAD runs of an import (this process has the database's work), or
-                # when PENDING runs are read.
+                # not parse: while it holds all the runs it may of an import (this process has the database's
+                # work), or when PENDING runs are read.
                 while pending and (not more or pending[0][1] is not _AWAY or self._ready() or len(pending) > PENDING
-                                   or self.keep and self.away >= AHEAD):
+                                   or self.keep and self.away >= self.ahead):
                     run, outcome = pending.popleft()
                     if outcome is _AWAY:
                         outcome = self._received(job, run)
@@ -97,7 +98,7 @@ class Parser:
     # ---- the worker -------------------------------------------------------------------------------------
 
     def _free(self) -> bool:
-        if self.broken or self.away >= AHEAD:
+        if self.broken or self.away >= self.ahead:
             return False
         if self.connection is None:
             if self.mode != "1" and self.read < START:
@@ -110,8 +111,9 @@ class Parser:
             context = multiprocessing.get_context()
             their_jobs, jobs = context.Pipe(duplex=False)
             answers, their_answers = context.Pipe(duplex=False)
-            _roomy(jobs)
-            _roomy(their_answers)
+            # A second run is sent while the worker may be sending the first's answer: only when the pipe
+            # holds it, or each waits for the other.
+            roomy = _roomy(jobs) and _roomy(their_answers)
             forked = context.get_start_method() == "fork"
             process = context.Process(target=_serve, args=(their_jobs, their_answers, forked, self.work),
                                       daemon=True, name="memory-parser")
@@ -122,6 +124,7 @@ class Parser:
             self.broken = True
             return
         self.jobs, self.connection, self.process = jobs, answers, process
+        self.ahead = AHEAD if roomy else 1
 
     def _send(self, job: tuple, run: bytes) -> None:
         try:
@@ -200,12 +203,12 @@ def _serve(jobs: Any, answers: Any, forked: bool, work: Work) -> None:
             return
 
 
-def _roomy(connection: Any) -> None:
-    """A pipe that holds every run the worker may be given, where the system lets one be made so (Linux):
-    the reader then never waits to hand a run on. orjson holds the GIL while it parses, so a thread in the
-    worker could not take runs in meanwhile."""
+def _roomy(connection: Any) -> bool:
+    """Whether the pipe now holds PIPE bytes (Linux lets it be made so, up to /proc/sys/fs/pipe-max-size), so
+    that a run can be sent while the worker is busy: orjson holds the GIL while it parses, so a thread in the
+    worker could not take runs in meanwhile. Elsewhere a pipe holds 64 KiB or so, and one run at a time is sent."""
     try:
         import fcntl
-        fcntl.fcntl(connection.fileno(), getattr(fcntl, "F_SETPIPE_SZ"), PIPE)
+        return fcntl.fcntl(connection.fileno(), getattr(fcntl, "F_SETPIPE_SZ"), PIPE) >= PIPE
     except (ImportError, AttributeError, OSError):
-        pass
+        return False

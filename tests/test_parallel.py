@@ -243,3 +243,41 @@ def test_lines_not_one_record_each_get_the_same_answer_with_the_worker(tmp_path,
         result = memory("validate", "--json", tmp_path / f"odd.{fmt}")
         answers.add((result.exit_code, result.stdout, result.stderr))
     assert len(answers) == 1, answers
+
+
+def _split_and_joined(data: bytes) -> bytes:
+    """(JSON Lines) one record split over two lines after a field, and two records joined on a third: as many
+    lines as records, though none of the three lines is JSON on its own (found by review: once taken)."""
+    lines = data.split(b"\n")
+    start = b'{"table":"messages","record":'
+    at = [i for i, line in enumerate(lines) if line.startswith(start)][1000:1003]
+    r1, r2, r3 = (lines[i][len(start):-1] for i in at)
+    k = r1.index(b',"sessionId"')
+    edited = [start + r1[:k] + b"}", start + r1[k + 1:] + b"}", start + r2 + b"," + r3 + b"}"]
+    return b"\n".join(lines[:at[0]] + edited + lines[at[2] + 1:])
+
+
+def test_a_record_split_and_two_joined_are_refused_on_every_path(tmp_path, small_runs, monkeypatch):
+    (tmp_path / "odd.jsonl").write_bytes(_split_and_joined(_many("jsonl", lambda ms: None)))
+    answers = set()
+    for mode, strict in (("0", "1"), ("0", "0"), ("1", "0")):
+        monkeypatch.setenv(parallel.ENV, mode)
+        monkeypatch.setenv(canonical.STRICT_ENV, strict)
+        result = memory("validate", tmp_path / "odd.jsonl")
+        answers.add((result.exit_code, result.stderr))
+    assert len(answers) == 1, answers
+    code, stderr = answers.pop()
+    assert code == 1 and "line contains invalid json" in stderr
+
+
+@pytest.mark.parametrize("command", ["import", "validate"])
+def test_pipes_of_a_system_s_own_size_do_not_hang_the_worker(tmp_path, files, command):
+    """Where a pipe cannot be made to hold two runs (macOS, Windows; Linux over pipe-user-pages-soft), one run
+    at a time is sent: else the reader waits to send a run while the worker waits to send the last one's
+    records (found by review: an import hung)."""
+    code = ("import sys; import pipeline.parallel as p; p._roomy = lambda connection: False; "
+            "from pipeline.cli import main; sys.argv[0] = 'memory'; main()")
+    args = ["--db", str(tmp_path / "target.db")] if command == "import" else []
+    proc = subprocess.run([sys.executable, "-c", code, command, "-q", *args, str(files["jsonl"])], cwd=ROOT,
+                          env={**os.environ, parallel.ENV: "1"}, capture_output=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, b"")
