@@ -412,7 +412,12 @@ def _built(events: Iterator[tuple], key: str, done: int = 0) -> Iterator[Any]:
         whole = len(events_chunk) == chunk
         collections.deque(map(send, events_chunk), maxlen=0)
         opened += sum(map(_DEPTH, map(_SECOND, events_chunk), itertools.repeat(0)))
-        tail = _no_field_twice(key, done, built, tail, events_chunk)
+        try:
+            tail = _no_field_twice(key, done, built, tail, events_chunk)
+        except _Twice as twice:      # the records before it are handed on first, to be checked, as a fault is
+            if twice.before:
+                yield built[: twice.before]
+            raise
         del events_chunk             # before the next chunk is built, not after
         done += len(built)
         if built:
@@ -424,6 +429,14 @@ def _built(events: Iterator[tuple], key: str, done: int = 0) -> Iterator[Any]:
             if opened:
                 raise BadBackup(f"{key}[{done}]: a field holds an array; values are strings, numbers or null")
             return
+
+
+class _Twice(BadBackup):
+    """A record names a field twice; `before`: the records of its chunk before it."""
+
+    def __init__(self, message: str, before: int):
+        super().__init__(message)
+        self.before = before
 
 
 def _no_field_twice(key: str, done: int, built: list, tail: list[tuple], chunk: list[tuple]) -> list[tuple]:
@@ -441,7 +454,7 @@ def _no_field_twice(key: str, done: int, built: list, tail: list[tuple], chunk: 
         try:
             collections.deque(map(send, closed), maxlen=0)
         except DuplicateField as exc:
-            raise BadBackup(f"{key}[{done + len(strict)}]: field {exc.args[0]!r} appears twice") from None
+            raise _Twice(f"{key}[{done + len(strict)}]: field {exc.args[0]!r} appears twice", len(strict)) from None
     return chunk[last_end + 1:] if last_end >= 0 else tail + chunk
 
 

@@ -281,3 +281,18 @@ def test_pipes_of_a_system_s_own_size_do_not_hang_the_worker(tmp_path, files, co
     proc = subprocess.run([sys.executable, "-c", code, command, "-q", *args, str(files["jsonl"])], cwd=ROOT,
                           env={**os.environ, parallel.ENV: "1"}, capture_output=True, timeout=60)
     assert (proc.returncode, proc.stderr) == (0, b"")
+
+
+def test_a_bad_value_before_a_field_named_twice_is_named_first_on_every_path(tmp_path, small_runs, monkeypatch):
+    """The strict reader found a field named twice a chunk of records at a time, before it checked them: it named
+    a later record's field twice where the fast reader named an earlier bad value (found by review's fuzzing)."""
+    data = _many("json", lambda ms: ms[5].update(role="robot"))
+    at = data.index(b'"id":"m30"')
+    (tmp_path / "two.json").write_bytes(data[:at] + b'"role":"user",' + data[at:])
+    answers = set()
+    for mode, strict in (("0", "1"), ("0", "0"), ("1", "0")):
+        monkeypatch.setenv(parallel.ENV, mode)
+        monkeypatch.setenv(canonical.STRICT_ENV, strict)
+        result = memory("validate", tmp_path / "two.json")
+        answers.add((result.exit_code, result.stderr))
+    assert answers == {(1, "Error: messages[5]: role must be 'user' or 'assistant', got 'robot'\n")}
