@@ -255,20 +255,21 @@ def _records(reader: _Ahead, key: str, handed: list[Iterator[tuple]], parser: Pa
             ended = not run.endswith(b",\n")
             return run
 
-        stop = b""         # the run that is not as memory writes it, or none: the next line is not a run's
+        last = None        # the array's last run, once read
+        slow = b""         # a run not as memory writes it, or none: the next line is not a run's
         for run, records in parser.parsed(next_run, reader.unread, "json", key):
             if records is None:
-                stop = run
+                slow = run
                 break
             index += len(records)
             yield records
             if not run.endswith(b",\n"):
-                stop = run
-        if stop and records is not None:      # the array's last record has been read
-            line = stop
+                last = run
+        if last is not None:
+            line = last
         else:
             records = []
-            for _ in range(stop.count(b"\n") or 1):
+            for _ in range(slow.count(b"\n") or 1):
                 line = reader.line(FAST_LINE)
                 record = _record(line)
                 if record is None:
@@ -385,8 +386,7 @@ class _Ahead:
     def run(self) -> bytes:
         """Whole lines from the line reached, about RUN bytes of them, the first beginning with '{' (else
         b""). Where the array ends among them, they are not a run as memory writes it (see `_run`)."""
-        if len(self.held) - self.at < RUN and self.fault is None:
-            self._fill()
+        self._fill()
         return self._lines() if self.starts(b"{") else b""
 
     def take(self, size: int) -> None:
@@ -399,8 +399,7 @@ class _Ahead:
 
     def jsonl_prefix(self) -> bytes | None:
         """'{"table":KEY,"record":' if the next line begins so (KEY written as orjson writes it)."""
-        if len(self.held) - self.at < RUN and self.fault is None:
-            self._fill()
+        self._fill()
         start = _JSONL_PREFIX.match(self.held, self.at)
         return start.group() if start else None
 
@@ -409,8 +408,7 @@ class _Ahead:
 
     def jsonl_run(self, prefix: bytes) -> bytes:
         """Whole lines, about RUN bytes of them, the first beginning with `prefix` (as `run`)."""
-        if len(self.held) - self.at < RUN and self.fault is None:
-            self._fill()
+        self._fill()
         return self._lines() if self.starts(prefix) else b""
 
     def _lines(self) -> bytes:
@@ -445,6 +443,9 @@ class _Ahead:
         return rest
 
     def _fill(self) -> None:
+        """Read ahead, unless RUN bytes are held already or a fault below was met."""
+        if len(self.held) - self.at >= RUN or self.fault is not None:
+            return
         rest = self.rest()
         pieces, got = [rest], len(rest)
         try:

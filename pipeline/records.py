@@ -118,13 +118,8 @@ class Checker:
 
     def one(self, record: Any, index: int) -> Record:
         """One record, as the fast path would take it or else the slow path; `index` names it in a message."""
-        if type(record) is dict:
-            types = tuple(map(type, record.values()))
-            if types in self.shapes and tuple(record) == self.order and all(
-                    test(value(record)) for test, value in self.tests):
-                if Decimal in types:
-                    _as_floats(record, self.reals)
-                return record
+        if self.fast([record]):
+            return record
         return _slowly_checked(self.table, self.columns, self.reals, index, record)
 
 

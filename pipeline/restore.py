@@ -29,7 +29,7 @@ from .integrity import SINCE as CHECKSUM_SINCE
 from .integrity import Summing
 from .merge import Merge
 from .parallel import Parser
-from .records import Checker, batches, rows_of, shown
+from .records import batches, checker, rows_of, shown
 from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
 from .values import NeedsCast, RawText
 
@@ -159,7 +159,7 @@ def _checked(table: Table, minor: int, expected: int, pieces: Iterable[list], pr
     """Batches of checked records. The first record past the count stats gives is checked, then refused: a
     bad record is named before a count that is wrong. A fault in the bytes is placed at the record it is in:
     a reader hands on the records before it first."""
-    check = Checker(table, minor)
+    check = checker(table.key, minor)
     count = 0
     with corrupt_as_bad_backup(lambda: f"{table.key}[{count}]"):
         for batch in pieces:

@@ -30,6 +30,21 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+PATHS = (("0", "1"), ("0", "0"), ("1", "0"))      # (parallel.ENV, canonical.STRICT_ENV): strict, fast, worker
+
+
+def on_every_path(monkeypatch, *args) -> set[tuple[int, str, str]]:
+    """The distinct (exit code, stdout, stderr) of `memory ARGS` through the strict reader, the fast reader
+    alone, and the fast reader with its worker: one answer if they agree."""
+    answers = set()
+    for mode, strict in PATHS:
+        monkeypatch.setenv(parallel.ENV, mode)
+        monkeypatch.setenv(canonical.STRICT_ENV, strict)
+        result = memory(*args)
+        answers.add((result.exit_code, result.stdout, result.stderr))
+    return answers
+
+
 @pytest.fixture
 def small_runs(monkeypatch):
     monkeypatch.setattr(canonical, "RUN", 4096)
@@ -130,14 +145,9 @@ def test_a_fault_deep_in_a_file_gets_the_same_answer_with_the_worker(tmp_path, s
     data = _many(fmt, edit)
     data = in_bytes(data) if in_bytes else data
     (tmp_path / f"bad.{fmt}").write_bytes(data)
-    answers = set()
-    for mode, strict in (("0", "1"), ("0", "0"), ("1", "0")):
-        monkeypatch.setenv(parallel.ENV, mode)
-        monkeypatch.setenv(canonical.STRICT_ENV, strict)
-        result = memory("validate", tmp_path / f"bad.{fmt}")
-        answers.add((result.exit_code, result.stderr))
+    answers = on_every_path(monkeypatch, "validate", tmp_path / f"bad.{fmt}")
     assert len(answers) == 1, answers
-    code, stderr = answers.pop()
+    code, _, stderr = answers.pop()
     assert code == 1 and stderr.startswith("Error: ") and stderr.count("\n") == 1
     assert message in stderr, stderr
 
@@ -150,7 +160,7 @@ def test_typed_values_deep_in_a_file_import_alike_with_the_worker(tmp_path, smal
     data = _many(fmt, edit, TYPED_SAMPLE)
     (tmp_path / f"typed.{fmt}").write_bytes(data)
     states = []
-    for mode, strict in (("0", "1"), ("0", "0"), ("1", "0")):
+    for mode, strict in PATHS:
         monkeypatch.setenv(parallel.ENV, mode)
         monkeypatch.setenv(canonical.STRICT_ENV, strict)
         target = tmp_path / f"{mode}{strict}.db"
@@ -236,12 +246,7 @@ def test_lines_not_one_record_each_get_the_same_answer_with_the_worker(tmp_path,
     edited = edit(data)
     assert edited != data
     (tmp_path / f"odd.{fmt}").write_bytes(edited)
-    answers = set()
-    for mode, strict in (("0", "1"), ("0", "0"), ("1", "0")):
-        monkeypatch.setenv(parallel.ENV, mode)
-        monkeypatch.setenv(canonical.STRICT_ENV, strict)
-        result = memory("validate", "--json", tmp_path / f"odd.{fmt}")
-        answers.add((result.exit_code, result.stdout, result.stderr))
+    answers = on_every_path(monkeypatch, "validate", "--json", tmp_path / f"odd.{fmt}")
     assert len(answers) == 1, answers
 
 
@@ -259,14 +264,9 @@ def _split_and_joined(data: bytes) -> bytes:
 
 def test_a_record_split_and_two_joined_are_refused_on_every_path(tmp_path, small_runs, monkeypatch):
     (tmp_path / "odd.jsonl").write_bytes(_split_and_joined(_many("jsonl", lambda ms: None)))
-    answers = set()
-    for mode, strict in (("0", "1"), ("0", "0"), ("1", "0")):
-        monkeypatch.setenv(parallel.ENV, mode)
-        monkeypatch.setenv(canonical.STRICT_ENV, strict)
-        result = memory("validate", tmp_path / "odd.jsonl")
-        answers.add((result.exit_code, result.stderr))
+    answers = on_every_path(monkeypatch, "validate", tmp_path / "odd.jsonl")
     assert len(answers) == 1, answers
-    code, stderr = answers.pop()
+    code, _, stderr = answers.pop()
     assert code == 1 and "line contains invalid json" in stderr
 
 
@@ -289,10 +289,5 @@ def test_a_bad_value_before_a_field_named_twice_is_named_first_on_every_path(tmp
     data = _many("json", lambda ms: ms[5].update(role="robot"))
     at = data.index(b'"id":"m30"')
     (tmp_path / "two.json").write_bytes(data[:at] + b'"role":"user",' + data[at:])
-    answers = set()
-    for mode, strict in (("0", "1"), ("0", "0"), ("1", "0")):
-        monkeypatch.setenv(parallel.ENV, mode)
-        monkeypatch.setenv(canonical.STRICT_ENV, strict)
-        result = memory("validate", tmp_path / "two.json")
-        answers.add((result.exit_code, result.stderr))
-    assert answers == {(1, "Error: messages[5]: role must be 'user' or 'assistant', got 'robot'\n")}
+    answers = on_every_path(monkeypatch, "validate", tmp_path / "two.json")
+    assert answers == {(1, "", "Error: messages[5]: role must be 'user' or 'assistant', got 'robot'\n")}
