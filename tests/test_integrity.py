@@ -3,6 +3,7 @@ validate and import, before anything changes; files without one (1.0, 1.1) still
 
 import gzip
 import re
+import zlib
 
 import pytest
 import xxhash
@@ -88,11 +89,43 @@ def test_a_hand_edited_file_imports_with_ignore_checksum(tmp_path, sample_db, na
 @pytest.mark.parametrize("where", [0.2, 0.35, 0.5, 0.65, 0.8, -5, -1])
 def test_a_byte_flipped_in_a_compressed_file_is_refused(tmp_path, sample_db, name, where):
     path = exported(tmp_path, sample_db, name)
-    data = bytearray(path.read_bytes())
-    at = int(len(data) * where) if where > 0 else len(data) + where
-    data[at] ^= 0x04
-    path.write_bytes(bytes(data))
+    data = path.read_bytes()
+    path.write_bytes(flipped_where_it_matters(data, int(len(data) * where) if where > 0 else len(data) + where))
     refused_everywhere(tmp_path, sample_db, path)
+
+
+def flipped_where_it_matters(data: bytes, at: int) -> bytes:
+    """`data` with bit 0x04 flipped in the first byte from `at` on where that changes what the file holds.
+
+    Some flips do not: deflate and zstd may copy a run from either of two places holding the same bytes, and a
+    flipped distance then decompresses to the very same content (seen: about one byte in a thousand of b.jsonl.gz;
+    the export's timestamp moves it, so a fixed place made this test fail now and then). Such a file holds the
+    backup unchanged; the test below shows it is taken."""
+    original = plain(data)
+    for place in range(at, len(data)):
+        damaged = bytearray(data)
+        damaged[place] ^= 0x04
+        try:
+            if plain(bytes(damaged)) == original:
+                continue
+        except (OSError, EOFError, zlib.error, zstandard.ZstdError):
+            pass
+        return bytes(damaged)
+    raise AssertionError(f"no flip from byte {at} on changes the file")
+
+
+def test_a_flip_that_leaves_the_content_the_same_is_taken(tmp_path, sample_db):
+    """gzip's header time is not part of the content (nor of gzip's own CRC): the backup is intact, and taken."""
+    path = exported(tmp_path, sample_db, "b.jsonl.gz")
+    original = path.read_bytes()
+    data = bytearray(original)
+    data[4] ^= 0x04                                 # MTIME, bytes 4-7 of the gzip header
+    path.write_bytes(bytes(data))
+    assert data != original and plain(bytes(data)) == plain(original)
+    assert memory("validate", path).exit_code == 0
+    result = memory("import", "--db", tmp_path / "r.db", path)
+    assert result.exit_code == 0, result.output
+    assert snapshot(tmp_path / "r.db") == snapshot(sample_db)
 
 
 @pytest.mark.parametrize("name, trailer", [
