@@ -108,22 +108,12 @@ class Parser:
 
     def _start(self) -> None:
         try:
-            context = multiprocessing.get_context()
-            their_jobs, jobs = context.Pipe(duplex=False)
-            answers, their_answers = context.Pipe(duplex=False)
-            # A second run is sent while the worker may be sending the first's answer: only when the pipe
-            # holds it, or each waits for the other.
-            roomy = _roomy(jobs) and _roomy(their_answers)
-            forked = context.get_start_method() == "fork"
-            process = context.Process(target=_serve, args=(their_jobs, their_answers, forked, self.work),
-                                      daemon=True, name="memory-parser")
-            process.start()
-            their_jobs.close()
-            their_answers.close()
+            self.process, self.jobs, self.connection, roomy = started(_serve, (self.work,), "memory-parser")
         except Exception:        # no processes here (a sandbox, a frozen app): parse here
             self.broken = True
             return
-        self.jobs, self.connection, self.process = jobs, answers, process
+        # A second run is sent while the worker may be sending the first's answer: only when the pipe holds
+        # it, or each waits for the other.
         self.ahead = AHEAD if roomy else 1
 
     def _send(self, job: tuple, run: bytes) -> None:
@@ -166,28 +156,59 @@ class Parser:
     def _lost(self) -> None:
         """The worker failed, or its work is not wanted: it is stopped, and every run still with it is parsed
         here as it comes up."""
-        connection, self.connection = self.connection, None
-        if connection is not None:
-            connection.close()
-            self.jobs.close()
-        if self.process is not None:
-            self.process.kill()
-            self.process.join()
-            self.process = None
+        if self.connection is not None:
+            stopped(self.process, self.jobs, self.connection)
+        self.connection = self.process = None
         self.broken = True
         self.away = 0
 
 
-def _serve(jobs: Any, answers: Any, forked: bool, work: Work) -> None:
-    """The worker: a run in, what `work` made of it out, till the reader closes its end of the pipe."""
-    if forked:      # it holds every file the reader had open: the reader's ends of its own pipes (which would
+# ---- a worker process, for any role that wants one ---------------------------------------------------------
+
+def started(serve: Callable[..., None], args: tuple, name: str) -> tuple[Any, Any, Any, bool]:
+    """A worker process running serve(jobs, answers, *args): (the process, the pipe end that sends it jobs,
+    the one its answers come from, whether both pipes hold PIPE bytes). Raises what starting raises."""
+    context = multiprocessing.get_context()
+    their_jobs, jobs = context.Pipe(duplex=False)
+    answers, their_answers = context.Pipe(duplex=False)
+    roomy = _roomy(jobs) and _roomy(their_answers)
+    forked = context.get_start_method() == "fork"
+    try:
+        process = context.Process(target=_worker, args=(serve, their_jobs, their_answers, forked, *args),
+                                  daemon=True, name=name)
+        process.start()
+    except BaseException:
+        for end in (their_jobs, jobs, answers, their_answers):
+            end.close()
+        raise
+    their_jobs.close()
+    their_answers.close()
+    return process, jobs, answers, roomy
+
+
+def stopped(process: Any, *connections: Any) -> None:
+    """The worker killed, and waited for, its pipes closed: for when its work is not wanted or it failed."""
+    for connection in connections:
+        connection.close()
+    if process is not None:
+        process.kill()
+        process.join()
+
+
+def _worker(serve: Callable[..., None], jobs: Any, answers: Any, forked: bool, *args: Any) -> None:
+    if forked:      # it holds every file the parent had open: the parent's ends of its own pipes (which would
         keep = sorted({jobs.fileno(), answers.fileno()})     # never end), another worker's, the database
         for low, high in zip([3] + [fd + 1 for fd in keep], keep + [os.sysconf("SC_OPEN_MAX")]):
             os.closerange(low, high)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C reaches the whole group: the reader unwinds
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C reaches the whole group: the parent unwinds
     for name in ("SIGTERM", "SIGHUP", "SIGPIPE"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
+    serve(jobs, answers, *args)
+
+
+def _serve(jobs: Any, answers: Any, work: Work) -> None:
+    """The parsing worker: a run in, what `work` made of it out, till the reader closes its end of the pipe."""
     while True:
         try:
             job = jobs.recv()
