@@ -232,11 +232,13 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool 
 
 
 @contextmanager
-def derived_rebuilt(conn: sqlite3.Connection, phase: Callable[[str], None] = lambda text: None) -> Iterator[None]:
+def derived_rebuilt(conn: sqlite3.Connection, phase: Callable[[str], None] = lambda text: None,
+                    index_written: Callable[[], bool] = lambda: False) -> Iterator[None]:
     """Within a transaction: drop what is derived from the rows (the messages_fts triggers and the tables'
     non-unique indexes), and on the way out build each once and put it back from its own SQL: far cheaper
-    than upkeep row by row. For loads into empty tables. No finally: on an exception the transaction's
-    ROLLBACK brings them back as they were."""
+    than upkeep row by row. messages_fts is rebuilt unless `index_written()` put one in (search_index.py).
+    For loads into empty tables. No finally: on an exception the transaction's ROLLBACK brings them back as
+    they were."""
     placeholders = ",".join("?" * len(MESSAGE_TRIGGERS))
     triggers = conn.execute(f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN ({placeholders})",
                             MESSAGE_TRIGGERS).fetchall()
@@ -252,15 +254,16 @@ def derived_rebuilt(conn: sqlite3.Connection, phase: Callable[[str], None] = lam
     for _, sql in indexes:
         conn.execute(sql)
     phase("Rebuilding the search index")
-    # With FTS5's automerge off while it builds, a fifth less time (crisis merges still bound the segments);
-    # the setting is put back as it was (no row: the default), so memory-nexus's later writes merge as ever.
-    before = conn.execute("SELECT v FROM messages_fts_config WHERE k = 'automerge'").fetchone()
-    conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('automerge', 0)")
-    conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
-    if before is None:
-        conn.execute("DELETE FROM messages_fts_config WHERE k = 'automerge'")
-    else:
-        conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('automerge', ?)", before)
+    if not index_written():
+        # With FTS5's automerge off while it builds, a fifth less time (crisis merges still bound the segments);
+        # the setting is put back as it was (no row: the default), so memory-nexus's later writes merge as ever.
+        before = conn.execute("SELECT v FROM messages_fts_config WHERE k = 'automerge'").fetchone()
+        conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('automerge', 0)")
+        conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
+        if before is None:
+            conn.execute("DELETE FROM messages_fts_config WHERE k = 'automerge'")
+        else:
+            conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('automerge', ?)", before)
     for _, sql in triggers:
         conn.execute(sql)
 

@@ -29,6 +29,7 @@ from .integrity import SINCE as CHECKSUM_SINCE
 from .integrity import Summing
 from .merge import Merge
 from .parallel import Parser
+from .search_index import TABLE, SideIndex
 from .records import batches, checker, rows_of, shown
 from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
 from .values import NeedsCast, RawText
@@ -204,7 +205,9 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
         conn.execute(SUMMARY_ON_INSERT)
         conn.execute(SUMMARY_CLEARED)
         bulk = clear or not conn.execute("SELECT 1 FROM messages_meta LIMIT 1").fetchone()
-        with derived_rebuilt(conn, phase) if bulk else nullcontext():
+        # Into empty tables the search index is built beside the load, on the second core (search_index.py).
+        search = SideIndex(conn, BY_KEY["messages"], backup.minor) if bulk else None
+        with search or nullcontext(), derived_rebuilt(conn, phase, search.written) if search else nullcontext():
             if clear:
                 with database_faults(conn, "emptying the database (--clear)", NOTHING_IMPORTED):
                     _clear(conn)
@@ -218,6 +221,8 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
                 for batch in batches(rows_of(table, backup.minor, itertools.chain.from_iterable(records))):
                     _insert(conn, table, sql, batch, report.records[table.key])
                     report.records[table.key] += len(batch)
+                    if search and not merge and table.name == TABLE:     # a merge stages rows: rowids come later
+                        search.add(batch)
                     if merge:
                         merge.merge_staged(table)
                 if merge:

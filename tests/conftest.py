@@ -174,10 +174,12 @@ def platform(request, monkeypatch) -> str:
 def parse_path(request, monkeypatch):
     """Run a test through the fast reader (files as memory writes them), through it with a worker process
     parsing its runs of lines from the first (pipeline.parallel), runs made small so that a file holds many,
-    and through the strict readers alone (pipeline.canonical.STRICT_ENV): every check is seen to hold on each."""
-    from pipeline import canonical, parallel
+    and another building the search index from the first message (pipeline.search_index), and through the
+    strict readers alone (pipeline.canonical.STRICT_ENV): every check is seen to hold on each."""
+    from pipeline import canonical, parallel, search_index
     monkeypatch.setenv(canonical.STRICT_ENV, "1" if request.param == "strict" else "0")
     monkeypatch.setenv(parallel.ENV, "1" if request.param == "parallel" else "0")
+    monkeypatch.setenv(search_index.ENV, "1" if request.param == "parallel" else "0")
     if request.param == "parallel":
         monkeypatch.setattr(canonical, "RUN", 4096)
     return request.param

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SAMPLE, TYPED_SAMPLE, as_written, make_database, memory, snapshot
 
-from pipeline import canonical, parallel, restore
+from pipeline import canonical, parallel, restore, search_index
 from pipeline.database import new_database
 
 
@@ -205,7 +205,7 @@ def gone(marker: str, within: float = 10) -> bool:
 def test_the_worker_ends_with_the_reader(tmp_path, big, how, code):
     target = tmp_path / "target.db"
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "import", "--db", str(target), str(big)], cwd=ROOT,
-                            env={**os.environ, parallel.ENV: "1"}, stdin=subprocess.DEVNULL,
+                            env={**os.environ, parallel.ENV: "1", search_index.ENV: "0"}, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 30
     while len(ours(str(target))) < 2 and time.monotonic() < deadline:    # the worker has started

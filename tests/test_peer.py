@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import COMPAT_DB, SAMPLE, TYPED_SAMPLE, memory, peer_script, unavailable
 
+from pipeline import search_index
 from pipeline.tables import TABLES
 
 # The arrays memory-nexus 0.1.2 writes and reads: all but topics (test_the_peer_writes_the_tables_compared
@@ -206,8 +207,10 @@ def test_the_peer_export_imports_into_ours_equal_to_the_source(source, peer_expo
     assert rows_in_1_0(tmp_path / "ours.db") == rows_in_1_0(source)
 
 
+@pytest.mark.parametrize("index", ["0", "1"], ids=["index rebuilt", "index built beside"])
 def test_the_peer_opens_searches_and_exports_a_database_we_restored(peer, ours, peer_export, searched_on_source,
-                                                                  tmp_path):
+                                                                  tmp_path, monkeypatch, index):
+    monkeypatch.setenv(search_index.ENV, index)
     home = tmp_path / "home"
     result = memory("import", "--db", peer_script.database(home), ours)
     assert result.exit_code == 0, result.output

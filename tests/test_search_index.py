@@ -1,0 +1,276 @@
+"""The search index built beside the load (pipeline/search_index.py): what it puts into the database is, to
+the last position of the last word, what a rebuild makes; wherever it cannot be sure of that, or its worker
+fails, the index is rebuilt as before; and it ends with the import."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import COMPAT_EXPORT, ROOT, SAMPLE, TYPED_SAMPLE, as_written, make_database, memory, needs_compat, snapshot
+
+from pipeline import parallel, records, search_index
+from pipeline.database import create_schema
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A database of 3,000 messages and its export in each layout."""
+    folder = tmp_path_factory.mktemp("search-index")
+    db = make_database(folder / "source.db", sessions=10, messages_per_session=300)
+    out = {"db": db}
+    for fmt in ("json", "jsonl"):
+        out[fmt] = folder / f"backup.{fmt}"
+        assert memory("export", "-q", "--db", db, out[fmt]).exit_code == 0
+    return out
+
+
+@pytest.fixture
+def outcomes(monkeypatch) -> list[bool]:
+    """What each import's SideIndex.written returned: True where the index built beside was put in."""
+    seen: list[bool] = []
+    real = search_index.SideIndex.written
+    monkeypatch.setattr(search_index.SideIndex, "written", lambda self: seen.append(real(self)) or seen[-1])
+    monkeypatch.setattr(records, "BATCH", 250)      # many batches sent
+    monkeypatch.delenv(parallel.ENV, raising=False)
+    return seen
+
+
+def index_of(path: Path) -> tuple:
+    """Everything messages_fts holds, as a reader of it sees it: every (word, message, column, position), each
+    message's length in words, the averages record, the settings; and FTS5's own check of it against the
+    messages, which fails on any difference."""
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE VIRTUAL TABLE temp.words USING fts5vocab(main, messages_fts, instance)")
+    state = (conn.execute("SELECT term, doc, col, offset FROM temp.words ORDER BY 1, 2, 3, 4").fetchall(),
+             conn.execute("SELECT id, sz FROM messages_fts_docsize ORDER BY id").fetchall(),
+             conn.execute("SELECT block FROM messages_fts_data WHERE id = 1").fetchall(),
+             conn.execute("SELECT k, v FROM messages_fts_config ORDER BY k").fetchall())
+    conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
+    conn.close()
+    return state
+
+
+def imported(monkeypatch, mode: str, target: Path, *args) -> Path:
+    monkeypatch.setenv(search_index.ENV, mode)
+    result = memory("import", "-q", "--db", target, *args)
+    assert result.exit_code == 0, result.stderr
+    return target
+
+
+def both_ways(tmp_path, monkeypatch, outcomes, *args, prepare=lambda path: None) -> tuple[Path, Path]:
+    """`memory import ARGS` into two databases prepared alike: with the index built beside (mode 1), and rebuilt
+    here (mode 0). Their indexes and contents must be the same."""
+    side, here = tmp_path / "side.db", tmp_path / "here.db"
+    for path in (side, here):
+        prepare(path)
+    imported(monkeypatch, "1", side, *args)
+    imported(monkeypatch, "0", here, *args)
+    assert index_of(side) == index_of(here)
+    assert snapshot(side) == snapshot(here)
+    return side, here
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_the_index_built_beside_is_the_one_a_rebuild_makes(tmp_path, monkeypatch, outcomes, files, fmt):
+    side, _ = both_ways(tmp_path, monkeypatch, outcomes, files[fmt])
+    assert outcomes == [True, False]
+    assert snapshot(side) == snapshot(files["db"])
+    assert len(index_of(side)[1]) == 3000
+
+
+def test_a_1_0_file_without_rowids_gets_the_rowids_sqlite_gave(tmp_path, monkeypatch, outcomes):
+    monkeypatch.setattr(records, "BATCH", 2)        # rowids worked out batch by batch from the last one
+    side, _ = both_ways(tmp_path, monkeypatch, outcomes, SAMPLE)
+    assert outcomes == [True, False]
+    assert [row[0] for row in index_of(side)[1]] == [1, 2, 3, 4, 5]
+
+
+@needs_compat
+def test_memory_nexus_s_own_file_gets_the_index_a_rebuild_makes(tmp_path, monkeypatch, outcomes):
+    both_ways(tmp_path, monkeypatch, outcomes, COMPAT_EXPORT)
+    assert outcomes == [True, False]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_a_text_that_is_not_plain_text_leaves_the_index_to_a_rebuild(tmp_path, monkeypatch, outcomes, fmt):
+    """A BLOB or TEXT that is not UTF-8 as a message's text, deep in the file: what FTS5 makes of it on a rebuild
+    is not sure to be what it makes of it inserted there, so the worker is stopped and the index rebuilt."""
+    doc = json.loads(TYPED_SAMPLE.read_bytes())
+    message = doc["messages"][0]
+    doc["messages"] = [dict(message, id=f"m{i}", rowid=i + 1, content=f"message {i} about backups") for i in range(2000)]
+    doc["messages"][1234]["content"] = {"$textBytes": "bm90IHV0Zi04IFx4ZmY="}
+    doc["messages"][1800]["content"] = {"$blob": "AAEC"}
+    doc["stats"]["messages"] = 2000
+    (tmp_path / f"typed.{fmt}").write_bytes(as_written(doc, fmt))
+    both_ways(tmp_path, monkeypatch, outcomes, tmp_path / f"typed.{fmt}")
+    assert outcomes == [False, False]
+
+
+def test_replacing_with_clear_keeps_the_database_s_own_merge_setting(tmp_path, monkeypatch, outcomes, files):
+    def prepare(path):
+        make_database(path, sessions=2, messages_per_session=50, name="old")
+        with sqlite3.connect(path) as conn:
+            conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('automerge', 8)")
+        conn.close()
+    side, _ = both_ways(tmp_path, monkeypatch, outcomes, "--clear", files["json"], prepare=prepare)
+    assert outcomes == [True, False]
+    assert ("automerge", 8) in index_of(side)[3]
+    assert snapshot(side) == snapshot(files["db"])
+
+
+def test_a_database_with_sessions_and_no_messages_is_merged_into_and_its_index_rebuilt(tmp_path, monkeypatch,
+                                                                                         outcomes, files):
+    """Empty of messages, so loaded in bulk, but not empty: a merge, whose rows go through a staging table and
+    get their rowids later. The rows sent to a worker would be the staged ones: none is sent."""
+    def prepare(path):
+        make_database(path, sessions=2, messages_per_session=0, name="other")
+    side, _ = both_ways(tmp_path, monkeypatch, outcomes, "--yes", files["json"], prepare=prepare)
+    assert outcomes == [False, False]
+    assert len(index_of(side)[1]) == 3000
+
+
+@pytest.mark.parametrize("drift", [
+    "tokenize='unicode61'",                   # another tokenizer: the same SQL would not make the same index
+    "prefix='2'",                             # more to build
+])
+def test_an_index_not_as_memory_nexus_makes_it_is_rebuilt_here(tmp_path, monkeypatch, outcomes, files, drift):
+    def prepare(path):
+        with sqlite3.connect(path) as conn:
+            create_schema(conn)
+            sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'messages_fts'").fetchone()[0]
+            conn.execute("PRAGMA writable_schema = ON")
+            conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'messages_fts'",
+                         (sql.replace("tokenize='porter unicode61'", drift),))
+        conn.close()
+    both_ways(tmp_path, monkeypatch, outcomes, "--clear", files["jsonl"], prepare=prepare)
+    assert outcomes == [False, False]
+
+
+def test_a_setting_that_changes_how_the_index_is_built_leaves_it_to_a_rebuild(tmp_path, monkeypatch, outcomes,
+                                                                                files):
+    def prepare(path):
+        make_database(path, sessions=1, messages_per_session=1)
+        with sqlite3.connect(path) as conn:
+            conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('pgsz', 1000)")
+        conn.close()
+    both_ways(tmp_path, monkeypatch, outcomes, "--clear", files["json"], prepare=prepare)
+    assert outcomes == [False, False]
+
+
+def _exits_after_the_first_batch(jobs, answers, sql):
+    jobs.recv()
+    os._exit(1)
+
+
+def _fails_at_the_end(jobs, answers, sql):
+    while jobs.recv() is not None:
+        pass
+    answers.send(("failed", "RuntimeError('a fault of ours')"))
+
+
+def _dies_while_answering(jobs, answers, sql):
+    """Some of a real index's rows, then nothing: what was put in must not stay."""
+    search_index._build(jobs, _Cut(answers), sql)
+
+
+class _Cut:
+    def __init__(self, answers):
+        self.answers, self.sent = answers, 0
+
+    def send(self, message):
+        if self.sent == 2:
+            os._exit(1)
+        self.sent += 1
+        self.answers.send(message)
+
+
+def _cannot_start(*args):
+    raise OSError("no processes here")
+
+
+@pytest.mark.parametrize("fault", [_exits_after_the_first_batch, _fails_at_the_end, _dies_while_answering,
+                                   _cannot_start])
+def test_a_worker_that_fails_leaves_the_index_to_a_rebuild(tmp_path, monkeypatch, outcomes, files, fault):
+    if fault is _cannot_start:
+        monkeypatch.setattr(search_index, "started", fault)
+    else:
+        real = search_index.started
+        monkeypatch.setattr(search_index, "started", lambda serve, args, name: real(fault, args, name))
+    target = imported(monkeypatch, "1", tmp_path / "x.db", files["jsonl"])
+    assert outcomes == [False]
+    assert snapshot(target) == snapshot(files["db"])
+    assert len(index_of(target)[1]) == 3000
+
+
+def test_a_dry_run_changes_nothing(tmp_path, monkeypatch, outcomes, files):
+    target = make_database(tmp_path / "x.db", sessions=2, messages_per_session=40, name="old")
+    before = snapshot(target), index_of(target)
+    imported(monkeypatch, "1", target, "--clear", "--dry-run", files["json"])
+    assert outcomes == [True]
+    assert (snapshot(target), index_of(target)) == before
+
+
+# ---- the worker ends with the import -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("search-index-big")
+    db = make_database(folder / "big.db", sessions=20, messages_per_session=3000)
+    path = folder / "big.json"
+    assert memory("export", "-q", "--db", db, path).exit_code == 0
+    return path
+
+
+def ours(marker: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("SIGINT", 130), ("SIGKILL", -9)])
+def test_the_worker_ends_with_the_import_and_leaves_no_file(tmp_path, big, how, code):
+    """Its scratch database is unlinked as SQLite opens it: even a kill -9 of both leaves no file behind."""
+    target, scratch = tmp_path / "target.db", tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**os.environ, parallel.ENV: "0", search_index.ENV: "1", "SQLITE_TMPDIR": str(scratch)}
+    # A small page cache, so that the scratch database is soon written to its file (else held in memory).
+    program = ("import sys; import pipeline.search_index as s; s.SIDE_CACHE_KIB = 64; "
+               "from pipeline.cli import main; sys.argv[0] = 'memory'; main()")
+    proc = subprocess.Popen([sys.executable, "-c", program, "import", "--db", str(target), str(big)], cwd=ROOT,
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline, scratch_files = time.monotonic() + 30, []
+    while not scratch_files and time.monotonic() < deadline:     # the worker has started, and has rows
+        for pid in set(ours(str(target))) - {proc.pid}:          # (the import's own temp files are there too)
+            try:
+                held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            except OSError:
+                continue
+            scratch_files = [path for path in held if path.startswith(str(scratch))]
+        time.sleep(0.01)
+    assert scratch_files and all(path.endswith(" (deleted)") for path in scratch_files), proc.poll()
+    if how == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(getattr(signal, how))
+    assert proc.wait(timeout=60) == code
+    if how != "SIGKILL":
+        assert proc.stderr.read().decode().endswith("nothing was changed\n")
+    deadline = time.monotonic() + 10
+    while ours(str(target)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ours(str(target))
+    assert not target.exists()
+    assert list(scratch.iterdir()) == []
