@@ -96,7 +96,8 @@ def run(argv: list[str], stdin: Path | None = None, stdout: Path | None = None) 
     time is the rusage wait4 gives (it counts the children the process waited for: `sh -c` counts sqlite3 and
     sync, memory counts its worker process). The peaks are VmHWM read from /proc every 10 ms: getrusage's
     ru_maxrss would include the RSS of this Python process, which the child had before exec (for `sh -c` it
-    is the shell's, so the table leaves it out). memory's children are its parsing worker, where one runs."""
+    is the shell's, so the table leaves it out). memory's children are its parsing worker and (import) its indexing
+    worker, where they run: the larger peak is kept."""
     fin = open(stdin, "rb") if stdin else subprocess.DEVNULL
     fout = open(stdout, "wb") if stdout else subprocess.DEVNULL
     try:

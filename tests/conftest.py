@@ -7,6 +7,7 @@ import os
 import re
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -198,3 +199,33 @@ def as_written(doc: dict, fmt: str) -> bytes:
         items = b",\n".join(map(orjson.dumps, doc[key]))
         out += b",\n" + orjson.dumps(key) + (b":[\n" + items + b"\n]" if items else b":[]")
     return out + b"}\n"
+
+
+@pytest.fixture(scope="session")
+def big(tmp_path_factory) -> Path:
+    """An export of 60,000 messages: an import of it runs long enough to be signalled midway."""
+    folder = tmp_path_factory.mktemp("big")
+    db = make_database(folder / "big.db", sessions=20, messages_per_session=3000)
+    path = folder / "big.json"
+    assert memory("export", "-q", "--db", db, path).exit_code == 0
+    return path
+
+
+def ours(marker: str) -> list[int]:
+    """Processes whose command line names `marker`: the command and, forked from it, its workers."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def gone(marker: str, within: float = 10) -> bool:
+    deadline = time.monotonic() + within
+    while ours(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not ours(marker)

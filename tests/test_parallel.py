@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SAMPLE, TYPED_SAMPLE, as_written, make_database, memory, snapshot
+from conftest import ROOT, SAMPLE, TYPED_SAMPLE, as_written, gone, make_database, memory, ours, snapshot
 
 from pipeline import canonical, parallel, restore, search_index
 from pipeline.database import new_database
@@ -171,35 +171,6 @@ def test_typed_values_deep_in_a_file_import_alike_with_the_worker(tmp_path, smal
 
 
 # ---- the worker stops with the reader ------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def big(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("parallel-big")
-    db = make_database(folder / "big.db", sessions=20, messages_per_session=3000)
-    path = folder / "big.json"
-    assert memory("export", "-q", "--db", db, path).exit_code == 0
-    return path
-
-
-def ours(marker: str) -> list[int]:
-    """Processes whose command line names `marker`: the command and, forked from it, its worker."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
-def gone(marker: str, within: float = 10) -> bool:
-    deadline = time.monotonic() + within
-    while ours(marker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not ours(marker)
-
 
 @pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("SIGINT", 130), ("SIGKILL", -9)])
 def test_the_worker_ends_with_the_reader(tmp_path, big, how, code):

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import COMPAT_EXPORT, ROOT, SAMPLE, TYPED_SAMPLE, as_written, make_database, memory, needs_compat, snapshot
+from conftest import (COMPAT_EXPORT, ROOT, SAMPLE, TYPED_SAMPLE, as_written, gone, make_database, memory,
+                      needs_compat, ours, snapshot)
 
 from pipeline import parallel, records, search_index
 from pipeline.database import create_schema
@@ -218,27 +219,6 @@ def test_a_dry_run_changes_nothing(tmp_path, monkeypatch, outcomes, files):
 
 # ---- the worker ends with the import -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def big(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("search-index-big")
-    db = make_database(folder / "big.db", sessions=20, messages_per_session=3000)
-    path = folder / "big.json"
-    assert memory("export", "-q", "--db", db, path).exit_code == 0
-    return path
-
-
-def ours(marker: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 @pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("SIGINT", 130), ("SIGKILL", -9)])
 def test_the_worker_ends_with_the_import_and_leaves_no_file(tmp_path, big, how, code):
     """Its scratch database is unlinked as SQLite opens it: even a kill -9 of both leaves no file behind."""
@@ -268,9 +248,6 @@ def test_the_worker_ends_with_the_import_and_leaves_no_file(tmp_path, big, how, 
     assert proc.wait(timeout=60) == code
     if how != "SIGKILL":
         assert proc.stderr.read().decode().endswith("nothing was changed\n")
-    deadline = time.monotonic() + 10
-    while ours(str(target)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not ours(str(target))
+    assert gone(str(target))
     assert not target.exists()
     assert list(scratch.iterdir()) == []
