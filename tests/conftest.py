@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import sqlite3
 import sys
 import time
@@ -202,6 +203,19 @@ def as_written(doc: dict, fmt: str) -> bytes:
 
 
 @pytest.fixture(scope="session")
+def exports(tmp_path_factory) -> dict[str, Path]:
+    """A database of 3,000 messages ("db"), and its export in each layout ("json", "jsonl"; about 700 KB, so
+    many runs of 4 KiB and many batches)."""
+    folder = tmp_path_factory.mktemp("exports")
+    db = make_database(folder / "source.db", sessions=10, messages_per_session=300)
+    out = {"db": db}
+    for fmt in ("json", "jsonl"):
+        out[fmt] = folder / f"backup.{fmt}"
+        assert memory("export", "-q", "--db", db, out[fmt]).exit_code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def big(tmp_path_factory) -> Path:
     """An export of 60,000 messages: an import of it runs long enough to be signalled midway."""
     folder = tmp_path_factory.mktemp("big")
@@ -229,3 +243,17 @@ def gone(marker: str, within: float = 10) -> bool:
     while ours(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     return not ours(marker)
+
+
+def signalled(proc, how: str, code: int, target: Path) -> None:
+    """Signal a running `memory import` as a user would (Ctrl-C reaches its whole process group): it ends with
+    `code`, saying nothing was changed (but for kill -9), and leaves no process of its own nor a new database."""
+    if how == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(getattr(signal, how))
+    assert proc.wait(timeout=60) == code
+    if how != "SIGKILL":
+        assert proc.stderr.read().decode().endswith("nothing was changed\n")
+    assert gone(str(target))
+    assert not target.exists()

@@ -12,22 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SAMPLE, TYPED_SAMPLE, as_written, gone, make_database, memory, ours, snapshot
+from conftest import ROOT, SAMPLE, TYPED_SAMPLE, as_written, memory, ours, signalled, snapshot
 
 from pipeline import canonical, parallel, restore, search_index
 from pipeline.database import new_database
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
-    """A database of 3,000 messages, and its export in each layout (about 700 KB: many runs of 4 KiB)."""
-    folder = tmp_path_factory.mktemp("parallel")
-    db = make_database(folder / "source.db", sessions=10, messages_per_session=300)
-    out = {"db": db}
-    for fmt in ("json", "jsonl"):
-        out[fmt] = folder / f"backup.{fmt}"
-        assert memory("export", "-q", "--db", db, out[fmt]).exit_code == 0
-    return out
 
 
 PATHS = (("0", "1"), ("0", "0"), ("1", "0"))      # (parallel.ENV, canonical.STRICT_ENV): strict, fast, worker
@@ -65,20 +53,20 @@ def read(path: Path, target: Path | None, monkeypatch, mode: str):
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 @pytest.mark.parametrize("fmt", ["json", "jsonl"])
-def test_the_worker_parses_what_this_process_would_in_the_same_order(tmp_path, files, small_runs, monkeypatch,
+def test_the_worker_parses_what_this_process_would_in_the_same_order(tmp_path, exports, small_runs, monkeypatch,
                                                                         fmt, start):
     real = multiprocessing.get_context
     monkeypatch.setattr(parallel.multiprocessing, "get_context", lambda method=None: real(start))
-    alone = read(files[fmt], tmp_path / "alone.db", monkeypatch, "0")
-    both = read(files[fmt], tmp_path / "both.db", monkeypatch, "1")
-    assert both[0] == alone[0] and both[2] == alone[2] == snapshot(files["db"])
+    alone = read(exports[fmt], tmp_path / "alone.db", monkeypatch, "0")
+    both = read(exports[fmt], tmp_path / "both.db", monkeypatch, "1")
+    assert both[0] == alone[0] and both[2] == alone[2] == snapshot(exports["db"])
     assert alone[1] == 0 and both[1] > 50            # the worker parsed runs (of about 170)
-    counted, answered, _ = read(files[fmt], None, monkeypatch, "1")
+    counted, answered, _ = read(exports[fmt], None, monkeypatch, "1")
     assert counted == {k: v for k, v in alone[0].items()} and answered > 50
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl"])
-def test_a_worker_killed_midway_leaves_the_rest_to_this_process(tmp_path, files, small_runs, monkeypatch, fmt):
+def test_a_worker_killed_midway_leaves_the_rest_to_this_process(tmp_path, exports, small_runs, monkeypatch, fmt):
     real = parallel.Parser._received
 
     def then_killed(self, job, run):
@@ -87,19 +75,19 @@ def test_a_worker_killed_midway_leaves_the_rest_to_this_process(tmp_path, files,
             os.kill(self.process.pid, signal.SIGKILL)
         return outcome
     monkeypatch.setattr(parallel.Parser, "_received", then_killed)
-    report, answered, state = read(files[fmt], tmp_path / "x.db", monkeypatch, "1")
-    assert state == snapshot(files["db"]) and report["messages"] == 3000
+    report, answered, state = read(exports[fmt], tmp_path / "x.db", monkeypatch, "1")
+    assert state == snapshot(exports["db"]) and report["messages"] == 3000
     assert 1 <= answered <= 3      # what the worker had sent before it died
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl"])
-def test_a_worker_that_cannot_start_or_fails_changes_nothing(tmp_path, files, small_runs, monkeypatch, fmt):
+def test_a_worker_that_cannot_start_or_fails_changes_nothing(tmp_path, exports, small_runs, monkeypatch, fmt):
     def no_processes(method=None):
         raise OSError("no processes here")
     with monkeypatch.context() as m:
         m.setattr(parallel.multiprocessing, "get_context", no_processes)
-        report, answered, state = read(files[fmt], tmp_path / "a.db", monkeypatch, "1")
-    assert state == snapshot(files["db"]) and answered == 0
+        report, answered, state = read(exports[fmt], tmp_path / "a.db", monkeypatch, "1")
+    assert state == snapshot(exports["db"]) and answered == 0
 
     parent, real = os.getpid(), restore.work
 
@@ -108,8 +96,8 @@ def test_a_worker_that_cannot_start_or_fails_changes_nothing(tmp_path, files, sm
             raise RuntimeError("a fault of ours")
         return real(*job)
     monkeypatch.setattr(restore, "work", failing)
-    report, answered, state = read(files[fmt], tmp_path / "b.db", monkeypatch, "1")
-    assert state == snapshot(files["db"]) and answered == 0
+    report, answered, state = read(exports[fmt], tmp_path / "b.db", monkeypatch, "1")
+    assert state == snapshot(exports["db"]) and answered == 0
 
 
 def _many(fmt: str, edit, sample: Path = SAMPLE) -> bytes:
@@ -182,15 +170,7 @@ def test_the_worker_ends_with_the_reader(tmp_path, big, how, code):
     while len(ours(str(target))) < 2 and time.monotonic() < deadline:    # the worker has started
         time.sleep(0.01)
     assert len(ours(str(target))) == 2, proc.poll()
-    if how == "SIGINT":
-        os.killpg(proc.pid, signal.SIGINT)      # Ctrl-C: the terminal signals the whole group
-    else:
-        proc.send_signal(getattr(signal, how))
-    assert proc.wait(timeout=60) == code
-    if how != "SIGKILL":
-        assert proc.stderr.read().decode().endswith("nothing was changed\n")
-    assert gone(str(target))
-    assert not target.exists()
+    signalled(proc, how, code, target)
 
 
 def _joined(data: bytes) -> bytes:          # two records on one line
@@ -242,14 +222,14 @@ def test_a_record_split_and_two_joined_are_refused_on_every_path(tmp_path, small
 
 
 @pytest.mark.parametrize("command", ["import", "validate"])
-def test_pipes_of_a_system_s_own_size_do_not_hang_the_worker(tmp_path, files, command):
+def test_pipes_of_a_system_s_own_size_do_not_hang_the_worker(tmp_path, exports, command):
     """Where a pipe cannot be made to hold two runs (macOS, Windows; Linux over pipe-user-pages-soft), one run
     at a time is sent: else the reader waits to send a run while the worker waits to send the last one's
     records (found by review: an import hung)."""
     code = ("import sys; import pipeline.parallel as p; p._roomy = lambda connection: False; "
             "from pipeline.cli import main; sys.argv[0] = 'memory'; main()")
     args = ["--db", str(tmp_path / "target.db")] if command == "import" else []
-    proc = subprocess.run([sys.executable, "-c", code, command, "-q", *args, str(files["jsonl"])], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", code, command, "-q", *args, str(exports["jsonl"])], cwd=ROOT,
                           env={**os.environ, parallel.ENV: "1"}, capture_output=True, timeout=60)
     assert (proc.returncode, proc.stderr) == (0, b"")
 

@@ -4,7 +4,6 @@ fails, the index is rebuilt as before; and it ends with the import."""
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -12,23 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (COMPAT_EXPORT, ROOT, SAMPLE, TYPED_SAMPLE, as_written, gone, make_database, memory,
-                      needs_compat, ours, snapshot)
+from conftest import (COMPAT_EXPORT, ROOT, SAMPLE, TYPED_SAMPLE, as_written, make_database, memory,
+                      needs_compat, ours, signalled, snapshot)
 
 from pipeline import parallel, records, search_index
 from pipeline.database import create_schema
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
-    """A database of 3,000 messages and its export in each layout."""
-    folder = tmp_path_factory.mktemp("search-index")
-    db = make_database(folder / "source.db", sessions=10, messages_per_session=300)
-    out = {"db": db}
-    for fmt in ("json", "jsonl"):
-        out[fmt] = folder / f"backup.{fmt}"
-        assert memory("export", "-q", "--db", db, out[fmt]).exit_code == 0
-    return out
 
 
 @pytest.fixture
@@ -78,10 +65,10 @@ def both_ways(tmp_path, monkeypatch, outcomes, *args, prepare=lambda path: None)
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl"])
-def test_the_index_built_beside_is_the_one_a_rebuild_makes(tmp_path, monkeypatch, outcomes, files, fmt):
-    side, _ = both_ways(tmp_path, monkeypatch, outcomes, files[fmt])
+def test_the_index_built_beside_is_the_one_a_rebuild_makes(tmp_path, monkeypatch, outcomes, exports, fmt):
+    side, _ = both_ways(tmp_path, monkeypatch, outcomes, exports[fmt])
     assert outcomes == [True, False]
-    assert snapshot(side) == snapshot(files["db"])
+    assert snapshot(side) == snapshot(exports["db"])
     assert len(index_of(side)[1]) == 3000
 
 
@@ -113,25 +100,25 @@ def test_a_text_that_is_not_plain_text_leaves_the_index_to_a_rebuild(tmp_path, m
     assert outcomes == [False, False]
 
 
-def test_replacing_with_clear_keeps_the_database_s_own_merge_setting(tmp_path, monkeypatch, outcomes, files):
+def test_replacing_with_clear_keeps_the_database_s_own_merge_setting(tmp_path, monkeypatch, outcomes, exports):
     def prepare(path):
         make_database(path, sessions=2, messages_per_session=50, name="old")
         with sqlite3.connect(path) as conn:
             conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('automerge', 8)")
         conn.close()
-    side, _ = both_ways(tmp_path, monkeypatch, outcomes, "--clear", files["json"], prepare=prepare)
+    side, _ = both_ways(tmp_path, monkeypatch, outcomes, "--clear", exports["json"], prepare=prepare)
     assert outcomes == [True, False]
     assert ("automerge", 8) in index_of(side)[3]
-    assert snapshot(side) == snapshot(files["db"])
+    assert snapshot(side) == snapshot(exports["db"])
 
 
 def test_a_database_with_sessions_and_no_messages_is_merged_into_and_its_index_rebuilt(tmp_path, monkeypatch,
-                                                                                         outcomes, files):
+                                                                                         outcomes, exports):
     """Empty of messages, so loaded in bulk, but not empty: a merge, whose rows go through a staging table and
     get their rowids later. The rows sent to a worker would be the staged ones: none is sent."""
     def prepare(path):
         make_database(path, sessions=2, messages_per_session=0, name="other")
-    side, _ = both_ways(tmp_path, monkeypatch, outcomes, "--yes", files["json"], prepare=prepare)
+    side, _ = both_ways(tmp_path, monkeypatch, outcomes, "--yes", exports["json"], prepare=prepare)
     assert outcomes == [False, False]
     assert len(index_of(side)[1]) == 3000
 
@@ -140,7 +127,7 @@ def test_a_database_with_sessions_and_no_messages_is_merged_into_and_its_index_r
     "tokenize='unicode61'",                   # another tokenizer: the same SQL would not make the same index
     "prefix='2'",                             # more to build
 ])
-def test_an_index_not_as_memory_nexus_makes_it_is_rebuilt_here(tmp_path, monkeypatch, outcomes, files, drift):
+def test_an_index_not_as_memory_nexus_makes_it_is_rebuilt_here(tmp_path, monkeypatch, outcomes, exports, drift):
     def prepare(path):
         with sqlite3.connect(path) as conn:
             create_schema(conn)
@@ -149,18 +136,18 @@ def test_an_index_not_as_memory_nexus_makes_it_is_rebuilt_here(tmp_path, monkeyp
             conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'messages_fts'",
                          (sql.replace("tokenize='porter unicode61'", drift),))
         conn.close()
-    both_ways(tmp_path, monkeypatch, outcomes, "--clear", files["jsonl"], prepare=prepare)
+    both_ways(tmp_path, monkeypatch, outcomes, "--clear", exports["jsonl"], prepare=prepare)
     assert outcomes == [False, False]
 
 
 def test_a_setting_that_changes_how_the_index_is_built_leaves_it_to_a_rebuild(tmp_path, monkeypatch, outcomes,
-                                                                                files):
+                                                                                exports):
     def prepare(path):
         make_database(path, sessions=1, messages_per_session=1)
         with sqlite3.connect(path) as conn:
             conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('pgsz', 1000)")
         conn.close()
-    both_ways(tmp_path, monkeypatch, outcomes, "--clear", files["json"], prepare=prepare)
+    both_ways(tmp_path, monkeypatch, outcomes, "--clear", exports["json"], prepare=prepare)
     assert outcomes == [False, False]
 
 
@@ -197,22 +184,22 @@ def _cannot_start(*args):
 
 @pytest.mark.parametrize("fault", [_exits_after_the_first_batch, _fails_at_the_end, _dies_while_answering,
                                    _cannot_start])
-def test_a_worker_that_fails_leaves_the_index_to_a_rebuild(tmp_path, monkeypatch, outcomes, files, fault):
+def test_a_worker_that_fails_leaves_the_index_to_a_rebuild(tmp_path, monkeypatch, outcomes, exports, fault):
     if fault is _cannot_start:
         monkeypatch.setattr(search_index, "started", fault)
     else:
         real = search_index.started
         monkeypatch.setattr(search_index, "started", lambda serve, args, name: real(fault, args, name))
-    target = imported(monkeypatch, "1", tmp_path / "x.db", files["jsonl"])
+    target = imported(monkeypatch, "1", tmp_path / "x.db", exports["jsonl"])
     assert outcomes == [False]
-    assert snapshot(target) == snapshot(files["db"])
+    assert snapshot(target) == snapshot(exports["db"])
     assert len(index_of(target)[1]) == 3000
 
 
-def test_a_dry_run_changes_nothing(tmp_path, monkeypatch, outcomes, files):
+def test_a_dry_run_changes_nothing(tmp_path, monkeypatch, outcomes, exports):
     target = make_database(tmp_path / "x.db", sessions=2, messages_per_session=40, name="old")
     before = snapshot(target), index_of(target)
-    imported(monkeypatch, "1", target, "--clear", "--dry-run", files["json"])
+    imported(monkeypatch, "1", target, "--clear", "--dry-run", exports["json"])
     assert outcomes == [True]
     assert (snapshot(target), index_of(target)) == before
 
@@ -241,13 +228,5 @@ def test_the_worker_ends_with_the_import_and_leaves_no_file(tmp_path, big, how, 
             scratch_files = [path for path in held if path.startswith(str(scratch))]
         time.sleep(0.01)
     assert scratch_files and all(path.endswith(" (deleted)") for path in scratch_files), proc.poll()
-    if how == "SIGINT":
-        os.killpg(proc.pid, signal.SIGINT)
-    else:
-        proc.send_signal(getattr(signal, how))
-    assert proc.wait(timeout=60) == code
-    if how != "SIGKILL":
-        assert proc.stderr.read().decode().endswith("nothing was changed\n")
-    assert gone(str(target))
-    assert not target.exists()
+    signalled(proc, how, code, target)
     assert list(scratch.iterdir()) == []
