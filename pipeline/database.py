@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sqlite3
@@ -189,6 +190,15 @@ def create_schema(conn: sqlite3.Connection) -> None:
     sql = resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
     for statement in _statements(sql):
         conn.execute(statement)
+
+
+@functools.lru_cache(maxsize=None)
+def schema_objects() -> dict[str, tuple[str, str]]:
+    """{name: (type, SQL)} of every table, index and trigger of the memory-nexus schema, as SQLite stores them."""
+    with closing(sqlite3.connect(":memory:")) as conn:
+        create_schema(conn)
+        return {name: (kind, sql) for kind, name, sql in
+                conn.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL")}
 
 
 def _statements(sql: str) -> Iterator[str]:

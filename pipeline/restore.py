@@ -205,9 +205,10 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
         conn.execute(SUMMARY_ON_INSERT)
         conn.execute(SUMMARY_CLEARED)
         bulk = clear or not conn.execute("SELECT 1 FROM messages_meta LIMIT 1").fetchone()
-        # Into empty tables the search index is built beside the load, on the second core (search_index.py).
+        # Into empty tables: indexes built once at the end, the search index beside the load (search_index.py).
         search = SideIndex(conn, BY_KEY["messages"], backup.minor) if bulk else None
-        with search or nullcontext(), derived_rebuilt(conn, phase, search.written) if search else nullcontext():
+        derived = derived_rebuilt(conn, phase, search.written) if search else nullcontext()
+        with search or nullcontext(), derived:
             if clear:
                 with database_faults(conn, "emptying the database (--clear)", NOTHING_IMPORTED):
                     _clear(conn)

@@ -14,7 +14,8 @@ import sqlite3
 import threading
 from typing import Any, Sequence
 
-from .parallel import started, stopped
+from .database import schema_objects
+from .parallel import cores, started, stopped
 from .tables import Table
 
 ENV = "MEMORY_PARALLEL_INDEX"   # "0": always rebuild here; "1": a worker from the first batch (the tests use it)
@@ -25,12 +26,8 @@ QUEUED = 1                      # batches waiting to be sent, pickled (more comp
                                 # pipe holds less than one, and the worker takes the next only when it has
                                 # indexed the last
 INDEX, TABLE, COLUMN = "messages_fts", "messages_meta", "content"
-# The index as memory-nexus (and create_schema) makes it, with the settings it may hold: any other table, or
-# a setting that changes how the index is built (pgsz, hashsize, ...), and it is rebuilt here.
-INDEX_SQL = ("CREATE VIRTUAL TABLE messages_fts USING fts5(\n    content,\n    content=messages_meta,\n"
-             "    content_rowid=rowid,\n    tokenize='porter unicode61'\n)")
-SETTINGS = {"version": 4}
-IGNORED_SETTINGS = {"automerge"}      # how later writes merge segments: the build runs with it off anyway
+SETTINGS = {"version": 4}             # the index's settings, as memory-nexus leaves them ...
+IGNORED_SETTINGS = {"automerge"}      # ... and one that only says how later writes merge: the build runs without
 SHADOWS = {"messages_fts_data": ("id", "block"), "messages_fts_idx": ("segid", "term", "pgno"),
            "messages_fts_docsize": ("id", "sz")}
 
@@ -52,8 +49,8 @@ class SideIndex:
         self.answers: Any = None
         self.queue: queue.Queue = queue.Queue(QUEUED)
         self.sender: threading.Thread | None = None     # sends what is queued, so inserting does not wait
-        self.failed = False                             # a send failed: the worker is gone
-        self.off = self.mode == "0" or (os.cpu_count() or 1) < 2 or not _as_memory_nexus_makes_it(conn)
+        self.gone = False                               # the worker failed or was stopped: nothing more is sent
+        self.off = self.mode == "0" or cores() < 2 or not _as_memory_nexus_makes_it(conn)
 
     def __enter__(self) -> SideIndex:
         return self
@@ -99,7 +96,7 @@ class SideIndex:
     def _copied(self) -> bool:
         self.queue.put(None)
         self.sender.join()
-        if self.failed:
+        if self.gone:
             return False
         self.jobs.send(None)                     # the end of the rows: the worker answers
         # Through FTS5 first, so that this connection's FTS5 holds nothing of its own (no pending terms, no
@@ -121,7 +118,7 @@ class SideIndex:
         self.off = True
         if self.process is None:
             return
-        self.failed = True
+        self.gone = True
         self.process.kill()
         if self.sender.is_alive():
             self.queue.put(None)
@@ -130,8 +127,9 @@ class SideIndex:
         self.process = None
 
     def _start(self) -> None:
+        sql = schema_objects()[INDEX][1]
         try:
-            self.process, self.jobs, self.answers, _ = started(_build, (INDEX_SQL,), "memory-indexer")
+            self.process, self.jobs, self.answers, _ = started(_build, (sql,), "memory-indexer")
         except Exception:        # no processes here (a sandbox, a frozen app): rebuilt here
             self.off = True
             return
@@ -153,7 +151,7 @@ class SideIndex:
     def _send(self, rowids: list, contents: list) -> None:
         # A rowid that is not an integer, or a text that is not str (a typed value, TEXT that is not UTF-8):
         # what a rebuild makes of it is not sure to be what an insert here makes of it.
-        if self.failed or not (all(type(r) is int for r in rowids) and all(type(c) is str for c in contents)):
+        if self.gone or not (all(type(r) is int for r in rowids) and all(type(c) is str for c in contents)):
             self.stop()
             return
         self.queue.put(pickle.dumps((rowids, contents), pickle.HIGHEST_PROTOCOL))
@@ -161,16 +159,23 @@ class SideIndex:
 
     def _sending(self) -> None:
         while (job := self.queue.get()) is not None:
-            if not self.failed:
+            if not self.gone:
                 try:
                     self.jobs.send_bytes(job)
                 except (OSError, ValueError):
-                    self.failed = True
+                    self.gone = True
 
 
 def _as_memory_nexus_makes_it(conn: sqlite3.Connection) -> bool:
-    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (INDEX,)).fetchone()
-    if sql is None or sql[0] != INDEX_SQL:
+    """Whether a rebuild would index what the rows were inserted with, as the worker does: the index and the
+    messages table are memory-nexus's own (a NUMERIC content column stores "1e5" as 100000), no trigger but
+    its own (one could rewrite a message's text, from any table), and no setting that changes how the index
+    is built (pgsz, prefix, ...)."""
+    ours = schema_objects()
+    stored = {name: (kind, sql) for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master")}
+    if any(stored.get(name) != ours[name] for name in (INDEX, TABLE)):
+        return False
+    if any(kind == "trigger" and ours.get(name) != (kind, sql) for name, (kind, sql) in stored.items()):
         return False
     settings = dict(conn.execute(f"SELECT k, v FROM {INDEX}_config"))
     return {k: v for k, v in settings.items() if k not in IGNORED_SETTINGS} == SETTINGS

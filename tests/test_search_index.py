@@ -91,7 +91,8 @@ def test_a_text_that_is_not_plain_text_leaves_the_index_to_a_rebuild(tmp_path, m
     is not sure to be what it makes of it inserted there, so the worker is stopped and the index rebuilt."""
     doc = json.loads(TYPED_SAMPLE.read_bytes())
     message = doc["messages"][0]
-    doc["messages"] = [dict(message, id=f"m{i}", rowid=i + 1, content=f"message {i} about backups") for i in range(2000)]
+    doc["messages"] = [dict(message, id=f"m{i}", rowid=i + 1, content=f"message {i} about backups")
+                       for i in range(2000)]
     doc["messages"][1234]["content"] = {"$textBytes": "bm90IHV0Zi04IFx4ZmY="}
     doc["messages"][1800]["content"] = {"$blob": "AAEC"}
     doc["stats"]["messages"] = 2000
@@ -137,6 +138,45 @@ def test_an_index_not_as_memory_nexus_makes_it_is_rebuilt_here(tmp_path, monkeyp
                          (sql.replace("tokenize='porter unicode61'", drift),))
         conn.close()
     both_ways(tmp_path, monkeypatch, outcomes, "--clear", exports["jsonl"], prepare=prepare)
+    assert outcomes == [False, False]
+
+
+@pytest.fixture(scope="module")
+def numeric_text(tmp_path_factory) -> Path:
+    """An export whose message 2,500 (in a late batch) reads "1e5": TEXT, but a number to a NUMERIC column."""
+    folder = tmp_path_factory.mktemp("numeric")
+    db = make_database(folder / "source.db", sessions=10, messages_per_session=300)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE messages_meta SET content = '1e5' WHERE rowid = 2500")
+    conn.close()
+    assert memory("export", "-q", "--db", db, folder / "backup.jsonl").exit_code == 0
+    return folder / "backup.jsonl"
+
+
+def _numeric_content(conn):
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'messages_meta'").fetchone()[0]
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'messages_meta'",
+                 (sql.replace("content TEXT NOT NULL", "content NUMERIC NOT NULL"),))
+
+
+@pytest.mark.parametrize("drift", [
+    _numeric_content,
+    lambda conn: conn.execute("CREATE TRIGGER redact AFTER INSERT ON messages_meta BEGIN "
+                              "UPDATE messages_meta SET content = 'redacted' WHERE rowid = new.rowid; END"),
+    lambda conn: conn.execute("CREATE TRIGGER redact AFTER INSERT ON tool_uses BEGIN "
+                              "UPDATE messages_meta SET content = 'redacted' WHERE session_id = new.session_id; END"),
+], ids=["a NUMERIC column", "a trigger on messages", "a trigger on tool uses"])
+def test_a_database_that_stores_other_texts_than_it_is_given_gets_a_rebuild(tmp_path, monkeypatch, outcomes,
+                                                                             numeric_text, drift):
+    """What the worker indexes is what the file holds; what a rebuild indexes is what the table stores. Where
+    they may differ (found by review: both gave "database disk image is malformed" to FTS5's check)."""
+    def prepare(path):
+        with sqlite3.connect(path) as conn:
+            create_schema(conn)
+            drift(conn)
+        conn.close()
+    both_ways(tmp_path, monkeypatch, outcomes, "--clear", numeric_text, prepare=prepare)
     assert outcomes == [False, False]
 
 
