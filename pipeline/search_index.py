@@ -19,7 +19,7 @@ from .parallel import cores, started, stopped
 from .tables import Table
 
 ENV = "MEMORY_PARALLEL_INDEX"   # "0": always rebuild here; "1": a worker from the first batch (the tests use it)
-START = 4 << 20                 # characters of message text inserted before a worker pays for itself
+START = 8 << 20                 # characters of message text inserted before a worker pays for itself
 SIDE_CACHE_KIB = 16 * 1024      # the scratch database's page cache: SQLite's 2 MiB made the build a third slower
 CHUNK = 1000                    # shadow table rows per message back
 QUEUED = 1                      # batches waiting to be sent, pickled (more compact than str objects): the
