@@ -174,10 +174,12 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def started(serve: Callable[..., None], args: tuple, name: str) -> tuple[Any, Any, Any, bool]:
+def started(serve: Callable[..., None], args: tuple, name: str, method: str | None = None
+            ) -> tuple[Any, Any, Any, bool]:
     """A worker process running serve(jobs, answers, *args): (the process, the pipe end that sends it jobs,
-    the one its answers come from, whether both pipes hold PIPE bytes). Raises what starting raises."""
-    context = multiprocessing.get_context()
+    the one its answers come from, whether both pipes hold PIPE bytes). `method`: multiprocessing's start
+    method, if not the system's own. Raises what starting raises."""
+    context = multiprocessing.get_context(method)
     their_jobs, jobs = context.Pipe(duplex=False)
     answers, their_answers = context.Pipe(duplex=False)
     roomy = _roomy(jobs) and _roomy(their_answers)

@@ -21,10 +21,9 @@ from .tables import Table
 ENV = "MEMORY_PARALLEL_INDEX"   # "0": always rebuild here; "1": a worker from the first batch (the tests use it)
 START = 8 << 20                 # characters of message text inserted before a worker pays for itself
 SIDE_CACHE_KIB = 16 * 1024      # the scratch database's page cache: SQLite's 2 MiB made the build a third slower
-CHUNK = 1000                    # shadow table rows per message back
-QUEUED = 1                      # batches waiting to be sent, pickled (more compact than str objects): the
-                                # pipe holds less than one, and the worker takes the next only when it has
-                                # indexed the last
+CHUNK = 250                     # rows per message, either way: about 250 KB of texts, or 1 MB of the index
+QUEUED = 2                      # messages waiting to be sent, pickled (more compact than str objects), while
+                                # the worker indexes the last: memory is a few of them
 INDEX, TABLE, COLUMN = "messages_fts", "messages_meta", "content"
 SETTINGS = {"version": 4}             # the index's settings, as memory-nexus leaves them ...
 IGNORED_SETTINGS = {"automerge"}      # ... and one that only says how later writes merge: the build runs without
@@ -74,7 +73,8 @@ class SideIndex:
         else:           # given by AUTOINCREMENT, one after the other, in one transaction
             last = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
             rowids = list(range(last - len(batch) + 1, last + 1))
-        self._send(rowids, contents)
+        for at in range(0, len(rowids), CHUNK):
+            self._send(rowids[at:at + CHUNK], contents[at:at + CHUNK])
 
     def written(self) -> bool:
         """Put the worker's index into the database in place of what the index holds: True when done; False
@@ -127,9 +127,10 @@ class SideIndex:
         self.process = None
 
     def _start(self) -> None:
-        sql = schema_objects()[INDEX][1]
+        # Spawned, not forked: a fork would count the pages of this process, by now 50 MB or so, as its own.
+        args = (schema_objects()[INDEX][1], SIDE_CACHE_KIB)
         try:
-            self.process, self.jobs, self.answers, _ = started(_build, (sql,), "memory-indexer")
+            self.process, self.jobs, self.answers, _ = started(_build, args, "memory-indexer", "spawn")
         except Exception:        # no processes here (a sandbox, a frozen app): rebuilt here
             self.off = True
             return
@@ -181,11 +182,11 @@ def _as_memory_nexus_makes_it(conn: sqlite3.Connection) -> bool:
     return {k: v for k, v in settings.items() if k not in IGNORED_SETTINGS} == SETTINGS
 
 
-def _build(jobs: Any, answers: Any, sql: str) -> None:
+def _build(jobs: Any, answers: Any, sql: str, cache_kib: int) -> None:
     """The worker: (rowids, texts) in, till None; then the index's shadow rows out, and ("done", rows)."""
     try:
         side = sqlite3.connect("", isolation_level=None)    # on disk, unlinked as opened, private (0600)
-        side.execute(f"PRAGMA cache_size = -{SIDE_CACHE_KIB}")
+        side.execute(f"PRAGMA cache_size = -{cache_kib}")
         side.execute("PRAGMA journal_mode = OFF")           # scratch: nothing to roll back to
         side.execute(sql)
         side.execute("BEGIN")

@@ -225,24 +225,26 @@ def big(tmp_path_factory) -> Path:
     return path
 
 
-def ours(marker: str) -> list[int]:
-    """Processes whose command line names `marker`: the command and, forked from it, its workers."""
+def group(leader: int) -> list[int]:
+    """The processes of the process group `leader` leads (a command started with start_new_session=True):
+    the command and its workers, forked or spawned, even once the command is gone and they are orphans."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
         except OSError:
-            pass
+            continue
+        if int(fields[2]) == leader and fields[0] != b"Z":      # state, ppid, pgrp; a zombie has ended
+            found.append(int(pid))
     return found
 
 
-def gone(marker: str, within: float = 10) -> bool:
+def gone(leader: int, within: float = 10) -> bool:
     deadline = time.monotonic() + within
-    while ours(marker) and time.monotonic() < deadline:
+    while group(leader) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not ours(marker)
+    return not group(leader)
 
 
 def signalled(proc, how: str, code: int, target: Path) -> None:
@@ -255,5 +257,5 @@ def signalled(proc, how: str, code: int, target: Path) -> None:
     assert proc.wait(timeout=60) == code
     if how != "SIGKILL":
         assert proc.stderr.read().decode().endswith("nothing was changed\n")
-    assert gone(str(target))
+    assert gone(proc.pid)
     assert not target.exists()

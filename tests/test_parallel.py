@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SAMPLE, TYPED_SAMPLE, as_written, memory, ours, signalled, snapshot
+from conftest import ROOT, SAMPLE, TYPED_SAMPLE, as_written, group, memory, signalled, snapshot
 
 from pipeline import canonical, parallel, restore, search_index
 from pipeline.database import new_database
@@ -167,9 +167,9 @@ def test_the_worker_ends_with_the_reader(tmp_path, big, how, code):
                             env={**os.environ, parallel.ENV: "1", search_index.ENV: "0"}, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 30
-    while len(ours(str(target))) < 2 and time.monotonic() < deadline:    # the worker has started
+    while len(group(proc.pid)) < 2 and time.monotonic() < deadline:    # the worker has started
         time.sleep(0.01)
-    assert len(ours(str(target))) == 2, proc.poll()
+    assert len(group(proc.pid)) == 2, proc.poll()
     signalled(proc, how, code, target)
 
 

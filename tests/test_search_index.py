@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (COMPAT_EXPORT, ROOT, SAMPLE, TYPED_SAMPLE, as_written, make_database, memory,
-                      needs_compat, ours, signalled, snapshot)
+from conftest import (COMPAT_EXPORT, ROOT, SAMPLE, TYPED_SAMPLE, as_written, group, make_database, memory,
+                      needs_compat, signalled, snapshot)
 
 from pipeline import parallel, records, search_index
 from pipeline.database import create_schema
@@ -191,20 +191,20 @@ def test_a_setting_that_changes_how_the_index_is_built_leaves_it_to_a_rebuild(tm
     assert outcomes == [False, False]
 
 
-def _exits_after_the_first_batch(jobs, answers, sql):
+def _exits_after_the_first_batch(jobs, answers, sql, cache_kib):
     jobs.recv()
     os._exit(1)
 
 
-def _fails_at_the_end(jobs, answers, sql):
+def _fails_at_the_end(jobs, answers, sql, cache_kib):
     while jobs.recv() is not None:
         pass
     answers.send(("failed", "RuntimeError('a fault of ours')"))
 
 
-def _dies_while_answering(jobs, answers, sql):
+def _dies_while_answering(jobs, answers, sql, cache_kib):
     """Some of a real index's rows, then nothing: what was put in must not stay."""
-    search_index._build(jobs, _Cut(answers), sql)
+    search_index._build(jobs, _Cut(answers), sql, cache_kib)
 
 
 class _Cut:
@@ -229,7 +229,7 @@ def test_a_worker_that_fails_leaves_the_index_to_a_rebuild(tmp_path, monkeypatch
         monkeypatch.setattr(search_index, "started", fault)
     else:
         real = search_index.started
-        monkeypatch.setattr(search_index, "started", lambda serve, args, name: real(fault, args, name))
+        monkeypatch.setattr(search_index, "started", lambda serve, args, name, method: real(fault, args, name, method))
     target = imported(monkeypatch, "1", tmp_path / "x.db", exports["jsonl"])
     assert outcomes == [False]
     assert snapshot(target) == snapshot(exports["db"])
@@ -260,7 +260,7 @@ def test_the_worker_ends_with_the_import_and_leaves_no_file(tmp_path, big, how, 
                             start_new_session=True)
     deadline, scratch_files = time.monotonic() + 30, []
     while not scratch_files and time.monotonic() < deadline:     # the worker has started, and has rows
-        for pid in set(ours(str(target))) - {proc.pid}:          # (the import's own temp files are there too)
+        for pid in set(group(proc.pid)) - {proc.pid}:          # (the import's own temp files are there too)
             try:
                 held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
             except OSError:
