@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import operator
+import re
 import zlib
 from typing import IO, Any, Callable, Iterable, Iterator, Tuple
 
@@ -293,6 +294,9 @@ def json_events(stream: IO[bytes]) -> Iterator[tuple]:
     return ijson.basic_parse(_Growing(stream), buf_size=records.BATCH * 128)
 
 
+_NOT_SPACE = re.compile(rb"[^ \t\n\r\x0b\x0c]")     # what yajl takes for white space, vertical tab and form feed too
+
+
 class _Growing:
     """Reads of the size asked for, but twice as large each time (up to GROW_TO) while they lie inside one
     string: no newline, and every quote escaped. yajl lexes a token that spans reads again from its start at
@@ -307,6 +311,7 @@ class _Growing:
         self.read_below = getattr(stream, "read1", stream.read)
         self.ask = 0
         self.fault: BaseException | None = None
+        self.after_brace = b""      # the first byte after the last '}' read, white space left out; b"" if none
 
     def read(self, size: int) -> bytes:
         if self.fault is not None:
@@ -328,6 +333,15 @@ class _Growing:
         data = b"".join(pieces)
         inside_a_string = b"\n" not in data and data.count(b'"') == data.count(b'\\"')
         self.ask = min(size * 2, self.GROW_TO) if inside_a_string else 0
+        # yajl takes a document followed by a string that never closes ('}\n"') as if nothing followed it.
+        # A quote can follow a '}' nowhere in JSON (a comma comes between), so at the end it is refused here
+        # as yajl refuses any other byte after the document.
+        brace = data.rfind(b"}")
+        if brace >= 0 or not self.after_brace:
+            found = _NOT_SPACE.search(data, brace + 1)
+            self.after_brace = data[found.start():found.start() + 1] if found else b""
+        if not data and self.after_brace == b'"':
+            raise ijson.IncompleteJSONError("parse error: trailing garbage")
         return data
 
 
