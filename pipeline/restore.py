@@ -29,8 +29,8 @@ from .integrity import SINCE as CHECKSUM_SINCE
 from .integrity import Summing
 from .merge import Merge
 from .parallel import Parser
-from .search_index import TABLE, SideIndex
 from .records import batches, checker, rows_of, shown
+from .search_index import TABLE, SideIndex
 from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
 from .values import NeedsCast, RawText
 
