@@ -118,7 +118,10 @@ class Parser:
 
     def _send(self, job: tuple, run: bytes) -> None:
         try:
-            self.jobs.send((*job, self.keep, run))
+            # The run as it is, after what to do with it: pickled with it, it would be copied twice more on
+            # each side (measured: 0.1-0.15 s of CPU for 440 MB, the receiving worker's most).
+            self.jobs.send((*job, self.keep))
+            self.jobs.send_bytes(run)
             self.away += 1
         except (OSError, ValueError):
             self._lost()
@@ -219,14 +222,16 @@ def _worker(serve: Callable[..., None], jobs: Any, answers: Any, forked: bool, *
 
 
 def _serve(jobs: Any, answers: Any, work: Work) -> None:
-    """The parsing worker: a run in, what `work` made of it out, till the reader closes its end of the pipe."""
+    """The parsing worker: a run in (what to do with it, then its bytes), what `work` made of it out, till the
+    reader closes its end of the pipe."""
     while True:
         try:
             job = jobs.recv()
+            run = jobs.recv_bytes()
         except (EOFError, OSError):
             return
         try:
-            answer = ("done", work(*job))
+            answer = ("done", work(*job, run))
         except Exception as exc:       # a fault of ours: the reader parses the run itself
             answer = ("failed", repr(exc))
         try:
