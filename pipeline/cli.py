@@ -17,6 +17,7 @@ import click
 from . import __version__
 from .backup import Retention, dry_run, listing, new_backup, newest_whole
 from .database import (
+    CHANGED,
     DEFAULT_PATH,
     SQLITE_HEADER,
     counts,
@@ -52,6 +53,7 @@ class MemoryGroup(click.Group):
     rollback and exit 130, 143 or 129, in one place."""
 
     def invoke(self, ctx: click.Context):
+        CHANGED.set(False)
         try:
             with signals_as_interrupts():
                 return super().invoke(ctx)
@@ -66,16 +68,22 @@ class MemoryGroup(click.Group):
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{where}{exc.strerror}") from exc
         except Terminated as exc:
-            click.echo(f"Terminated by {exc.name}: nothing was changed", err=True)
+            click.echo(f"Terminated by {exc.name}: {_what_stands()}", err=True)
             ctx.exit(exc.status)
         except KeyboardInterrupt:
-            click.echo("Interrupted: nothing was changed", err=True)
+            click.echo(f"Interrupted: {_what_stands()}", err=True)
             ctx.exit(Exit.INTERRUPTED)
 
     ALIASES = {"restore": "import"}
 
     def get_command(self, ctx: click.Context, name: str):
         return super().get_command(ctx, self.ALIASES.get(name, name))
+
+
+def _what_stands() -> str:
+    """After an interrupt: a signal that comes as an import commits is handled after it (SQLite cannot be
+    stopped there), and the user must not be told to import again what is in."""
+    return "the changes were committed before it" if CHANGED.get() else "nothing was changed"
 
 
 class HomePath(click.Path):

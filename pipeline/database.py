@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import shlex
@@ -16,6 +17,11 @@ from . import portable
 from .errors import DatabaseProblem
 from .output import DATABASE_SUFFIXES, remove_leftovers, temp_beside
 from .tables import TABLES, Table
+
+# Whether this command has changed the user's database (a COMMIT that wrote, a new database linked in): what
+# an interrupt then says. The command line sets it False as each command starts.
+CHANGED: contextvars.ContextVar[bool] = contextvars.ContextVar("changed", default=False)
+_UNSEEN: set[int] = set()       # id() of each connection to a new database not yet linked where the user asked
 
 DEFAULT_PATH = Path("~/.memory-nexus/memory.db")
 BUSY_TIMEOUT_MS = 5000
@@ -125,17 +131,21 @@ def new_database(path: Path) -> Iterator[sqlite3.Connection]:
         raise DatabaseProblem(f"cannot create a database at {path}: {reason}") from exc
     try:
         os.chmod(temp, 0o600)
+        _UNSEEN.add(id(conn))
         yield conn
         conn.close()
-        try:
-            os.link(temp, path)          # link, not rename: never over a database that appeared meanwhile
-        except FileExistsError as exc:
-            raise DatabaseProblem(f"cannot create a database at {path}: something is there now (a database "
-                                  "made meanwhile, or a link that leads nowhere); nothing was imported") from exc
+        with portable.signals_held():
+            try:
+                os.link(temp, path)          # link, not rename: never over a database that appeared meanwhile
+            except FileExistsError as exc:
+                raise DatabaseProblem(f"cannot create a database at {path}: something is there now (a database "
+                                      "made meanwhile, or a link that leads nowhere); nothing was imported") from exc
+            CHANGED.set(True)
         with closing(sqlite3.connect(str(path))) as placed:
             placed.execute("PRAGMA journal_mode = WAL")
         portable.fsync_directory(path.parent)      # the new name is durable, not only the file
     finally:
+        _UNSEEN.discard(id(conn))
         conn.close()
         remove_database(temp)
 
@@ -226,6 +236,7 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool 
         conn.execute(f"BEGIN {mode}")
     except sqlite3.OperationalError as exc:
         raise DatabaseProblem(f"cannot start a transaction: {exc}") from exc
+    changes = conn.total_changes
     try:
         yield conn
     except BaseException:
@@ -235,7 +246,10 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool 
         conn.rollback()
         return
     try:
-        conn.execute("COMMIT")
+        with portable.signals_held():     # a signal during COMMIT must find CHANGED as it is
+            conn.execute("COMMIT")
+            if conn.total_changes != changes and id(conn) not in _UNSEEN:
+                CHANGED.set(True)
     except sqlite3.OperationalError as exc:
         conn.rollback()
         raise DatabaseProblem(f"cannot commit: {exc}; nothing was changed") from exc

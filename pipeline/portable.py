@@ -238,6 +238,29 @@ def terminating_signals() -> list[int]:
 
 
 @contextmanager
+def signals_held() -> Iterator[None]:
+    """For the block: Ctrl-C and the terminating signals wait till it ends, then do what they would have
+    done, so that a step which must not be cut in two (a COMMIT, and noting that it was made) is not. A signal
+    that comes while SQLite commits (C code) is handled only as the COMMIT returns: without this, between it
+    and the next line. Main thread only, as handlers are; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = [signal.SIGINT, *terminating_signals()]
+    previous = {s: signal.getsignal(s) for s in signums}
+    came: list[int] = []
+    for s in signums:
+        signal.signal(s, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old if old is not None else signal.SIG_DFL)
+        if came:
+            signal.raise_signal(came[0])    # its handler runs before this returns
+
+
+@contextmanager
 def signals_as_interrupts() -> Iterator[None]:
     """For the block: each terminating signal raises Terminated (once; a repeat during the clean-up is
     ignored). Handlers can only be set from the main thread; elsewhere the block runs as it is."""

@@ -2,6 +2,7 @@
 journal left by a killed writer does not stop export, stats or backup. Real processes, real signals."""
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -181,3 +182,72 @@ def test_a_backup_interrupted_while_it_is_read_back_is_removed_and_the_old_ones_
                                                  (130, "Interrupted: nothing was changed\n"))
     assert sorted(os.listdir(folder)) == [".memory-backup.lock", old.name]
     assert old.read_bytes() == b"the last good backup"
+
+
+class _Signalled(sqlite3.Connection):
+    """A connection that sends this process `signum` as a statement starting with `at` returns (a COMMIT: only
+    one that wrote): the handler runs at the first bytecode after it, as it does for a signal that arrived
+    while SQLite worked (C code)."""
+    signum, at = signal.SIGTERM, "COMMIT"
+
+    def execute(self, sql, *args):
+        cursor = super().execute(sql, *args)
+        if sql.startswith(self.at) and (self.total_changes or sql != "COMMIT"):
+            os.kill(os.getpid(), self.signum)
+        return cursor
+
+
+def _signalled(monkeypatch, name: str, at: str = "COMMIT") -> None:
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(_Signalled, "signum", getattr(signal, name))
+    monkeypatch.setattr(_Signalled, "at", at)
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: real_connect(*a, **k, factory=_Signalled))
+
+
+SAID = [("SIGTERM", 143, "Terminated by SIGTERM"), ("SIGHUP", 129, "Terminated by SIGHUP"), ("SIGINT", 130, "Interrupted")]
+
+
+@pytest.mark.parametrize("name, code, said", SAID)
+def test_a_signal_during_the_commit_of_an_import_says_it_was_committed(tmp_path, monkeypatch, name, code, said):
+    """The import is in the database: "nothing was changed" would tell the user to import it again."""
+    done, target = tmp_path / "done.db", tmp_path / "target.db"
+    make_database(done, name="here")
+    shutil.copyfile(done, target)
+    assert memory("import", "-q", "--yes", "--db", done, SAMPLE).exit_code == 0
+    _signalled(monkeypatch, name)
+    result = memory("import", "-q", "--yes", "--db", target, SAMPLE)
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        code, "", f"{said}: the changes were committed before it\n")
+    monkeypatch.undo()
+    assert snapshot(target) == snapshot(done)
+
+
+@pytest.mark.parametrize("name, code, said", SAID)
+def test_a_signal_as_a_new_database_commits_leaves_none_and_says_so(tmp_path, monkeypatch, name, code, said):
+    """Into a new path the COMMIT is into a hidden file, linked in after: till then nothing was changed."""
+    _signalled(monkeypatch, name)
+    result = memory("import", "-q", "--db", tmp_path / "new" / "memory.db", SAMPLE)
+    assert (result.exit_code, result.stderr) == (code, f"{said}: nothing was changed\n")
+    assert os.listdir(tmp_path / "new") == []
+
+
+def test_a_signal_once_a_new_database_is_linked_in_says_it_was_committed(tmp_path, monkeypatch):
+    target = tmp_path / "memory.db"
+    assert memory("import", "-q", "--db", tmp_path / "done.db", SAMPLE).exit_code == 0
+    _signalled(monkeypatch, "SIGTERM", at="PRAGMA journal_mode = WAL")     # the database is in place by then
+    result = memory("import", "-q", "--db", target, SAMPLE)
+    assert (result.exit_code, result.stderr) == (143, "Terminated by SIGTERM: the changes were committed before it\n")
+    monkeypatch.undo()
+    assert snapshot(target) == snapshot(tmp_path / "done.db")
+
+
+def test_a_signal_as_an_export_s_read_ends_still_says_nothing_was_changed(tmp_path, sample_db, monkeypatch):
+    """Its transaction, a read, changes nothing, and the file is not in place yet."""
+    before = snapshot(sample_db)
+    _signalled(monkeypatch, "SIGTERM")
+    monkeypatch.setattr(_Signalled, "execute", lambda self, sql, *a: (
+        sqlite3.Connection.execute(self, sql, *a), sql == "COMMIT" and os.kill(os.getpid(), signal.SIGTERM))[0])
+    result = memory("export", "-q", "--db", sample_db, tmp_path / "out.json")
+    assert (result.exit_code, result.stderr) == (143, "Terminated by SIGTERM: nothing was changed\n")
+    monkeypatch.undo()
+    assert snapshot(sample_db) == before and not (tmp_path / "out.json").exists()
