@@ -119,6 +119,16 @@ def without(state: dict, table_name: str, columns: tuple[str, ...]) -> list[tupl
     return [tuple(row[i] for i in keep) for row in state[table_name]]
 
 
+def clock_free(path: Path) -> dict:
+    """A snapshot without the times a 1.0 file (the sample, memory-nexus's export) leaves to the database's
+    clock, datetime('now'): two imports of one such file a second apart differ only there."""
+    state = snapshot(path)
+    for table, columns in (("sessions", ("created_at", "updated_at")), ("entities", ("created_at",)),
+                           ("topics", ("created_at",))):
+        state[table] = without(state, table, columns)
+    return state
+
+
 def make_database(path: Path, sessions: int = 3, messages_per_session: int = 4, name: str = "session") -> Path:
     """A small memory database made with plain SQL, as memory-nexus would leave it. Two made with different
     names share no session or message, but their message rowids are the same numbers, as two machines' are."""

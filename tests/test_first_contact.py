@@ -18,7 +18,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SAMPLE, make_database, memory, snapshot
+from conftest import ROOT, SAMPLE, clock_free, make_database, memory, snapshot
 
 from pipeline.backup import own_backups
 from pipeline.formats import sniffed_format
@@ -484,19 +484,7 @@ def test_the_quick_start_runs_twice_and_keeps_its_files_in_an_ignored_folder(tmp
     assert {".sample/memory.db", ".sample/memory.json.gz"} <= {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
     assert "/.sample/" in (ROOT / ".gitignore").read_text().splitlines()
     memory("import", "--db", tmp_path / "direct.db", SAMPLE)
-    assert snapshot(clock_free(tmp_path / ".sample" / "memory.db")) == snapshot(clock_free(tmp_path / "direct.db"))
-
-
-def clock_free(db: Path) -> Path:
-    """A copy of `db` with the times a 1.0 file leaves to the database's clock (datetime('now')) made one
-    constant: two restores of the sample a second apart differ only there."""
-    copy = db.with_name(db.name + ".clock-free")
-    shutil.copyfile(db, copy)
-    with closing(sqlite3.connect(copy)) as conn, conn:
-        for table, columns in (("sessions", "created_at = 'now', updated_at = 'now'"),
-                               ("entities", "created_at = 'now'"), ("topics", "created_at = 'now'")):
-            conn.execute(f"UPDATE {table} SET {columns}")
-    return copy
+    assert clock_free(tmp_path / ".sample" / "memory.db") == clock_free(tmp_path / "direct.db")
 
 
 def test_ci_runs_the_readme_test_command_word_for_word():

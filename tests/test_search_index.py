@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (COMPAT_EXPORT, ROOT, SAMPLE, TYPED_SAMPLE, as_written, group, make_database, memory,
-                      needs_compat, signalled, snapshot, without)
+from conftest import (COMPAT_EXPORT, ROOT, SAMPLE, TYPED_SAMPLE, as_written, clock_free, group, make_database, memory,
+                      needs_compat, signalled, snapshot)
 
 from pipeline import parallel, records, search_index
 from pipeline.database import create_schema
@@ -62,15 +62,6 @@ def both_ways(tmp_path, monkeypatch, outcomes, *args, prepare=lambda path: None,
     assert index_of(side) == index_of(here)
     assert seen(side) == seen(here)
     return side, here
-
-
-def clock_free(path: Path) -> dict:
-    """A snapshot without the times a 1.0 file leaves to the database's clock: two imports may be a second apart."""
-    state = snapshot(path)
-    for table, columns in (("sessions", ("created_at", "updated_at")), ("entities", ("created_at",)),
-                           ("topics", ("created_at",))):
-        state[table] = without(state, table, columns)
-    return state
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl"])
