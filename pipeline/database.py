@@ -134,16 +134,16 @@ def new_database(path: Path) -> Iterator[sqlite3.Connection]:
         _UNSEEN.add(id(conn))
         yield conn
         conn.close()
-        with portable.signals_held():
+        with portable.signals_held():      # once linked in, it is finished before a signal is let through
             try:
                 os.link(temp, path)          # link, not rename: never over a database that appeared meanwhile
             except FileExistsError as exc:
                 raise DatabaseProblem(f"cannot create a database at {path}: something is there now (a database "
                                       "made meanwhile, or a link that leads nowhere); nothing was imported") from exc
             CHANGED.set(True)
-        with closing(sqlite3.connect(str(path))) as placed:
-            placed.execute("PRAGMA journal_mode = WAL")
-        portable.fsync_directory(path.parent)      # the new name is durable, not only the file
+            with closing(sqlite3.connect(str(path))) as placed:
+                placed.execute("PRAGMA journal_mode = WAL")
+            portable.fsync_directory(path.parent)      # the new name is durable, not only the file
     finally:
         _UNSEEN.discard(id(conn))
         conn.close()
@@ -229,9 +229,11 @@ def counts(conn: sqlite3.Connection, tables: tuple[Table, ...] = TABLES) -> dict
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool = True) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool = True,
+                changed: Callable[[], bool] | None = None) -> Iterator[sqlite3.Connection]:
     """One transaction: COMMIT when the block ends (ROLLBACK where `commit` is false: a dry run), ROLLBACK on
-    any exception, Ctrl-C included."""
+    any exception, Ctrl-C included. A COMMIT notes in CHANGED whether the user's database changed: `changed()`
+    says, where given (the connection's count of changes also counts rows written to TEMP tables)."""
     try:
         conn.execute(f"BEGIN {mode}")
     except sqlite3.OperationalError as exc:
@@ -248,7 +250,7 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool 
     try:
         with portable.signals_held():     # a signal during COMMIT must find CHANGED as it is
             conn.execute("COMMIT")
-            if conn.total_changes != changes and id(conn) not in _UNSEEN:
+            if (changed() if changed else conn.total_changes != changes) and id(conn) not in _UNSEEN:
                 CHANGED.set(True)
     except sqlite3.OperationalError as exc:
         conn.rollback()

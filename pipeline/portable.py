@@ -242,22 +242,39 @@ def signals_held() -> Iterator[None]:
     """For the block: Ctrl-C and the terminating signals wait till it ends, then do what they would have
     done, so that a step which must not be cut in two (a COMMIT, and noting that it was made) is not. A signal
     that comes while SQLite commits (C code) is handled only as the COMMIT returns: without this, between it
-    and the next line. Main thread only, as handlers are; elsewhere the block runs as it is."""
+    and the next line. A signal ignored (nohup; Ctrl-C of a job a script put in the background) stays so.
+    Main thread only, as handlers are; elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signums = [signal.SIGINT, *terminating_signals()]
+    signums = [s for s in (signal.SIGINT, *terminating_signals()) if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.getsignal(s) for s in signums}
     came: list[int] = []
-    for s in signums:
-        signal.signal(s, lambda signum, frame: came.append(signum))
+    try:
+        with _blocked(signums):      # one that comes while the handlers are set waits for all of them
+            for s in signums:
+                signal.signal(s, lambda signum, frame: came.append(signum))
+        yield
+    finally:
+        with _blocked(signums):      # and while they are put back
+            for s, old in previous.items():
+                signal.signal(s, old if old is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(came):
+            signal.raise_signal(signum)     # its handler runs before this returns; the first that raises ends it
+
+
+@contextmanager
+def _blocked(signums: list[int]) -> Iterator[None]:
+    """The signals kept pending for the block, where the system can (not Windows: there the few bytecodes of
+    setting handlers stay open to them)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
     try:
         yield
     finally:
-        for s, old in previous.items():
-            signal.signal(s, old if old is not None else signal.SIG_DFL)
-        if came:
-            signal.raise_signal(came[0])    # its handler runs before this returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)     # what was pending is handled here
 
 
 @contextmanager
@@ -267,7 +284,8 @@ def signals_as_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signums = terminating_signals()
+    # One ignored stays so: `nohup memory import ...` must not stop when the terminal goes (found by review).
+    signums = [s for s in terminating_signals() if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.getsignal(s) for s in signums}
 
     def handler(signum, frame):
