@@ -199,8 +199,9 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
     report = Report()
     conn.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
     conn.execute("PRAGMA temp_store = FILE")       # a merge's staging and id maps stay out of memory
-    # What the database then holds that it did not (a merge's staging in TEMP tables is not that).
-    changed = lambda: create or clear or any(report.inserted.values()) or any(report.updated.values())  # noqa: E731
+
+    def changed() -> bool:      # the database holds what it did not (a merge's staging in TEMP tables is not that)
+        return create or clear or any(report.inserted.values()) or any(report.updated.values())
     with transaction(conn, commit=not dry_run, changed=changed), _located(_position(report), conn):
         if create:
             create_schema(conn)
