@@ -16,7 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from .errors import PipelineError
 
@@ -242,25 +242,49 @@ def signals_held() -> Iterator[None]:
     """For the block: Ctrl-C and the terminating signals wait till it ends, then do what they would have
     done, so that a step which must not be cut in two (a COMMIT, and noting that it was made) is not. A signal
     that comes while SQLite commits (C code) is handled only as the COMMIT returns: without this, between it
-    and the next line. A signal ignored (nohup; Ctrl-C of a job a script put in the background) stays so.
-    Main thread only, as handlers are; elsewhere the block runs as it is."""
+    and the next line."""
+    came: list[int] = []
+    try:
+        with _handled([signal.SIGINT, *terminating_signals()], lambda signum, frame: came.append(signum)):
+            yield
+    finally:
+        for signum in dict.fromkeys(came):
+            signal.raise_signal(signum)     # its handler runs before this returns; the first that raises ends it
+
+
+@contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """For the block: each terminating signal raises Terminated (once; a repeat during the clean-up is
+    ignored)."""
+    def handler(signum, frame):
+        for s in terminating_signals():
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated(signum)
+    with _handled(terminating_signals(), handler):
+        yield
+
+
+@contextmanager
+def _handled(signums: list[int], handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """For the block: `handler` for each of `signums`, then the handlers they had. One ignored stays so:
+    `nohup memory import ...` must not stop when the terminal goes, nor a job a script put in the background
+    at Ctrl-C (found by review). Handlers are set and put back with the signals blocked, so one that comes
+    meanwhile waits for all of them (found by review: a recorder left in place swallowed every later
+    Ctrl-C). Handlers can only be set from the main thread; elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signums = [s for s in (signal.SIGINT, *terminating_signals()) if signal.getsignal(s) is not signal.SIG_IGN]
+    signums = [s for s in signums if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.getsignal(s) for s in signums}
-    came: list[int] = []
     try:
-        with _blocked(signums):      # one that comes while the handlers are set waits for all of them
+        with _blocked(signums):
             for s in signums:
-                signal.signal(s, lambda signum, frame: came.append(signum))
+                signal.signal(s, handler)
         yield
     finally:
-        with _blocked(signums):      # and while they are put back
+        with _blocked(signums):
             for s, old in previous.items():
                 signal.signal(s, old if old is not None else signal.SIG_DFL)
-        for signum in dict.fromkeys(came):
-            signal.raise_signal(signum)     # its handler runs before this returns; the first that raises ends it
 
 
 @contextmanager
@@ -275,27 +299,3 @@ def _blocked(signums: list[int]) -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)     # what was pending is handled here
-
-
-@contextmanager
-def signals_as_interrupts() -> Iterator[None]:
-    """For the block: each terminating signal raises Terminated (once; a repeat during the clean-up is
-    ignored). Handlers can only be set from the main thread; elsewhere the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    # One ignored stays so: `nohup memory import ...` must not stop when the terminal goes (found by review).
-    signums = [s for s in terminating_signals() if signal.getsignal(s) is not signal.SIG_IGN]
-    previous = {s: signal.getsignal(s) for s in signums}
-
-    def handler(signum, frame):
-        for s in signums:
-            signal.signal(s, signal.SIG_IGN)
-        raise Terminated(signum)
-    for s in signums:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old if old is not None else signal.SIG_DFL)
