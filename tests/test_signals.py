@@ -188,22 +188,24 @@ def test_a_backup_interrupted_while_it_is_read_back_is_removed_and_the_old_ones_
 
 
 class _Signalled(sqlite3.Connection):
-    """A connection that sends this process `signum` as a statement starting with `at` returns (a COMMIT: only
-    one that wrote): the handler runs at the first bytecode after it, as it does for a signal that arrived
-    while SQLite worked (C code)."""
-    signum, at = signal.SIGTERM, "COMMIT"
+    """A connection that sends this process each of `signums` as a statement starting with `at` returns (a
+    COMMIT: only one that wrote, unless `reads` too): the handler runs at the first bytecode after it, as it
+    does for a signal that arrived while SQLite worked (C code)."""
+    signums, at, reads = (signal.SIGTERM,), "COMMIT", False
 
     def execute(self, sql, *args):
         cursor = super().execute(sql, *args)
-        if sql.startswith(self.at) and (self.total_changes or sql != "COMMIT"):
-            os.kill(os.getpid(), self.signum)
+        if sql.startswith(self.at) and (self.total_changes or self.reads or sql != "COMMIT"):
+            for signum in self.signums:
+                os.kill(os.getpid(), signum)
         return cursor
 
 
-def _signalled(monkeypatch, name: str, at: str = "COMMIT") -> None:
+def _signalled(monkeypatch, *names: str, at: str = "COMMIT", reads: bool = False) -> None:
     real_connect = sqlite3.connect
-    monkeypatch.setattr(_Signalled, "signum", getattr(signal, name))
+    monkeypatch.setattr(_Signalled, "signums", tuple(getattr(signal, name) for name in names))
     monkeypatch.setattr(_Signalled, "at", at)
+    monkeypatch.setattr(_Signalled, "reads", reads)
     monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: real_connect(*a, **k, factory=_Signalled))
 
 
@@ -247,9 +249,7 @@ def test_a_signal_once_a_new_database_is_linked_in_says_it_was_committed(tmp_pat
 def test_a_signal_as_an_export_s_read_ends_still_says_nothing_was_changed(tmp_path, sample_db, monkeypatch):
     """Its transaction, a read, changes nothing, and the file is not in place yet."""
     before = snapshot(sample_db)
-    _signalled(monkeypatch, "SIGTERM")
-    monkeypatch.setattr(_Signalled, "execute", lambda self, sql, *a: (
-        sqlite3.Connection.execute(self, sql, *a), sql == "COMMIT" and os.kill(os.getpid(), signal.SIGTERM))[0])
+    _signalled(monkeypatch, "SIGTERM", reads=True)
     result = memory("export", "-q", "--db", sample_db, tmp_path / "out.json")
     assert (result.exit_code, result.stderr) == (143, "Terminated by SIGTERM: nothing was changed\n")
     monkeypatch.undo()
@@ -274,16 +274,7 @@ def test_a_terminating_signal_after_an_ignored_ctrl_c_at_commit_is_not_lost(tmp_
     must still end it with 143 (found by review: only the first signal held was raised again)."""
     target = tmp_path / "target.db"
     make_database(target, name="here")
-    real_connect = sqlite3.connect
-
-    class Twice(sqlite3.Connection):
-        def execute(self, sql, *args):
-            cursor = super().execute(sql, *args)
-            if sql == "COMMIT" and self.total_changes:
-                os.kill(os.getpid(), signal.SIGINT)
-                os.kill(os.getpid(), signal.SIGTERM)
-            return cursor
-    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: real_connect(*a, **k, factory=Twice))
+    _signalled(monkeypatch, "SIGINT", "SIGTERM")
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         result = memory("import", "-q", "--yes", "--db", target, SAMPLE)
