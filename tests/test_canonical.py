@@ -6,7 +6,7 @@ import os
 
 import orjson
 import pytest
-from conftest import SAMPLE, TYPED_SAMPLE, as_written, memory, snapshot
+from conftest import SAMPLE, TYPED_SAMPLE, as_written, clock_free, memory, snapshot
 from hypothesis import HealthCheck, given, settings
 from test_bad_input import CASES, DB_CHECKS
 from test_fuzz import EXAMPLES, mutated
@@ -125,6 +125,10 @@ REFUSED = [
      b'{"id":"m","sessionId":"9f0c1d2e-0000-4000-8000-000000000001","role":"user","content":{"$blob":"AA==",'
      b'"x":1},"timestamp":"t","toolUseIds":null}', "content must be a string or a typed value ($blob, $text, "
      "$textBytes, $real), got an object"),
+    ("a field renamed", "messages", 3, b'{"id":"m","sessionId":"9f0c1d2e-0000-4000-8000-000000000001","role":"user",'
+     b'"contents":"c","timestamp":"t","toolUseIds":null}', "missing field 'content'"),
+    ("a field left out, one added", "messages", 3, b'{"id":"m","sessionId":"9f0c1d2e-0000-4000-8000-000000000001",'
+     b'"role":"user","timestamp":"t","toolUseIds":null,"extra":"c"}', "missing field 'content'"),
     ("a typed value where none may be", "messages", 1,
      b'{"id":"m","sessionId":"9f0c1d2e-0000-4000-8000-000000000001","role":{"$text":"user"},"content":"c",'
      b'"timestamp":"t","toolUseIds":null}', "role cannot hold a typed $text value"),
@@ -166,6 +170,22 @@ def test_a_typed_value_on_the_fast_path_is_stored_as_the_strict_path_stores_it(t
         assert memory("import", "--db", db, tmp_path / f"in.{fmt}").exit_code == 0
         states.append(snapshot(db))
     assert states[0] == states[1]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_records_with_their_fields_in_another_order_are_stored_as_in_order(tmp_path, monkeypatch, fmt):
+    doc = json.loads(SAMPLE.read_bytes())
+    turned = {k: [dict(reversed(r.items())) for r in v] if isinstance(v, list) else v for k, v in doc.items()}
+    states = []
+    for name, data in (("in-order", doc), ("turned", turned)):
+        (tmp_path / f"{name}.{fmt}").write_bytes(as_written(data, fmt))
+        for strict in ("0", "1"):
+            monkeypatch.setenv(STRICT_ENV, strict)
+            db = tmp_path / f"{name}-{strict}.db"
+            assert memory("import", "--db", db, tmp_path / f"{name}.{fmt}").exit_code == 0
+            states.append(clock_free(db))
+    assert states[0] == states[1] == states[2] == states[3]
+    assert states[0]["messages_meta"]
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl"])
