@@ -17,7 +17,7 @@ from .database import SQLITE_HEADER
 from .errors import BadBackup, PipelineError
 from .export import Exported, ProgressFor, export_to, no_progress
 from .formats import decompressed_reader, format_from_name
-from .portable import locked
+from .portable import DONE, locked
 from .restore import Backup, open_backup, opened, validate
 
 EXTENSIONS = {("json", "none"): ".json", ("json", "gzip"): ".json.gz", ("json", "zstd"): ".json.zst",
@@ -284,9 +284,12 @@ def new_backup(conn: sqlite3.Connection, directory: Path, retention: Retention, 
             raise BackupFailed("the new backup failed its check and was removed; no old backup was touched: "
                                f"{exc}") from exc
         except KeyboardInterrupt:      # Ctrl-C, SIGTERM, SIGHUP: an unchecked backup goes as a half-written one
-            path.unlink(missing_ok=True)
+            _unchecked_removed(path)
             raise
+        DONE.set(f"{path} was written before it; it was removing the old backups the --keep options let go")
         removed, future = rotate(directory, retention, path, now)
+        DONE.set(f"{path} was written before it" + (", and the old backups the --keep options let go removed"
+                                                    if removed else ""))
         yield Done(path, size, stats, removed, exported.left_out, future_warnings(future))
 
 
@@ -316,3 +319,12 @@ def _written(conn: sqlite3.Connection, directory: Path, fmt: str, compression: s
             tries -= 1
             if not tries:
                 raise
+        except KeyboardInterrupt:      # as it was put in place (portable.DONE says it was): unchecked, it goes
+            if DONE.get():
+                _unchecked_removed(path)
+            raise
+
+
+def _unchecked_removed(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    DONE.set("")

@@ -17,7 +17,6 @@ import click
 from . import __version__
 from .backup import Retention, dry_run, listing, new_backup, newest_whole
 from .database import (
-    CHANGED,
     DEFAULT_PATH,
     SQLITE_HEADER,
     counts,
@@ -34,7 +33,7 @@ from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decomp
 from .report import Shown, imported, left_out, listed_data, listed_row, records, size, table
 from .report import progress as _progress
 from .report import report as _report
-from .portable import Terminated, is_terminal, signals_as_interrupts
+from .portable import DONE, Terminated, is_terminal, signals_as_interrupts
 from .restore import CONFLICT_MODES, Backup, load, open_backup
 from .restore import validate as validate_backup
 from .schema_check import check_for_import
@@ -53,7 +52,7 @@ class MemoryGroup(click.Group):
     rollback and exit 130, 143 or 129, in one place."""
 
     def invoke(self, ctx: click.Context):
-        CHANGED.set(False)
+        DONE.set("")
         try:
             with signals_as_interrupts():
                 return super().invoke(ctx)
@@ -81,9 +80,9 @@ class MemoryGroup(click.Group):
 
 
 def _what_stands() -> str:
-    """After an interrupt: a signal that comes as an import commits is handled after it (SQLite cannot be
-    stopped there), and the user must not be told to import again what is in."""
-    return "the changes were committed before it" if CHANGED.get() else "nothing was changed"
+    """After an interrupt, what it leaves: a signal that comes as an import commits, or as an export's file is
+    put in place, is handled after it, and the user must not be told to import again what is in."""
+    return DONE.get() or "nothing was changed"
 
 
 class HomePath(click.Path):

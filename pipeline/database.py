@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import os
 import shlex
@@ -18,9 +17,7 @@ from .errors import DatabaseProblem
 from .output import DATABASE_SUFFIXES, remove_leftovers, temp_beside
 from .tables import TABLES, Table
 
-# Whether this command has changed the user's database (a COMMIT that wrote, a new database linked in): what
-# an interrupt then says. The command line sets it False as each command starts.
-CHANGED: contextvars.ContextVar[bool] = contextvars.ContextVar("changed", default=False)
+COMMITTED = "the changes were committed before it"     # portable.DONE once a COMMIT wrote to the user's database
 _UNSEEN: set[int] = set()       # id() of each connection to a new database not yet linked where the user asked
 
 DEFAULT_PATH = Path("~/.memory-nexus/memory.db")
@@ -140,7 +137,7 @@ def new_database(path: Path) -> Iterator[sqlite3.Connection]:
             except FileExistsError as exc:
                 raise DatabaseProblem(f"cannot create a database at {path}: something is there now (a database "
                                       "made meanwhile, or a link that leads nowhere); nothing was imported") from exc
-            CHANGED.set(True)
+            portable.DONE.set(COMMITTED)
             with closing(sqlite3.connect(str(path))) as placed:
                 placed.execute("PRAGMA journal_mode = WAL")
             portable.fsync_directory(path.parent)      # the new name is durable, not only the file
@@ -232,8 +229,9 @@ def counts(conn: sqlite3.Connection, tables: tuple[Table, ...] = TABLES) -> dict
 def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool = True,
                 changed: Callable[[], bool] | None = None) -> Iterator[sqlite3.Connection]:
     """One transaction: COMMIT when the block ends (ROLLBACK where `commit` is false: a dry run), ROLLBACK on
-    any exception, Ctrl-C included. A COMMIT notes in CHANGED whether the user's database changed: `changed()`
-    says, where given (the connection's count of changes also counts rows written to TEMP tables)."""
+    any exception, Ctrl-C included. A COMMIT that changed the user's database is noted in portable.DONE:
+    `changed()` says whether it did, where given (the connection's count of changes also counts rows written to
+    TEMP tables)."""
     try:
         conn.execute(f"BEGIN {mode}")
     except sqlite3.OperationalError as exc:
@@ -248,10 +246,10 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool 
         conn.rollback()
         return
     try:
-        with portable.signals_held():     # a signal during COMMIT must find CHANGED as it is
+        with portable.signals_held():     # a signal during COMMIT must find DONE as it is
             conn.execute("COMMIT")
             if (changed() if changed else conn.total_changes != changes) and id(conn) not in _UNSEEN:
-                CHANGED.set(True)
+                portable.DONE.set(COMMITTED)
     except sqlite3.OperationalError as exc:
         conn.rollback()
         raise DatabaseProblem(f"cannot commit: {exc}; nothing was changed") from exc

@@ -59,16 +59,18 @@ def atomic_file(path: Path, replace: bool = True, database: Path | None = None) 
         with _naming(path):
             portable.make_private(fd, temp if named else None)
             portable.fsync(fd)
-            if not replace and named:
-                os.link(temp, target)
-            elif not replace:
-                portable.link(fd, target)
-            else:
-                if not named:
-                    portable.link(fd, temp)
-                    named = True
-                portable.replace(temp, target)
-            portable.fsync_directory(directory)
+            with portable.signals_held():       # once in place, its name is made durable before a signal ends us
+                if not replace and named:
+                    os.link(temp, target)
+                elif not replace:
+                    portable.link(fd, target)
+                else:
+                    if not named:
+                        portable.link(fd, temp)
+                        named = True
+                    portable.replace(temp, target)
+                portable.DONE.set(f"{path} was written before it")
+                portable.fsync_directory(directory)
     finally:
         os.close(fd)
         if named:

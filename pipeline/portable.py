@@ -8,6 +8,7 @@ the file inherits; a folder lock by fcntl.flock or msvcrt.locking; SIGTERM every
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import os
 import signal
@@ -216,6 +217,11 @@ def _msvcrt_lock(msvcrt, fd: int) -> None:
 
 
 # ---- signals ----------------------------------------------------------------------------------------------
+
+# What the command has done that stands, for the message a signal ends it with ("" while nothing has: "nothing
+# was changed"): set where the change is made (a COMMIT, a file put in place), inside signals_held, so that a
+# signal coming then finds it as it is. The CLI clears it for each command.
+DONE: contextvars.ContextVar[str] = contextvars.ContextVar("done", default="")
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised where the program is, so it unwinds as Ctrl-C does: the transaction rolls

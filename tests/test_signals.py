@@ -336,3 +336,75 @@ def test_an_import_under_nohup_is_not_stopped_by_sighup(tmp_path, big_backup):
     assert (proc.returncode, proc.stderr.read().decode()) == (0, "")
     with closing(sqlite3.connect(target)) as conn:
         assert conn.execute("SELECT count(*) FROM messages_meta").fetchone() == (30000,)
+
+
+def test_a_signal_once_an_export_s_file_is_in_place_says_it_was_written(tmp_path, sample_db, monkeypatch):
+    """The file has replaced what was there: "nothing was changed" would be untrue, and the file must be whole,
+    its name durable (the folder fsynced), before the signal is let through."""
+    out = tmp_path / "out.json"
+    out.write_bytes(b"an older backup")
+    import pipeline.output as output_module
+    real_fsync, synced = output_module.portable.fsync_directory, []
+
+    def signalled(directory):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_fsync(directory)
+        synced.append(directory)
+    monkeypatch.setattr(output_module.portable, "fsync_directory", signalled)
+    result = memory("export", "-q", "--db", sample_db, out)
+    assert (result.exit_code, result.stderr) == (143, f"Terminated by SIGTERM: {out} was written before it\n")
+    monkeypatch.undo()
+    assert synced == [tmp_path]
+    assert memory("validate", "-q", out).exit_code == 0
+
+
+def test_a_signal_as_a_backup_is_put_in_place_removes_it_unchecked(tmp_path, sample_db, monkeypatch):
+    """Put in place, not yet read back: it goes as one stopped while read back does (found with a real process,
+    SIGTERM injected by strace at the folder's fsync: the unchecked backup stayed)."""
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    old = folder / "memory-20260101T000000.000000Z.json.zst"
+    old.write_bytes(b"the last good backup")
+    import pipeline.output as output_module
+    real_fsync = output_module.portable.fsync_directory
+
+    def signalled(directory):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_fsync(directory)
+    monkeypatch.setattr(output_module.portable, "fsync_directory", signalled)
+    result = memory("backup", "-q", "--db", sample_db, "--keep", "1", folder)
+    assert (result.exit_code, result.stderr) == (143, "Terminated by SIGTERM: nothing was changed\n")
+    assert sorted(os.listdir(folder)) == [".memory-backup.lock", old.name]
+
+
+@pytest.mark.parametrize("when", ["removing", "removed"])
+def test_a_signal_while_a_backup_removes_old_ones_says_what_stands(tmp_path, sample_db, monkeypatch, when):
+    """The new backup is written and checked; of the old ones --keep lets go, some may be gone, or all."""
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    olds = [folder / f"memory-2026010{day}T000000.000000Z.json.zst" for day in (1, 2)]
+    for old in olds:
+        old.write_bytes(b"an old backup")
+    real_unlink, real_warnings = Path.unlink, backup_module.future_warnings
+
+    def unlinked(path, *args, **kwargs):
+        real_unlink(path, *args, **kwargs)
+        if path == olds[0] and when == "removing":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def warnings(future):        # what new_backup reports, once the old ones are removed
+        if when == "removed":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_warnings(future)
+    monkeypatch.setattr(Path, "unlink", unlinked)
+    monkeypatch.setattr(backup_module, "future_warnings", warnings)
+    result = memory("backup", "-q", "--db", sample_db, "--keep", "1", folder)
+    monkeypatch.undo()
+    new = [p for p in backup_module.own_backups(folder) if p not in olds]
+    assert len(new) == 1
+    stands = ("it was removing the old backups the --keep options let go" if when == "removing" else
+              "and the old backups the --keep options let go removed")
+    assert (result.exit_code, result.stderr) == (143, f"Terminated by SIGTERM: {new[0]} was written before it"
+                                                      f"{'; ' if when == 'removing' else ', '}{stands}\n")
+    assert [p.exists() for p in olds] == ([False, True] if when == "removing" else [False, False])
+    assert memory("validate", "-q", new[0]).exit_code == 0
