@@ -266,7 +266,7 @@ def validate(input: str, fmt: str | None, ignore_checksum: bool, quiet: bool, as
 @click.option("--keep-monthly", type=click.IntRange(min=1), metavar="N",
               help="Keep the newest backup of each of the last N months that have backups.")
 @click.option("--dry-run", is_flag=True,
-              help="Write nothing, remove nothing: print what a backup now would remove.")
+              help="Write nothing, remove nothing: open the database, print what a backup now would remove.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
               help="json or jsonl.")
 @click.option("--compress", type=click.Choice(COMPRESSIONS), default="zstd", show_default=True,
@@ -298,7 +298,8 @@ def backup(directory: Path, db_path: Path, keep: int | None, keep_daily: int | N
         raise click.UsageError("backup writes into a folder, not to stdout: use `memory export -` for that")
     retention = Retention.given(keep, keep_daily, keep_weekly, keep_monthly)
     if dry_run:
-        _backup_dry_run(directory, retention, fmt, compress, quiet, as_json)
+        with closing(open_for_reading(db_path)):    # refused where the backup would be: a wrong --db, say
+            _backup_dry_run(directory, retention, fmt, compress, quiet, as_json)
         return
     shown = Shown(quiet or as_json, plain_progress)
     with closing(open_for_reading(db_path)) as conn, \

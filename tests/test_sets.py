@@ -330,18 +330,31 @@ def test_backup_with_calendar_retention_and_its_dry_run(tmp_path, sample_db):
     assert (folder / "notes.txt").read_text() == "not ours"
 
 
-def test_dry_run_json_and_quiet_and_an_empty_folder(tmp_path):
+def test_dry_run_json_and_quiet_and_an_empty_folder(tmp_path, sample_db):
     folder = tmp_path / "backups"
     folder.mkdir()
     old = [folder / backup_name("json", "zstd", datetime(2026, 1, d, tzinfo=timezone.utc)) for d in (1, 2, 3)]
     for path in old:
         path.write_text("x")
-    result = memory("backup", "--keep", "2", "--dry-run", "--json", folder)
+    result = memory("backup", "--db", sample_db, "--keep", "2", "--dry-run", "--json", folder)
     assert json.loads(result.stdout) == {"dryRun": True, "wouldRemove": [str(old[0]), str(old[1])]}
-    assert memory("backup", "--keep", "2", "--dry-run", "-q", folder).stdout == ""     # --quiet: nothing
-    assert memory("backup", "--dry-run", folder).stdout == "would remove nothing\n"
-    assert memory("backup", "--dry-run", tmp_path / "none").stdout == "would remove nothing\n"
+    assert memory("backup", "--db", sample_db, "--keep", "2", "--dry-run", "-q", folder).stdout == ""   # --quiet
+    assert memory("backup", "--db", sample_db, "--dry-run", folder).stdout == "would remove nothing\n"
+    assert memory("backup", "--db", sample_db, "--dry-run", tmp_path / "none").stdout == "would remove nothing\n"
     assert own_backups(folder) == old and not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("db, message", [("missing.db", "no database at {}"),
+                                         ("words.db", "cannot read {}: file is not a database")])
+def test_a_dry_run_is_refused_where_the_backup_would_be(tmp_path, db, message):
+    """A wrong --db (a typo in a crontab being tried out) fails the dry run as it fails the backup, with the
+    same message, and creates nothing (found by review: the dry run said "would remove nothing", exit 0)."""
+    (tmp_path / "words.db").write_text("not a database")
+    folder = tmp_path / "backups"
+    for dry in (["--dry-run"], []):
+        result = memory("backup", "--db", tmp_path / db, *dry, folder)
+        assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message.format(tmp_path / db)}\n")
+    assert not folder.exists()
 
 
 @pytest.mark.parametrize("args, message", [
