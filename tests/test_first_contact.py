@@ -370,7 +370,7 @@ def test_a_tilde_is_expanded_in_every_path_as_in_db(tmp_path, sample_db, monkeyp
     listed = memory("list", "~/bk")
     assert (listed.exit_code, listed.stderr) == (0, "") and str(own_backups(tmp_path / "bk")[0].name) in listed.stdout
     assert memory("list", "--check", "~/bk").exit_code == 0
-    assert memory("backup", "--dry-run", "-q", "~/bk").exit_code == 0
+    assert memory("backup", "--db", "~/sample.db", "--dry-run", "-q", "~/bk").exit_code == 0
     assert memory("export", "--db", "~/sample.db", "-q", "~/x.json").exit_code == 0
     assert memory("validate", "-q", "~/x.json").exit_code == 0
     assert memory("import", "--db", "~/new.db", "-q", "~/x.json").exit_code == 0
