@@ -245,6 +245,55 @@ def test_a_file_that_names_a_state_by_id_and_another_by_path_is_refused(tmp_path
     assert snapshot(target) == before
 
 
+@pytest.mark.parametrize("batch", [2000, 1], ids=["one-batch", "batch-by-batch"])
+@pytest.mark.parametrize("same", [True, False], ids=["copied", "other-text"])
+@pytest.mark.parametrize("mode", ["skip", "replace"])
+def test_a_file_that_holds_one_fact_twice_is_refused_as_an_import_into_an_empty_database_is(tmp_path, monkeypatch,
+                                                                                             batch, same, mode):
+    """Found: a merge took one of the two records (skip the first, replace the second) and said nothing, where an
+    import into an empty database refuses the file; the other record was lost. A file memory or memory-nexus
+    writes never holds a fact twice (the schema's UNIQUE constraints): such a file was made or damaged by hand."""
+    monkeypatch.setattr("pipeline.records.BATCH", batch)
+    def twice(doc):
+        first = doc["messages"][0]
+        doc["messages"].append({**first, "rowid": 999} if same else {**first, "rowid": 999, "content": "other"})
+        doc["stats"]["messages"] += 1
+    target, backup = both_ways_with(tmp_path, twice)
+    at = len(json.loads(backup.read_text())["messages"]) - 1
+    first = json.loads(backup.read_text())["messages"][0]["id"]
+    before = snapshot(target)
+    result = memory("import", "--db", target, "-y", "--on-conflict", mode, backup)
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", (
+        f"Error: messages[{at}]: the file holds this fact twice (id {first!r}, as messages[0]); nothing was "
+        "imported\n"))
+    assert snapshot(target) == before
+    empty = memory("import", "--db", tmp_path / "empty.db", backup)
+    assert empty.exit_code == 1 and "the file holds this row twice" in empty.stderr
+
+
+@pytest.mark.parametrize("batch", [2000, 1], ids=["one-batch", "batch-by-batch"])
+def test_with_on_conflict_fail_a_fact_held_twice_is_named_as_the_file_s_own(tmp_path, monkeypatch, batch):
+    """Not "in the database with other values": the other values are the file's (a's data and b's share no
+    fact here, so nothing else clashes)."""
+    monkeypatch.setattr("pipeline.records.BATCH", batch)
+    target = machine(tmp_path / "a.db", "a")
+    memory("export", "--db", machine(tmp_path / "b.db", "b"), "-q", tmp_path / "b.json")
+    doc = json.loads((tmp_path / "b.json").read_text())
+    del doc["checksum"]
+    doc["version"] = "1.1"
+    doc = {k: [r for r in v if "shared" not in json.dumps(r)] if isinstance(v, list) else v for k, v in doc.items()}
+    doc["stats"] = {k: len(v) for k, v in doc.items() if isinstance(v, list)}
+    doc["messages"].append({**doc["messages"][0], "rowid": 999, "content": "other"})
+    doc["stats"]["messages"] += 1
+    (tmp_path / "b.json").write_text(json.dumps(doc))
+    before = snapshot(target)
+    result = memory("import", "--db", target, "-y", "--on-conflict", "fail", tmp_path / "b.json")
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", (
+        f"Error: messages[{len(doc['messages']) - 1}]: the file holds this fact twice (id "
+        f"{doc['messages'][0]['id']!r}, as messages[0]); nothing was imported\n"))
+    assert snapshot(target) == before
+
+
 @pytest.mark.parametrize("wal", [False, True], ids=["rollback-journal", "wal"])
 @pytest.mark.parametrize("args", [["-y"], ["-y", "--on-conflict", "replace"], ["--clear"]],
                          ids=["skip", "replace", "clear"])
