@@ -25,10 +25,10 @@ def _ids(key: str) -> str:
     return f'temp."merge_ids_{key}"'
 
 
-def _seen(table: Table) -> str:
-    """The database's rows (rowid) that a record of the file has matched or made so far, and that record's pos:
-    a second record of the file that comes to one of them holds the same fact, and the file is refused."""
-    return f'temp."merge_seen_{table.name}"'
+def _seen(table: Table, i: int) -> str:
+    """The values of the table's natural key `i` that the file's records have held so far, each with the
+    first record's pos: what the database's UNIQUE constraint on that key is to an import into empty tables."""
+    return f'temp."merge_seen_{table.name}_{i}"'
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Merge:
     waiting: list[Table] = field(default_factory=list)
     sql: dict[str, Statements] = field(default_factory=dict)
     done: dict[str, int] = field(default_factory=dict)    # the last pos the first phase has seen
+    checked: dict[str, int] = field(default_factory=dict)  # the last pos _once has seen
 
     def __post_init__(self) -> None:
         if sqlite3.sqlite_version_info < (3, 33):
@@ -62,16 +63,34 @@ class Merge:
         """A staging table for the table's records, in the file's order (pos - 1 is the record's index)."""
         columns = ", ".join(f'"{c.name}" {c.type.upper()}' for c in table.columns_in(self.minor))
         self.conn.execute(f"CREATE TEMP TABLE {staging_name(table)} (pos INTEGER PRIMARY KEY AUTOINCREMENT, {columns})")
-        self.conn.execute(f"CREATE TEMP TABLE {_seen(table)} (target INTEGER PRIMARY KEY, pos INTEGER NOT NULL)")
-        self.updated[table.key] = self.renumbered[table.key] = self.done[table.key] = 0
-        self.sql[table.key] = Statements(table, self.minor)
+        self.updated[table.key] = self.renumbered[table.key] = self.done[table.key] = self.checked[table.key] = 0
+        self.sql[table.key] = sql = Statements(table, self.minor)
+        for create, _, _, _ in sql.once:
+            self.conn.execute(create)
         if any(c.points_at not in self.read for c in table.columns_in(self.minor) if c.points_at):
             self.waiting.append(table)
         return staging_name(table)
 
     def merge_staged(self, table: Table) -> None:
+        self._once(table)
         if table not in self.waiting:
             self._merge(table, self._in_place)
+
+    def _once(self, table: Table) -> None:
+        """Refused: a record just staged that holds the fact (a natural key's values, as the file gives them)
+        of an earlier record of the file. A file memory or memory-nexus writes never does (the schema's UNIQUE
+        constraints), and an import into an empty database refuses it; a merge would take one of the two."""
+        first = self.checked[table.key] + 1
+        for _, insert, twice, key in self.sql[table.key].once:
+            self.conn.execute(insert, (first,))
+            found = self.conn.execute(twice, (first,)).fetchone()
+            if found:
+                pos, earlier, *values = found
+                named = ", ".join(f"{c.field} {shown(v)}" for c, v in zip(key, values))
+                raise Refused(f"{table.key}[{pos - 1}]: the file holds this fact twice ({named}, as "
+                              f"{table.key}[{earlier - 1}]); nothing was imported")
+        self.checked[table.key] = self.conn.execute(
+            f"SELECT coalesce(max(pos), 0) FROM {staging_name(table)}").fetchone()[0]
 
     def ended(self, table: Table) -> None:
         self.read.add(table.key)
@@ -86,15 +105,17 @@ class Merge:
                 self._merge(table, self._elsewhere)
         for table in TABLES:
             self.conn.execute(f"DROP TABLE IF EXISTS {staging_name(table)}")
-            self.conn.execute(f"DROP TABLE IF EXISTS {_seen(table)}")
+            for i in range(len(table.natural)):
+                self.conn.execute(f"DROP TABLE IF EXISTS {_seen(table, i)}")
         for key in sorted(POINTED_AT):
             self.conn.execute(f"DROP TABLE {_ids(key)}")
 
     def _merge(self, table: Table, phase: Callable[[Table, Statements, int, int], tuple[int, int]]) -> None:
         """One phase over what is staged, set-wise; then forget the records whose fact the database now holds.
-        Where the set-wise statements fail (two records of the file for one fact, or the database refuses a
-        record), the phase runs record by record in the file's order, and the record is named: as a fact held
-        twice (see `_once`), or as the database's refusal."""
+        Where the set-wise statements fail (two records that are one fact only once their ids are mapped: a
+        file's fact twice as it gives it is refused as it is staged, see `_once`; or the database refuses a
+        record), the phase runs record by record in the file's order: a fact met again then does what a row
+        already there does, and a record the database refuses is named."""
         sql = self.sql[table.key]
         # The first phase sees each record once: those it leaves staged wait for the second.
         first = self.done[table.key] + 1 if phase == self._in_place else 1
@@ -116,7 +137,6 @@ class Merge:
                     raise DatabaseProblem(f"{table.key}[{pos - 1}]: {rejected(error, TWICE)}") from error
         last = self.conn.execute(f"SELECT coalesce(max(pos), 0) FROM {staging_name(table)}").fetchone()[0]
         self.done[table.key] = last
-        self._once(table, sql, first, 2**62)      # else forgotten as a fact the database holds
         self.conn.execute(sql.forget, (first, 2**62))
         self.conn.execute("RELEASE merge")
         self.updated[table.key] += counted[0]
@@ -125,7 +145,6 @@ class Merge:
     def _in_place(self, table: Table, sql: Statements, first: int, last: int) -> tuple[int, int]:
         """The staged records from pos `first` to `last` whose fact the database holds, and the new ones whose
         id or rowid is free there: (rows updated, 0)."""
-        self._once(table, sql, first, last)
         if self.on_conflict == "fail":
             clash = self.conn.execute(sql.clash, (first, last)).fetchone()
             if clash:
@@ -136,27 +155,13 @@ class Merge:
         updated = self._run(sql.update, first, last) if self.on_conflict == "replace" else 0
         self._run(sql.insert_in_place, first, last)
         self._run(sql.map_ids, first, last)
-        self._run(sql.seen, first, last)
         return updated, 0
 
     def _elsewhere(self, table: Table, sql: Statements, first: int, last: int) -> tuple[int, int]:
         """The rest: new facts whose id or rowid is taken, inserted with new ones: (0, rows renumbered)."""
         renumbered = self._run(sql.insert_elsewhere, first, last)
         self._run(sql.map_ids, first, last)
-        self._run(sql.seen, first, last)
         return 0, renumbered
-
-    def _once(self, table: Table, sql: Statements, first: int, last: int) -> None:
-        """Refused: a staged record whose fact another record of the file came to (a file memory or
-        memory-nexus writes never holds one twice: the schema's UNIQUE constraints). Asked before a phase, so
-        that --on-conflict fail does not take the file's own record for the database's, and before the
-        records whose fact the database holds are forgotten."""
-        twice = self.conn.execute(sql.twice, (first, last)).fetchone()
-        if twice:
-            pos, other, *key = twice        # named in the file's order: the one met before may come after it
-            named = ", ".join(f"{c.field} {shown(v)}" for c, v in zip(sql.key, key))
-            raise Refused(f"{table.key}[{max(pos, other) - 1}]: the file holds this fact twice ({named}, as "
-                          f"{table.key}[{min(pos, other) - 1}]); nothing was imported")
 
     def _run(self, statement: str, first: int, last: int) -> int:
         if not statement:
@@ -203,10 +208,23 @@ class Statements:
                             f'SELECT r."{place.name}", t."{place.name}" FROM r JOIN {name} AS t ON {first} '
                             "ORDER BY r.pos")
         self.forget = (f"{rows}DELETE FROM {staging_name(table)} WHERE pos IN (SELECT r.pos FROM r WHERE {there})")
-        self.twice = (f"{rows}SELECT r.pos, d.pos, {key_values} FROM r JOIN {name} AS t ON {match} "
-                      f"JOIN {_seen(table)} AS d ON d.target = t.rowid AND d.pos <> r.pos ORDER BY r.pos LIMIT 1")
-        self.seen = (f"{rows}INSERT OR IGNORE INTO {_seen(table)} (target, pos) "
-                     f"SELECT t.rowid, r.pos FROM r JOIN {name} AS t ON {match} ORDER BY r.pos")
+        # Per natural key: (create its seen table, note the values of the records staged from pos ?, the first
+        # of them that an earlier record held, the key's columns). As the file gives them: ids not mapped.
+        self.once = []
+        stage = staging_name(table)
+        for i, natural in enumerate(table.natural):
+            cols = [c for c in columns if c.name in natural]
+            names = ", ".join(f'"{c.name}"' for c in cols)
+            typed = ", ".join(f'"{c.name}" {c.type.upper()}' for c in cols)
+            same = " AND ".join(f'd."{c.name}" = s."{c.name}"' for c in cols)
+            held = ", ".join(f's."{c.name}"' for c in cols)
+            self.once.append((
+                f"CREATE TEMP TABLE {_seen(table, i)} ({typed}, pos INTEGER NOT NULL, PRIMARY KEY ({names}))",
+                f"INSERT OR IGNORE INTO {_seen(table, i)} ({names}, pos) SELECT {names}, pos FROM {stage} "
+                "WHERE pos >= ? ORDER BY pos",
+                f"SELECT s.pos, d.pos, {held} FROM {stage} AS s JOIN {_seen(table, i)} AS d ON {same} "
+                "AND d.pos <> s.pos WHERE s.pos >= ? ORDER BY s.pos LIMIT 1",
+                cols))
 
 
 def _mapped(column: Column, i: int) -> str:

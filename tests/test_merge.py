@@ -11,6 +11,7 @@ import pytest
 from conftest import COMPAT_DB, memory, needs_compat, snapshot
 
 from pipeline.database import create_schema
+from pipeline.tables import BY_KEY
 
 # Two machines, numbered independently: the same entity, topic, link ids and message rowids name different
 # things on each. They share session s-shared (B holds one more message in it), entity ('term', 'shared'),
@@ -232,17 +233,55 @@ def test_fail_refuses_an_extraction_state_of_the_same_path_under_another_id(tmp_
     assert snapshot(target) == before
 
 
-def test_a_file_that_names_a_state_by_id_and_another_by_path_is_refused(tmp_path):
-    """x-a of the file has x-shared's path: one record, two rows of the database. Replacing would make the
-    two one; refused, naming it, and nothing changes."""
+@pytest.mark.parametrize("mode", ["skip", "replace"])
+def test_a_file_that_names_a_state_by_id_and_another_by_path_is_refused(tmp_path, mode):
+    """x-a of the file has x-shared's path, and x-shared is in the file too: the file holds the state of /ps
+    twice (an import into an empty database refuses it: UNIQUE session_path). Refused, naming both, and
+    nothing changes."""
     target, backup = both_ways_with(tmp_path, lambda d: d["extractionStates"].__setitem__(
         0, {**d["extractionStates"][0], "id": "x-a", "sessionPath": "/ps"}))
     before = snapshot(target)
-    result = memory("import", "--db", target, "-y", "--on-conflict", "replace", backup)
+    result = memory("import", "--db", target, "-y", "--on-conflict", mode, backup)
     assert (result.exit_code, result.stderr) == (1, (
-        "Error: extractionStates[0]: UNIQUE constraint failed: extraction_state.session_path: the file holds this "
-        "fact twice, or its keys name two different rows of the database\n"))
+        "Error: extractionStates[1]: the file holds this fact twice (sessionPath '/ps', as extractionStates[0]); "
+        "nothing was imported\n"))
     assert snapshot(target) == before
+
+
+@pytest.mark.parametrize("table", ["sessionEntities", "entityLinks", "links", "messages"])
+def test_a_fact_twice_is_named_by_the_file_s_own_values(tmp_path, table):
+    """Found by review of a first form of the check: it named the database's ids (entity 3 for the file's 2)."""
+    def twice(doc):
+        doc[table].append(dict(doc[table][0]))
+        doc["stats"][table] += 1
+    target, backup = both_ways_with(tmp_path, twice)
+    doc = json.loads(backup.read_text())
+    columns = {c.name: c.field for c in BY_KEY[table].columns}
+    named = ", ".join(f"{columns[name]} {doc[table][0][columns[name]]!r}" for name in BY_KEY[table].natural[0])
+    before = snapshot(target)
+    result = memory("import", "--db", target, "-y", backup)
+    assert (result.exit_code, result.stderr) == (1, (
+        f"Error: {table}[{len(doc[table]) - 1}]: the file holds this fact twice ({named}, as {table}[0]); "
+        "nothing was imported\n"))
+    assert snapshot(target) == before
+
+
+@pytest.mark.parametrize("mode", ["skip", "replace"])
+def test_two_states_of_the_file_that_meet_one_row_through_different_keys_are_not_a_fact_twice(tmp_path, mode):
+    """Found by review of a first form of the check (which refused them, skipping): x-a moved to /pz, and a new
+    state x-new at x-a's old path /pa. The file holds no key twice; each meets a's row of x-a, one by id, one by
+    path: skip keeps the database's row, replace takes the file's x-a and then x-new is new."""
+    def moved(doc):
+        doc["extractionStates"] = [{**doc["extractionStates"][0], "id": "x-a", "sessionPath": "/pz"},
+                                   {**doc["extractionStates"][0], "id": "x-new", "sessionPath": "/pa"}]
+        doc["stats"]["extractionStates"] = 2
+    target, backup = both_ways_with(tmp_path, moved)
+    assert memory("import", "--db", tmp_path / "empty.db", "-q", backup).exit_code == 0
+    result = memory("import", "--db", target, "-y", "-q", "--on-conflict", mode, backup)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert [row[:2] for row in extraction_states(target)] == (
+        [("x-a", "/pa"), ("x-shared", "/ps")] if mode == "skip" else [("x-a", "/pz"), ("x-new", "/pa"),
+                                                                      ("x-shared", "/ps")])
 
 
 @pytest.mark.parametrize("batch", [2000, 1], ids=["one-batch", "batch-by-batch"])
