@@ -26,8 +26,8 @@ def _ids(key: str) -> str:
 
 
 def _seen(table: Table, i: int) -> str:
-    """The values of the table's natural key `i` that the file's records have held so far, each with the
-    first record's pos: what the database's UNIQUE constraint on that key is to an import into empty tables."""
+    """The values of the table's unique key `i` (see Statements.once) that the file's records have held so far,
+    each with the first record's pos: what the database's UNIQUE constraint on it is to an empty import."""
     return f'temp."merge_seen_{table.name}_{i}"'
 
 
@@ -77,8 +77,8 @@ class Merge:
             self._merge(table, self._in_place)
 
     def _once(self, table: Table) -> None:
-        """Refused: a record just staged that holds the fact (a natural key's values, as the file gives them)
-        of an earlier record of the file. A file memory or memory-nexus writes never does (the schema's UNIQUE
+        """Refused: a record just staged that holds an earlier record's fact (a natural key's values, as the file
+        gives them) or its id. A file memory or memory-nexus writes never does (the schema's UNIQUE
         constraints), and an import into an empty database refuses it; a merge would take one of the two."""
         first = self.checked[table.key] + 1
         for _, insert, twice, key in self.sql[table.key].once:
@@ -87,8 +87,8 @@ class Merge:
             if found:
                 pos, earlier, *values = found
                 named = ", ".join(f"{c.field} {shown(v)}" for c, v in zip(key, values))
-                raise Refused(f"{table.key}[{pos - 1}]: the file holds this fact twice ({named}, as "
-                              f"{table.key}[{earlier - 1}]); nothing was imported")
+                raise Refused(f"{table.key}[{pos - 1}]: the file holds {named} twice (as {table.key}[{earlier - 1}]); "
+                              "nothing was imported")
         self.checked[table.key] = self.conn.execute(
             f"SELECT coalesce(max(pos), 0) FROM {staging_name(table)}").fetchone()[0]
 
@@ -105,8 +105,8 @@ class Merge:
                 self._merge(table, self._elsewhere)
         for table in TABLES:
             self.conn.execute(f"DROP TABLE IF EXISTS {staging_name(table)}")
-            for i in range(len(table.natural)):
-                self.conn.execute(f"DROP TABLE IF EXISTS {_seen(table, i)}")
+            for i in range(len(self.sql[table.key].once) if table.key in self.sql else 0):
+                self.conn.execute(f"DROP TABLE {_seen(table, i)}")
         for key in sorted(POINTED_AT):
             self.conn.execute(f"DROP TABLE {_ids(key)}")
 
@@ -208,11 +208,13 @@ class Statements:
                             f'SELECT r."{place.name}", t."{place.name}" FROM r JOIN {name} AS t ON {first} '
                             "ORDER BY r.pos")
         self.forget = (f"{rows}DELETE FROM {staging_name(table)} WHERE pos IN (SELECT r.pos FROM r WHERE {there})")
-        # Per natural key: (create its seen table, note the values of the records staged from pos ?, the first
-        # of them that an earlier record held, the key's columns). As the file gives them: ids not mapped.
+        # Per natural key, and the file's own id or rowid (an empty import's PRIMARY KEY; the other tables name
+        # entities and topics by it): (create its seen table, note the values of the records staged from pos ?,
+        # the first of them that an earlier record held, the key's columns). As the file gives them, not mapped.
         self.once = []
         stage = staging_name(table)
-        for i, natural in enumerate(table.natural):
+        unique = list(table.natural) + ([(place.name,)] if place and (place.name,) not in table.natural else [])
+        for i, natural in enumerate(unique):
             cols = [c for c in columns if c.name in natural]
             names = ", ".join(f'"{c.name}"' for c in cols)
             typed = ", ".join(f'"{c.name}" {c.type.upper()}' for c in cols)

@@ -153,7 +153,7 @@ def test_bad_file_leaves_the_database_unchanged_when_merging(tmp_path, name, dat
     before = snapshot(db)
     result = memory("import", "--db", db, "--yes", tmp_path / name)
     if name == "twice.json":   # merging, named as the file's fact twice (it once took one of the two: one lost)
-        message = "messages[1]: the file holds this fact twice (id 'm-1', as messages[0]); nothing was imported"
+        message = "messages[1]: the file holds id 'm-1' twice (as messages[0]); nothing was imported"
     assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message}\n")
     assert snapshot(db) == before
 

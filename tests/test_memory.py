@@ -72,7 +72,7 @@ def merge_peak_with_a_fact_twice(tmp_path, messages_per_session: int) -> int:
     target = open_for_writing(make_database(tmp_path / f"t-{messages_per_session}.db", sessions=20,
                                             messages_per_session=messages_per_session, name="other"))
     tracemalloc.start()
-    refused = rf"^messages\[{20 * messages_per_session}\]: the file holds this fact twice"
+    refused = rf"^messages\[{20 * messages_per_session}\]: the file holds id 'src-0-m0' twice"
     with open(backup, "rb") as raw, pytest.raises(Refused, match=refused):
         load(target, open_backup(decompressed_reader(raw), "json", ignore_checksum=True))
     peak = tracemalloc.get_traced_memory()[1]

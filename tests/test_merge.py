@@ -243,8 +243,8 @@ def test_a_file_that_names_a_state_by_id_and_another_by_path_is_refused(tmp_path
     before = snapshot(target)
     result = memory("import", "--db", target, "-y", "--on-conflict", mode, backup)
     assert (result.exit_code, result.stderr) == (1, (
-        "Error: extractionStates[1]: the file holds this fact twice (sessionPath '/ps', as extractionStates[0]); "
-        "nothing was imported\n"))
+        "Error: extractionStates[1]: the file holds sessionPath '/ps' twice (as extractionStates[0]); nothing was "
+        "imported\n"))
     assert snapshot(target) == before
 
 
@@ -261,8 +261,29 @@ def test_a_fact_twice_is_named_by_the_file_s_own_values(tmp_path, table):
     before = snapshot(target)
     result = memory("import", "--db", target, "-y", backup)
     assert (result.exit_code, result.stderr) == (1, (
-        f"Error: {table}[{len(doc[table]) - 1}]: the file holds this fact twice ({named}, as {table}[0]); "
-        "nothing was imported\n"))
+        f"Error: {table}[{len(doc[table]) - 1}]: the file holds {named} twice (as {table}[0]); nothing was "
+        "imported\n"))
+    assert snapshot(target) == before
+
+
+@pytest.mark.parametrize("table", ["topics", "entities", "messages"])
+def test_a_file_that_gives_one_id_to_two_records_is_refused(tmp_path, table):
+    """An empty import refuses it (PRIMARY KEY); merging, the other tables' ids of entities and topics would name
+    either (found by review: refused only later, naming the TEMP table merge_ids_topics)."""
+    place = next(c.field for c in BY_KEY[table].columns if c.rowid)
+    def twice(doc):
+        doc[table].append({**doc[table][0], "id": "m-another"} if table == "messages" else
+                          {**doc[table][0], "name": "another"})
+        doc[table][-1][place] = doc[table][0][place]
+        doc["stats"][table] += 1
+    target, backup = both_ways_with(tmp_path, twice)
+    doc = json.loads(backup.read_text())
+    assert memory("import", "--db", tmp_path / "empty.db", backup).exit_code == 1
+    before = snapshot(target)
+    result = memory("import", "--db", target, "-y", backup)
+    assert (result.exit_code, result.stderr) == (1, (
+        f"Error: {table}[{len(doc[table]) - 1}]: the file holds {place} {doc[table][0][place]!r} twice (as "
+        f"{table}[0]); nothing was imported\n"))
     assert snapshot(target) == before
 
 
@@ -303,8 +324,7 @@ def test_a_file_that_holds_one_fact_twice_is_refused_as_an_import_into_an_empty_
     before = snapshot(target)
     result = memory("import", "--db", target, "-y", "--on-conflict", mode, backup)
     assert (result.exit_code, result.stdout, result.stderr) == (1, "", (
-        f"Error: messages[{at}]: the file holds this fact twice (id {first!r}, as messages[0]); nothing was "
-        "imported\n"))
+        f"Error: messages[{at}]: the file holds id {first!r} twice (as messages[0]); nothing was imported\n"))
     assert snapshot(target) == before
     empty = memory("import", "--db", tmp_path / "empty.db", backup)
     assert empty.exit_code == 1 and "the file holds this row twice" in empty.stderr
@@ -328,8 +348,8 @@ def test_with_on_conflict_fail_a_fact_held_twice_is_named_as_the_file_s_own(tmp_
     before = snapshot(target)
     result = memory("import", "--db", target, "-y", "--on-conflict", "fail", tmp_path / "b.json")
     assert (result.exit_code, result.stdout, result.stderr) == (1, "", (
-        f"Error: messages[{len(doc['messages']) - 1}]: the file holds this fact twice (id "
-        f"{doc['messages'][0]['id']!r}, as messages[0]); nothing was imported\n"))
+        f"Error: messages[{len(doc['messages']) - 1}]: the file holds id {doc['messages'][0]['id']!r} twice (as "
+        "messages[0]); nothing was imported\n"))
     assert snapshot(target) == before
 
 
