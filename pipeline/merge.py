@@ -9,6 +9,7 @@ from typing import Callable
 from .errors import DatabaseProblem, Refused, rejected
 from .records import shown
 from .tables import TABLES, Column, Table
+from .values import text_or_raw
 
 # The tables whose surrogate ids other tables hold (entities, topics). Through the whole merge, each of the
 # file's ids of theirs is mapped to the target's id of the same fact in a TEMP table, temp.merge_ids_<name>:
@@ -79,16 +80,23 @@ class Merge:
     def _once(self, table: Table) -> None:
         """Refused: a record just staged that holds an earlier record's fact (a natural key's values, as the file
         gives them) or its id. A file memory or memory-nexus writes never does (the schema's UNIQUE
-        constraints), and an import into an empty database refuses it; a merge would take one of the two."""
+        constraints), and an import into an empty database refuses it; a merge would take one of the two. The
+        first such record in the file's order is named, by the key it repeats."""
         first = self.checked[table.key] + 1
-        for _, insert, twice, key in self.sql[table.key].once:
+        once = self.sql[table.key].once
+        for _, insert, _, _ in once:
             self.conn.execute(insert, (first,))
-            found = self.conn.execute(twice, (first,)).fetchone()
-            if found:
-                pos, earlier, *values = found
-                named = ", ".join(f"{c.field} {shown(v)}" for c, v in zip(key, values))
-                raise Refused(f"{table.key}[{pos - 1}]: the file holds {named} twice (as {table.key}[{earlier - 1}]); "
-                              "nothing was imported")
+        # Read as the file gave them: TEXT that is not UTF-8 as its bytes, not a failure to decode.
+        factory, self.conn.text_factory = self.conn.text_factory, text_or_raw
+        try:
+            found = [(row, key) for _, _, twice, key in once if (row := self.conn.execute(twice, (first,)).fetchone())]
+        finally:
+            self.conn.text_factory = factory
+        if found:
+            (pos, earlier, *values), key = min(found, key=lambda pair: pair[0][0])
+            named = ", ".join(f"{c.field} {shown(v)}" for c, v in zip(key, values))
+            raise Refused(f"{table.key}[{pos - 1}]: the file holds {named} twice (as {table.key}[{earlier - 1}]); "
+                          "nothing was imported")
         self.checked[table.key] = self.conn.execute(
             f"SELECT coalesce(max(pos), 0) FROM {staging_name(table)}").fetchone()[0]
 

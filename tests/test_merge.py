@@ -3,6 +3,7 @@ every relation of both sides kept; one transaction; --dry-run."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 from pathlib import Path
@@ -284,6 +285,37 @@ def test_a_file_that_gives_one_id_to_two_records_is_refused(tmp_path, table):
     assert (result.exit_code, result.stderr) == (1, (
         f"Error: {table}[{len(doc[table]) - 1}]: the file holds {place} {doc[table][0][place]!r} twice (as "
         f"{table}[0]); nothing was imported\n"))
+    assert snapshot(target) == before
+
+
+def test_the_first_record_in_the_file_that_repeats_a_key_is_named_whatever_the_key(tmp_path):
+    """Found by review: keys were asked one after the other, so a later record repeating the first key was named
+    before an earlier one repeating the second (an empty import names the earlier)."""
+    def edit(doc):
+        states = doc["extractionStates"]
+        doc["extractionStates"] = [*states, {**states[1], "id": "x-new"}, {**states[0], "sessionPath": "/new"}]
+        doc["stats"]["extractionStates"] = 4
+    target, backup = both_ways_with(tmp_path, edit)
+    path = json.loads(backup.read_text())["extractionStates"][1]["sessionPath"]
+    result = memory("import", "--db", target, "-y", backup)
+    assert (result.exit_code, result.stderr) == (1, (
+        f"Error: extractionStates[2]: the file holds sessionPath {path!r} twice (as extractionStates[1]); nothing "
+        "was imported\n"))
+
+
+def test_a_key_that_is_not_utf_8_named_twice_is_named_by_its_bytes(tmp_path):
+    """Found by review: the message was SQLite's failure to decode it ("Could not decode to UTF-8 column")."""
+    raw = {"$textBytes": base64.b64encode(b"a-\xff").decode()}
+    def edit(doc):
+        doc["sessions"] += [{**doc["sessions"][1], "id": raw}, {**doc["sessions"][1], "id": raw}]
+        doc["stats"]["sessions"] += 2
+    target, backup = both_ways_with(tmp_path, edit)
+    at = len(json.loads(backup.read_text())["sessions"]) - 1
+    before = snapshot(target)
+    result = memory("import", "--db", target, "-y", backup)
+    assert (result.exit_code, result.stderr) == (1, (
+        f"Error: sessions[{at}]: the file holds id b'a-\\xff' twice (as sessions[{at - 1}]); nothing was "
+        "imported\n"))
     assert snapshot(target) == before
 
 
