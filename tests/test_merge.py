@@ -201,6 +201,14 @@ def both_ways_with(tmp_path: Path, edit) -> tuple[Path, Path]:
     return target, tmp_path / "b.json"
 
 
+def refused(target: Path, backup: Path, message: str, *options: str) -> None:
+    """Merging `backup` into `target` fails with exactly `message`, and the database is as it was."""
+    before = snapshot(target)
+    result = memory("import", "--db", target, "-y", *options, backup)
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message}\n")
+    assert snapshot(target) == before
+
+
 def extraction_states(db: Path) -> list[tuple]:
     return sqlite3.connect(db).execute("SELECT id, session_path, status FROM extraction_state ORDER BY id").fetchall()
 
@@ -241,12 +249,8 @@ def test_a_file_that_names_a_state_by_id_and_another_by_path_is_refused(tmp_path
     nothing changes."""
     target, backup = both_ways_with(tmp_path, lambda d: d["extractionStates"].__setitem__(
         0, {**d["extractionStates"][0], "id": "x-a", "sessionPath": "/ps"}))
-    before = snapshot(target)
-    result = memory("import", "--db", target, "-y", "--on-conflict", mode, backup)
-    assert (result.exit_code, result.stderr) == (1, (
-        "Error: extractionStates[1]: the file holds sessionPath '/ps' twice (as extractionStates[0]); nothing was "
-        "imported\n"))
-    assert snapshot(target) == before
+    refused(target, backup, "extractionStates[1]: the file holds sessionPath '/ps' twice (as extractionStates[0]); "
+            "nothing was imported", "--on-conflict", mode)
 
 
 @pytest.mark.parametrize("table", ["sessionEntities", "entityLinks", "links", "messages"])
@@ -259,12 +263,8 @@ def test_a_fact_twice_is_named_by_the_file_s_own_values(tmp_path, table):
     doc = json.loads(backup.read_text())
     columns = {c.name: c.field for c in BY_KEY[table].columns}
     named = ", ".join(f"{columns[name]} {doc[table][0][columns[name]]!r}" for name in BY_KEY[table].natural[0])
-    before = snapshot(target)
-    result = memory("import", "--db", target, "-y", backup)
-    assert (result.exit_code, result.stderr) == (1, (
-        f"Error: {table}[{len(doc[table]) - 1}]: the file holds {named} twice (as {table}[0]); nothing was "
-        "imported\n"))
-    assert snapshot(target) == before
+    refused(target, backup, f"{table}[{len(doc[table]) - 1}]: the file holds {named} twice (as {table}[0]); "
+            "nothing was imported")
 
 
 @pytest.mark.parametrize("table", ["topics", "entities", "messages"])
@@ -280,12 +280,8 @@ def test_a_file_that_gives_one_id_to_two_records_is_refused(tmp_path, table):
     target, backup = both_ways_with(tmp_path, twice)
     doc = json.loads(backup.read_text())
     assert memory("import", "--db", tmp_path / "empty.db", backup).exit_code == 1
-    before = snapshot(target)
-    result = memory("import", "--db", target, "-y", backup)
-    assert (result.exit_code, result.stderr) == (1, (
-        f"Error: {table}[{len(doc[table]) - 1}]: the file holds {place} {doc[table][0][place]!r} twice (as "
-        f"{table}[0]); nothing was imported\n"))
-    assert snapshot(target) == before
+    refused(target, backup, f"{table}[{len(doc[table]) - 1}]: the file holds {place} {doc[table][0][place]!r} "
+            f"twice (as {table}[0]); nothing was imported")
 
 
 def test_the_first_record_in_the_file_that_repeats_a_key_is_named_whatever_the_key(tmp_path):
@@ -297,10 +293,8 @@ def test_the_first_record_in_the_file_that_repeats_a_key_is_named_whatever_the_k
         doc["stats"]["extractionStates"] = 4
     target, backup = both_ways_with(tmp_path, edit)
     path = json.loads(backup.read_text())["extractionStates"][1]["sessionPath"]
-    result = memory("import", "--db", target, "-y", backup)
-    assert (result.exit_code, result.stderr) == (1, (
-        f"Error: extractionStates[2]: the file holds sessionPath {path!r} twice (as extractionStates[1]); nothing "
-        "was imported\n"))
+    refused(target, backup, f"extractionStates[2]: the file holds sessionPath {path!r} twice (as "
+            "extractionStates[1]); nothing was imported")
 
 
 def test_a_key_that_is_not_utf_8_named_twice_is_named_by_its_bytes(tmp_path):
@@ -311,12 +305,8 @@ def test_a_key_that_is_not_utf_8_named_twice_is_named_by_its_bytes(tmp_path):
         doc["stats"]["sessions"] += 2
     target, backup = both_ways_with(tmp_path, edit)
     at = len(json.loads(backup.read_text())["sessions"]) - 1
-    before = snapshot(target)
-    result = memory("import", "--db", target, "-y", backup)
-    assert (result.exit_code, result.stderr) == (1, (
-        f"Error: sessions[{at}]: the file holds id b'a-\\xff' twice (as sessions[{at - 1}]); nothing was "
-        "imported\n"))
-    assert snapshot(target) == before
+    refused(target, backup, f"sessions[{at}]: the file holds id b'a-\\xff' twice (as sessions[{at - 1}]); nothing "
+            "was imported")
 
 
 @pytest.mark.parametrize("mode", ["skip", "replace"])
@@ -353,11 +343,8 @@ def test_a_file_that_holds_one_fact_twice_is_refused_as_an_import_into_an_empty_
     target, backup = both_ways_with(tmp_path, twice)
     at = len(json.loads(backup.read_text())["messages"]) - 1
     first = json.loads(backup.read_text())["messages"][0]["id"]
-    before = snapshot(target)
-    result = memory("import", "--db", target, "-y", "--on-conflict", mode, backup)
-    assert (result.exit_code, result.stdout, result.stderr) == (1, "", (
-        f"Error: messages[{at}]: the file holds id {first!r} twice (as messages[0]); nothing was imported\n"))
-    assert snapshot(target) == before
+    refused(target, backup, f"messages[{at}]: the file holds id {first!r} twice (as messages[0]); nothing was "
+            "imported", "--on-conflict", mode)
     empty = memory("import", "--db", tmp_path / "empty.db", backup)
     assert empty.exit_code == 1 and "the file holds this row twice" in empty.stderr
 
@@ -377,12 +364,8 @@ def test_with_on_conflict_fail_a_fact_held_twice_is_named_as_the_file_s_own(tmp_
     doc["messages"].append({**doc["messages"][0], "rowid": 999, "content": "other"})
     doc["stats"]["messages"] += 1
     (tmp_path / "b.json").write_text(json.dumps(doc))
-    before = snapshot(target)
-    result = memory("import", "--db", target, "-y", "--on-conflict", "fail", tmp_path / "b.json")
-    assert (result.exit_code, result.stdout, result.stderr) == (1, "", (
-        f"Error: messages[{len(doc['messages']) - 1}]: the file holds id {doc['messages'][0]['id']!r} twice (as "
-        "messages[0]); nothing was imported\n"))
-    assert snapshot(target) == before
+    refused(target, tmp_path / "b.json", f"messages[{len(doc['messages']) - 1}]: the file holds id "
+            f"{doc['messages'][0]['id']!r} twice (as messages[0]); nothing was imported", "--on-conflict", "fail")
 
 
 @pytest.mark.parametrize("wal", [False, True], ids=["rollback-journal", "wal"])
