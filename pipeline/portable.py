@@ -223,6 +223,7 @@ def _msvcrt_lock(msvcrt, fd: int) -> None:
 # signal coming then finds it as it is. The CLI clears it for each command.
 DONE: contextvars.ContextVar[str] = contextvars.ContextVar("done", default="")
 
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised where the program is, so it unwinds as Ctrl-C does: the transaction rolls
     back, temporary files go. Exit status 128 + the signal's number, as a shell reports a killed command."""
