@@ -17,6 +17,7 @@ from platforms import command
 import pipeline.backup as backup_module
 import pipeline.cli as cli_module
 import pipeline.database as database_module
+import pipeline.portable as portable_module
 from pipeline.portable import Terminated, signals_as_interrupts, signals_held
 
 # (simulated platform, signal): Windows has no SIGHUP to send
@@ -338,19 +339,25 @@ def test_an_import_under_nohup_is_not_stopped_by_sighup(tmp_path, big_backup):
         assert conn.execute("SELECT count(*) FROM messages_meta").fetchone() == (30000,)
 
 
-def test_a_signal_once_an_export_s_file_is_in_place_says_it_was_written(tmp_path, sample_db, monkeypatch):
-    """The file has replaced what was there: "nothing was changed" would be untrue, and the file must be whole,
-    its name durable (the folder fsynced), before the signal is let through."""
-    out = tmp_path / "out.json"
-    out.write_bytes(b"an older backup")
-    import pipeline.output as output_module
-    real_fsync, synced = output_module.portable.fsync_directory, []
+def _sigterm_at_the_folder_fsync(monkeypatch) -> list[Path]:
+    """This process sends itself SIGTERM as a file's folder is fsynced, once it is in place; the folders whose
+    fsync then ran to its end."""
+    real_fsync, synced = portable_module.fsync_directory, []
 
     def signalled(directory):
         os.kill(os.getpid(), signal.SIGTERM)
         real_fsync(directory)
         synced.append(directory)
-    monkeypatch.setattr(output_module.portable, "fsync_directory", signalled)
+    monkeypatch.setattr(portable_module, "fsync_directory", signalled)
+    return synced
+
+
+def test_a_signal_once_an_export_s_file_is_in_place_says_it_was_written(tmp_path, sample_db, monkeypatch):
+    """The file has replaced what was there: "nothing was changed" would be untrue, and the file must be whole,
+    its name durable (the folder fsynced), before the signal is let through."""
+    out = tmp_path / "out.json"
+    out.write_bytes(b"an older backup")
+    synced = _sigterm_at_the_folder_fsync(monkeypatch)
     result = memory("export", "-q", "--db", sample_db, out)
     assert (result.exit_code, result.stderr) == (143, f"Terminated by SIGTERM: {out} was written before it\n")
     monkeypatch.undo()
@@ -365,13 +372,7 @@ def test_a_signal_as_a_backup_is_put_in_place_removes_it_unchecked(tmp_path, sam
     folder.mkdir()
     old = folder / "memory-20260101T000000.000000Z.json.zst"
     old.write_bytes(b"the last good backup")
-    import pipeline.output as output_module
-    real_fsync = output_module.portable.fsync_directory
-
-    def signalled(directory):
-        os.kill(os.getpid(), signal.SIGTERM)
-        real_fsync(directory)
-    monkeypatch.setattr(output_module.portable, "fsync_directory", signalled)
+    _sigterm_at_the_folder_fsync(monkeypatch)
     result = memory("backup", "-q", "--db", sample_db, "--keep", "1", folder)
     assert (result.exit_code, result.stderr) == (143, "Terminated by SIGTERM: nothing was changed\n")
     assert sorted(os.listdir(folder)) == [".memory-backup.lock", old.name]
