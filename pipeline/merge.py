@@ -26,6 +26,12 @@ def _ids(key: str) -> str:
     return f'temp."merge_ids_{key}"'
 
 
+def _met(table: Table) -> str:
+    """The table's natural key as the database will hold it, ids mapped, for each record merged so far, with
+    the first record's pos (see Statements.meets)."""
+    return f'temp."merge_met_{table.name}"'
+
+
 def _seen(table: Table, i: int) -> str:
     """The values of the table's unique key `i` (see Statements.once) that the file's records have held so far,
     each with the first record's pos: what the database's UNIQUE constraint on it is to an empty import."""
@@ -68,6 +74,8 @@ class Merge:
         self.sql[table.key] = sql = Statements(table, self.minor)
         for create, _, _, _ in sql.once:
             self.conn.execute(create)
+        if sql.meets:
+            self.conn.execute(sql.meets[0])
         if any(c.points_at not in self.read for c in table.columns_in(self.minor) if c.points_at):
             self.waiting.append(table)
         return staging_name(table)
@@ -86,12 +94,7 @@ class Merge:
         once = self.sql[table.key].once
         for _, insert, _, _ in once:
             self.conn.execute(insert, (first,))
-        # Read as the file gave them: TEXT that is not UTF-8 as its bytes, not a failure to decode.
-        factory, self.conn.text_factory = self.conn.text_factory, text_or_raw
-        try:
-            found = [(row, key) for _, _, twice, key in once if (row := self.conn.execute(twice, (first,)).fetchone())]
-        finally:
-            self.conn.text_factory = factory
+        found = [(row, key) for _, _, twice, key in once if (row := self._as_given(twice, (first,)))]
         if found:
             (pos, earlier, *values), key = min(found, key=lambda pair: pair[0][0])
             named = ", ".join(f"{c.field} {shown(v)}" for c, v in zip(key, values))
@@ -99,6 +102,38 @@ class Merge:
                           "nothing was imported")
         self.checked[table.key] = self.conn.execute(
             f"SELECT coalesce(max(pos), 0) FROM {staging_name(table)}").fetchone()[0]
+
+    def _mapped_once(self, table: Table, first: int) -> None:
+        """Refused: a record staged from pos `first` that is, once the file's ids are mapped to the database's,
+        an earlier record's fact. Only a record naming an id the file does not hold can be: such an id is kept
+        as it is, and may be the database's id of what the file's other id is mapped to. An import into an
+        empty database keeps both records (links: topic ids have no foreign key) or refuses the file (entity
+        ids); a merge would take one of the two."""
+        sql = self.sql[table.key]
+        if not sql.meets:
+            return
+        _, note, twice, pointing = sql.meets
+        self.conn.execute(note, (first, 2**62))
+        found = self._as_given(twice, (first, 2**62))
+        if not found:
+            return
+        pos, earlier, *given = found
+        here, there = given[:2 * len(pointing)], given[2 * len(pointing):]
+        whose = [("its", here), (f"{table.key}[{earlier - 1}]'s", there)]
+        lacking = next((f"{who} {c.field} {shown(value)} is not in the file's {c.points_at} and is kept as it is"
+                        for who, values in whose for c, value, lacks in zip(pointing, values[::2], values[1::2])
+                        if lacks), "")
+        raise Refused(f"{table.key}[{pos - 1}]: once the file's ids are mapped to the database's, it is the same as "
+                      f"{table.key}[{earlier - 1}]{': ' * bool(lacking)}{lacking}; nothing was imported")
+
+    def _as_given(self, statement: str, params: tuple) -> tuple | None:
+        """The first row the statement finds, TEXT that is not UTF-8 read as its bytes (as the file gave it), not
+        a failure to decode."""
+        factory, self.conn.text_factory = self.conn.text_factory, text_or_raw
+        try:
+            return self.conn.execute(statement, params).fetchone()
+        finally:
+            self.conn.text_factory = factory
 
     def ended(self, table: Table) -> None:
         self.read.add(table.key)
@@ -113,6 +148,7 @@ class Merge:
                 self._merge(table, self._elsewhere)
         for table in TABLES:
             self.conn.execute(f"DROP TABLE IF EXISTS {staging_name(table)}")
+            self.conn.execute(f"DROP TABLE IF EXISTS {_met(table)}")
             for i in range(len(self.sql[table.key].once) if table.key in self.sql else 0):
                 self.conn.execute(f"DROP TABLE {_seen(table, i)}")
         for key in sorted(POINTED_AT):
@@ -129,6 +165,8 @@ class Merge:
         first = self.done[table.key] + 1 if phase == self._in_place else 1
         if not self.conn.execute(f"SELECT 1 FROM {staging_name(table)} WHERE pos >= ? LIMIT 1", (first,)).fetchone():
             return      # an INSERT of no rows would still write a row of sqlite_sequence for the table
+        if phase == self._in_place:
+            self._mapped_once(table, first)
         self.conn.execute("SAVEPOINT merge")
         try:
             counted = phase(table, sql, first, 2**62)
@@ -191,7 +229,8 @@ class Statements:
         picked = ", ".join(f'{_mapped(c, i)} AS "{c.name}"' for i, c in enumerate(columns))
         joins = "".join(f" LEFT JOIN {_ids(c.points_at)} AS j{i} ON {_where(c)}j{i}.file_id = {_as_id(c)}"
                         for i, c in enumerate(columns) if c.points_at)
-        rows = f"WITH r AS (SELECT s.pos, {picked} FROM {staging_name(table)} AS s{joins} WHERE s.pos BETWEEN ? AND ?) "
+        source = f"FROM {staging_name(table)} AS s{joins} WHERE s.pos BETWEEN ? AND ?"
+        rows = f"WITH r AS (SELECT s.pos, {picked} {source}) "
         match = " OR ".join("(" + " AND ".join(f't."{k}" = r."{k}"' for k in key) + ")" for key in table.natural)
         same = " AND ".join(f't."{c.name}" IS r."{c.name}"' for c in values)
 
@@ -235,6 +274,28 @@ class Statements:
                 f"SELECT s.pos, d.pos, {held} FROM {stage} AS s JOIN {_seen(table, i)} AS d ON {same} "
                 "AND d.pos <> s.pos WHERE s.pos >= ? ORDER BY s.pos LIMIT 1",
                 cols))
+        # The natural key once ids are mapped: (create its table, note the records from pos ? to ?, the first of
+        # them that an earlier record met, the pointing columns in the key), for tables whose key holds ids.
+        self.meets: tuple = ()
+        pointing = [c for c in self.key if c.points_at]
+        if pointing:
+            met = _met(table)
+            names = ", ".join(f'"{c.name}"' for c in self.key)
+            typed = ", ".join(f'"{c.name}" {c.type.upper()}' for c in self.key)
+            at = {c.name: i for i, c in enumerate(columns)}
+            # Each pointing column as the file gives it, and whether it names an id the file does not hold.
+            given = ", ".join(f's."{c.name}" AS "given_{c.name}", '
+                              f'({_where(c)}j{at[c.name]}.target_id IS NULL) AS "lacks_{c.name}"' for c in pointing)
+            extra = [f'"{kind}_{c.name}"' for c in pointing for kind in ("given", "lacks")]
+            mapped = f"WITH r AS (SELECT s.pos, {picked}, {given} {source}) "
+            same = " AND ".join(f'd."{c.name}" = r."{c.name}"' for c in self.key)
+            self.meets = (
+                f"CREATE TEMP TABLE {met} ({typed}, pos INTEGER NOT NULL, {', '.join(extra)}, PRIMARY KEY ({names}))",
+                f"{mapped}INSERT OR IGNORE INTO {met} ({names}, pos, {', '.join(extra)}) "
+                f"SELECT {names}, pos, {', '.join(extra)} FROM r ORDER BY pos",
+                f"{mapped}SELECT r.pos, d.pos, {', '.join('r.' + e for e in extra)}, {', '.join('d.' + e for e in extra)} "
+                f"FROM r JOIN {met} AS d ON {same} AND d.pos <> r.pos ORDER BY r.pos LIMIT 1",
+                pointing)
 
 
 def _mapped(column: Column, i: int) -> str:

@@ -421,3 +421,57 @@ def test_the_real_memory_nexus_database_merges_into_another_machines(tmp_path, m
     assert result.exit_code == 0, result.output
     assert facts(target) == (union(theirs, mine) if mode == "replace" else union(mine, theirs))
     assert snapshot(target) == restored(target, tmp_path)
+
+
+DANGLING = {   # b's backup plus one record naming an id of b that is not in the file; merged into a, that id is
+    # kept as it is and names what another record of b names once b's ids are mapped to a's.
+    "links": (3, {"id": 9, "sourceType": "topic", "sourceId": "3", "targetType": "session", "targetId": "b-1",
+                  "relationship": "related_to", "weight": 1.0},
+              "links[3]: once the file's ids are mapped to the database's, it is the same as links[1]: its sourceId "
+              "'3' is not in the file's topics and is kept as it is; nothing was imported"),
+    "sessionEntities": (0, {"sessionId": "b-1", "entityId": 5, "frequency": 7},
+                        "sessionEntities[2]: once the file's ids are mapped to the database's, it is the same as "
+                        "sessionEntities[0]: sessionEntities[0]'s entityId 5 is not in the file's entities and is "
+                        "kept as it is; nothing was imported"),
+    "entityLinks": (2, {"sourceId": 5, "targetId": 2, "relationship": "implies", "weight": 0.5},
+                    "entityLinks[2]: once the file's ids are mapped to the database's, it is the same as "
+                    "entityLinks[0]: its sourceId 5 is not in the file's entities and is kept as it is; nothing was "
+                    "imported"),
+}
+
+
+@pytest.mark.parametrize("batch", [2000, 1], ids=["one-batch", "batch-by-batch"])
+@pytest.mark.parametrize("mode", ["skip", "replace"])
+@pytest.mark.parametrize("table", sorted(DANGLING))
+def test_a_record_naming_an_id_the_file_lacks_that_meets_another_once_ids_are_mapped_is_refused(
+        tmp_path, monkeypatch, table, mode, batch):
+    """Found by review: a's topic 3 is what b's topic 2 ('zstd') becomes, and b's link '2' -> b-1 then is the
+    link '3' -> b-1 the file also holds (topic 3 is not in it); the merge kept one of the two and said nothing,
+    where an import into an empty database keeps both (links hold topic ids as text, with no foreign key). The
+    same with entity ids (b's 3, 'quokka', becomes a's 5), which an empty import refuses (a foreign key): the
+    merge took one of the two records."""
+    monkeypatch.setattr("pipeline.records.BATCH", batch)
+    at, record, message = DANGLING[table]
+    def edit(doc):
+        doc[table].insert(at, record)
+        doc["stats"][table] += 1
+    target, backup = both_ways_with(tmp_path, edit)
+    empty = memory("import", "--db", tmp_path / "empty.db", "-q", backup)
+    assert (empty.exit_code, empty.stderr) == ((0, "") if table == "links" else (1, (
+        f"Error: {table}[{at}]: FOREIGN KEY constraint failed: it names a row that is neither in the database nor "
+        "earlier in the file\n")))
+    refused(target, backup, message, "--on-conflict", mode)
+
+
+@pytest.mark.parametrize("mode", ["skip", "replace"])
+def test_a_link_naming_a_topic_the_file_lacks_that_meets_no_other_is_merged_as_it_is(tmp_path, mode):
+    """The check above refuses only a meeting: a topic id the file does not hold is kept as it is, as before."""
+    link = {**DANGLING["links"][1], "sourceId": "7"}
+    def edit(doc):
+        doc["links"].append(link)
+        doc["stats"]["links"] += 1
+    target, backup = both_ways_with(tmp_path, edit)
+    result = memory("import", "--db", target, "-y", "-q", "--on-conflict", mode, backup)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert sqlite3.connect(target).execute("SELECT source_type, source_id, target_id FROM links WHERE source_id = '7'"
+                                           ).fetchall() == [("topic", "7", "b-1")]
