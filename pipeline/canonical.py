@@ -218,7 +218,7 @@ def _sections(reader: _Ahead, end: Ended, key: str, empty: bool, parser: Parser)
         if empty:
             yield key, iter(())
         else:
-            handed: list[Iterator[tuple]] = []
+            handed: list[formats.Events] = []
             yield key, _records(reader, key, handed, parser)
             if handed:
                 yield from formats.json_rest(handed[0], end)
@@ -240,7 +240,7 @@ def _array_opening(line: bytes) -> tuple[str | None, bool]:
     return None, False
 
 
-def _records(reader: _Ahead, key: str, handed: list[Iterator[tuple]], parser: Parser) -> Iterator[list]:
+def _records(reader: _Ahead, key: str, handed: list[formats.Events], parser: Parser) -> Iterator[list]:
     """The records of the array `key`, runs of lines at a time (see `_run`); the lines of a run that is not
     all as memory writes it, one at a time; the rest of the file's events go into `handed` if the strict
     reader takes over."""
@@ -363,7 +363,7 @@ def work(layout: str, key: str, minor: int, keep: bool, run: bytes) -> Any:
     return strictly(records)
 
 
-def _strict(state: tuple[bytes, int], line: bytes, reader: _Ahead) -> Iterator[tuple]:
+def _strict(state: tuple[bytes, int], line: bytes, reader: _Ahead) -> formats.Events:
     """The strict reader's events for `line` and the rest of the file, its parser put in `state` first."""
     prefix, made = state
     events = formats.json_events(reader.rest_stream(prefix + bytes(line)))

@@ -10,7 +10,6 @@ import io
 import itertools
 import json
 import operator
-import re
 import zlib
 from typing import IO, Any, Callable, Iterable, Iterator, Tuple
 
@@ -259,7 +258,7 @@ def read_json(stream: IO[bytes], end: Ended = _nothing) -> tuple[Header, Iterato
     return header, _json_sections(events, key, end)
 
 
-def _json_sections(events: Iterator[tuple], key: str, end: Ended) -> Iterator[Section]:
+def _json_sections(events: Events, key: str, end: Ended) -> Iterator[Section]:
     if key != CHECKSUM:
         yield key, _array_items(events, key)
         yield from json_rest(events, end)
@@ -267,7 +266,7 @@ def _json_sections(events: Iterator[tuple], key: str, end: Ended) -> Iterator[Se
         yield from _json_checksum(events, key, end)
 
 
-def json_rest(events: Iterator[tuple], end: Ended) -> Iterator[Section]:
+def json_rest(events: Events, end: Ended) -> Iterator[Section]:
     """The arrays after one has ended (the next event is a key or the document's end), then the checksum."""
     while True:
         event, key = next(events)
@@ -282,7 +281,7 @@ def json_rest(events: Iterator[tuple], end: Ended) -> Iterator[Section]:
         yield key, _array_items(events, key)
 
 
-def _json_checksum(events: Iterator[tuple], key: str, end: Ended) -> Iterator[Section]:
+def _json_checksum(events: Events, key: str, end: Ended) -> Iterator[Section]:
     checksum = _value(events, key)
     event, key = next(events)
     if event != "end_map":
@@ -290,11 +289,23 @@ def _json_checksum(events: Iterator[tuple], key: str, end: Ended) -> Iterator[Se
     yield from _json_end(events, checksum, end)
 
 
-def json_events(stream: IO[bytes]) -> Iterator[tuple]:
-    return ijson.basic_parse(_Growing(stream), buf_size=records.BATCH * 128)
+def json_events(stream: IO[bytes]) -> Events:
+    return Events(stream)
 
 
-_NOT_SPACE = re.compile(rb"[^ \t\n\r\x0b\x0c]")     # what yajl takes for white space, vertical tab and form feed too
+class Events:
+    """ijson's events of the JSON document in `stream`. Iterating over it iterates over ijson's own
+    iterator, in C; `next` on it is for the few events of the top level."""
+
+    def __init__(self, stream: IO[bytes]):
+        self.source = _Growing(stream)
+        self.events = ijson.basic_parse(self.source, buf_size=records.BATCH * 128)
+
+    def __iter__(self) -> Iterator[tuple]:
+        return self.events
+
+    def __next__(self) -> tuple:
+        return next(self.events)
 
 
 class _Growing:
@@ -311,7 +322,7 @@ class _Growing:
         self.read_below = getattr(stream, "read1", stream.read)
         self.ask = 0
         self.fault: BaseException | None = None
-        self.after_brace = b""      # the first byte after the last '}' read, white space left out; b"" if none
+        self.ended = False          # the document has ended: at the end of the file, a quote is read (below)
 
     def read(self, size: int) -> bytes:
         if self.fault is not None:
@@ -333,20 +344,19 @@ class _Growing:
         data = b"".join(pieces)
         inside_a_string = b"\n" not in data and data.count(b'"') == data.count(b'\\"')
         self.ask = min(size * 2, self.GROW_TO) if inside_a_string else 0
-        # yajl takes a document followed by a string that never closes ('}\n"') as if nothing followed it.
-        # A quote can follow a '}' nowhere in JSON (a comma comes between), so at the end it is refused here
-        # as yajl refuses any other byte after the document.
-        brace = data.rfind(b"}")
-        if brace >= 0 or not self.after_brace:
-            found = _NOT_SPACE.search(data, brace + 1)
-            self.after_brace = data[found.start():found.start() + 1] if found else b""
-        if not data and self.after_brace == b'"':
-            raise ijson.IncompleteJSONError("parse error: trailing garbage")
+        # yajl takes a document followed by a string that never closes ('}\n"x}') as if nothing followed it:
+        # it waits for more of the string. Once the document has ended, the end of the file reads as one
+        # quote more: it closes such a string, which yajl then refuses as it refuses any other data after the
+        # document ("trailing garbage"); after white space only, it opens a string, which yajl passes.
+        if not data and self.ended:
+            self.ended = False
+            return b'"'
         return data
 
 
-def _json_end(events: Iterator[tuple], checksum: Any, end: Ended) -> Iterator[Section]:
+def _json_end(events: Events, checksum: Any, end: Ended) -> Iterator[Section]:
     """After the document's last brace: nothing may follow, and the whole file has then been read."""
+    events.source.ended = True
     for _ in events:   # let the parser see anything after the document
         raise BadBackup("data after the end of the JSON document")
     end(checksum)
