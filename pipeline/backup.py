@@ -280,7 +280,7 @@ def new_backup(conn: sqlite3.Connection, directory: Path, retention: Retention, 
             if report.records != stats:
                 raise BackupFailed(f"{path} does not read back as written ({report.records} != {stats})")
         except PipelineError as exc:
-            path.unlink(missing_ok=True)
+            _unchecked_removed(path)
             raise BackupFailed("the new backup failed its check and was removed; no old backup was touched: "
                                f"{exc}") from exc
         except KeyboardInterrupt:      # Ctrl-C, SIGTERM, SIGHUP: an unchecked backup goes as a half-written one
@@ -326,5 +326,6 @@ def _written(conn: sqlite3.Connection, directory: Path, fmt: str, compression: s
 
 
 def _unchecked_removed(path: Path) -> None:
+    """A backup that is not known good goes: and with it what portable.DONE said of it."""
     path.unlink(missing_ok=True)
     DONE.set("")

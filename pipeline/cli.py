@@ -30,7 +30,7 @@ from .database import (
 from .errors import PipelineError, Refused
 from .export import export_to
 from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decompressed_reader, format_from_name
-from .report import Shown, imported, left_out, listed_data, listed_row, records, size, table
+from .report import Shown, imported, left_out, listed_data, listed_row, records, say, size, table
 from .report import progress as _progress
 from .report import report as _report
 from .portable import DONE, Terminated, is_terminal, signals_as_interrupts
@@ -60,12 +60,12 @@ class MemoryGroup(click.Group):
             _quiet_stdout()
             ctx.exit(Exit.BROKEN_PIPE)
         except PipelineError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(f"{exc}{_and_what_stands()}") from exc
         except OSError as exc:
             if exc.errno is None:      # not the system saying no (a full disk, a missing file): a bug
                 raise
             where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(f"{where}{exc.strerror}") from exc
+            raise click.ClickException(f"{where}{exc.strerror}{_and_what_stands()}") from exc
         except Terminated as exc:
             click.echo(f"Terminated by {exc.name}: {_what_stands()}", err=True)
             ctx.exit(exc.status)
@@ -77,6 +77,11 @@ class MemoryGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str):
         return super().get_command(ctx, self.ALIASES.get(name, name))
+
+
+def _and_what_stands() -> str:
+    """After an error, what was done before it (an import's summary fails to print after its commit)."""
+    return f"; {DONE.get()}" if DONE.get() else ""
 
 
 def _what_stands() -> str:
@@ -323,9 +328,9 @@ def _backup_dry_run(directory: Path, retention: Retention, fmt: str, compress: s
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     if as_json:
-        click.echo(json.dumps({"dryRun": True, "wouldRemove": [str(p) for p in removed]}))
+        say(json.dumps({"dryRun": True, "wouldRemove": [str(p) for p in removed]}))
     elif not quiet:
-        click.echo("\n".join([f"would remove {p}" for p in removed] or ["would remove nothing"]))
+        say("\n".join([f"would remove {p}" for p in removed] or ["would remove nothing"]))
 
 
 @cli.command(name="list", short_help="List a folder's backups, newest first.")
@@ -347,7 +352,7 @@ def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) ->
     """
     entries = list(listing(directory, check, ignore_checksum))
     if as_json:
-        click.echo(json.dumps([listed_data(e) for e in entries]))
+        say(json.dumps([listed_data(e) for e in entries]))
     else:
         rows = [listed_row(e, check) for e in entries]
         if rows:
@@ -356,7 +361,7 @@ def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) ->
         for row in rows:      # within 80 columns: the name says the time, layout and compression
             cells = [cell.rjust(width) if i in (1, 2, 3) else cell.ljust(width)
                      for i, (cell, width) in enumerate(zip(row, widths))]
-            click.echo("  ".join(cells).rstrip())
+            say("  ".join(cells).rstrip())
         if not rows:
             click.echo(f"{directory} holds no backup of memory's", err=True)
     bad = sum(1 for e in entries if e.fault)
@@ -378,11 +383,11 @@ def stats(db_path: Path, as_json: bool) -> None:
     with closing(open_for_reading(db_path)) as conn:
         summary = database_summary(conn, db_path)
     if as_json:
-        click.echo(json.dumps(summary))
+        say(json.dumps(summary))
         return
-    click.echo(f"{db_path} ({size(summary['bytes'])})")
-    click.echo("\n".join(table({"rows": summary["counts"]})))
-    click.echo(f"newest session: {summary['newestSession'] or 'none'}")
+    say(f"{db_path} ({size(summary['bytes'])})")
+    say("\n".join(table({"rows": summary["counts"]})))
+    say(f"newest session: {summary['newestSession'] or 'none'}")
 
 
 # ---- helpers of the commands ------------------------------------------------------------------------------

@@ -114,13 +114,24 @@ def progress(total: int, label: str, name: str, shown: Shown) -> Iterator[Progre
 
 # ---- reports ----------------------------------------------------------------------------------------------
 
+def say(text: str, err: bool = False) -> None:
+    """Lines to stdout (or stderr); one that cannot be written (a full disk, /dev/full) is named as the
+    place, as a file would be. A reader gone away (BrokenPipeError) is left as it is: it has its own exit."""
+    try:
+        click.echo(text, err=err)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, "stderr" if err else "stdout") from exc
+
+
 def report(*, err: bool, quiet: bool, as_json: bool, shown: Shown, data: dict, lines: list[str]) -> None:
     """The result: one JSON object with --json, nothing with --quiet, else `lines`; with --progress in a log,
     also its unindented lines as one, stamped, to close the run on the stream its progress went to."""
     if as_json:
-        click.echo(json.dumps(data), err=err)
+        say(json.dumps(data), err=err)
     elif not quiet:
-        click.echo("\n".join(lines), err=err)
+        say("\n".join(lines), err=err)
     if shown.logging:
         log("; ".join(line for text in lines for line in text.splitlines() if not line.startswith(" ")))
 

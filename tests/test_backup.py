@@ -274,3 +274,19 @@ def test_rotation_takes_a_backup_removed_by_hand_meanwhile_as_removed(tmp_path, 
     removed, future = rotate(folder, Retention(last=1), names[2], datetime(2026, 1, 4, tzinfo=timezone.utc))
     assert (removed, future) == ([names[0], names[1]], [])
     assert sorted(folder.iterdir()) == [names[2]]
+
+
+def test_a_backup_that_fails_its_check_is_removed_and_the_old_ones_stay(tmp_path, sample_db, monkeypatch):
+    """The check reads the new file back; a fault there removes it, touches no old backup, and says so, and
+    nothing says it was written (it was, before the check: the error must not add '...was written before it')."""
+    assert memory("backup", "--db", sample_db, "-q", tmp_path).exit_code == 0
+    old = sorted(p.name for p in tmp_path.iterdir())
+
+    def damaged(backup, step):
+        raise backup_module.BadBackup("messages[3]: the file is cut short or corrupt")
+    monkeypatch.setattr(backup_module, "validate", damaged)
+    result = memory("backup", "--db", sample_db, "--keep", "1", tmp_path)
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", (
+        "Error: the new backup failed its check and was removed; no old backup was touched: messages[3]: the file is "
+        "cut short or corrupt\n"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == old

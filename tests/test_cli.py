@@ -1,6 +1,7 @@
 """The commands as a user runs them: reports, prompts, conflicts, exit statuses."""
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -225,3 +226,25 @@ def test_a_pure_python_ijson_is_warned_about_once(tmp_path, monkeypatch):
     assert first.stderr == ("warning: ijson runs on its python backend, not yajl2_c; reading is several times "
                             "slower (reinstall ijson from a wheel)\n")
     assert (first.exit_code, second.exit_code, second.stderr) == (0, 0, "")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+@pytest.mark.parametrize("args, stands", [
+    (["stats"], ""), (["stats", "--json"], ""), (["validate", "SAMPLE"], ""), (["list", "DIR"], ""),
+    (["export", "-", "--db", "DB"], ""),
+    (["import", "--db", "NEW", "SAMPLE"], "; the changes were committed before it"),
+], ids=["stats", "stats-json", "validate", "list", "export", "import"])
+def test_a_stdout_that_cannot_be_written_is_named(tmp_path, sample_db, args, stands):
+    """Found: `memory stats > /dev/full` said "Error: No space left on device", not where (export said
+    "stdout: ..."). An import's summary comes after its commit: the error says the data is in."""
+    (tmp_path / "dir").mkdir()
+    memory("backup", "--db", sample_db, "-q", tmp_path / "dir")
+    names = {"SAMPLE": str(SAMPLE), "DIR": str(tmp_path / "dir"), "DB": str(sample_db), "NEW": str(tmp_path / "n.db")}
+    args = [names.get(a, a) for a in args]
+    with open("/dev/full", "w") as full:
+        run = subprocess.run([sys.executable, "-m", "pipeline", *args, *(["--db", str(sample_db)] * (args[0] == "stats"))],
+                             stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert (run.returncode, run.stderr) == (1, f"Error: stdout: No space left on device{stands}\n")
+    if args[0] == "import":
+        assert sqlite3.connect(tmp_path / "n.db").execute("SELECT count(*) FROM messages_meta").fetchone() == (5,)
+
