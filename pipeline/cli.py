@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import io
 import json
 import os
 import sys
@@ -29,7 +28,8 @@ from .database import (
 )
 from .errors import PipelineError, Refused
 from .export import export_to
-from .formats import COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decompressed_reader, format_from_name
+from .formats import (COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decompressed_reader, format_from_name,
+                      looked_ahead)
 from .report import Shown, imported, left_out, listed_data, listed_row, records, say, size, table
 from .report import progress as _progress
 from .report import report as _report
@@ -427,9 +427,8 @@ def _backup_in(name: str, fmt: str | None, ignore_checksum: bool = False) -> Ite
                       "(zstd -dc backup.json.zst | memory import -)")
     fmt = fmt or (format_from_name(name)[0] if name != "-" else None)
     with (nullcontext(sys.stdin.buffer) if name == "-" else open(name, "rb")) as raw:
-        if not hasattr(raw, "peek"):      # a stdin that is not a buffered file (a test's BytesIO)
-            raw = io.BufferedReader(raw)
-        if raw.peek(len(SQLITE_HEADER)).startswith(SQLITE_HEADER):     # the database given as the backup
+        first, raw = looked_ahead(raw, len(SQLITE_HEADER))
+        if first == SQLITE_HEADER:     # the database given as the backup
             raise Refused("stdin is an SQLite database, not a backup" if name == "-" else
                           f"{name} is an SQLite database, not a backup: restore into it with --db {name}, or back "
                           f"it up with memory export --db {name} FILE")

@@ -96,11 +96,51 @@ def compressed_writer(raw: IO[bytes], compression: str) -> IO[bytes]:
     return raw
 
 
+def looked_ahead(stream: IO[bytes], size: int, stop: bytes = b"") -> tuple[bytes, IO[bytes]]:
+    """The first `size` bytes of a stream (fewer only at its end, or once they hold `stop`, one byte), and a
+    stream that reads them again, then the rest. A pipe brings what its writer has written so far: one peek
+    may hold a piece of a line, or of a magic number (found: a JSON Lines backup from a slow writer, taken
+    for JSON). Where the first peek holds them (a file, most pipes), it is the stream itself."""
+    if not hasattr(stream, "peek"):
+        stream = io.BufferedReader(stream)  # type: ignore[arg-type]
+    head = stream.peek(size)[:size]
+    if len(head) == size or stop and stop in head:
+        return head, stream
+    pieces: list[bytes] = []
+    got = 0
+    while got < size:
+        piece = stream.read1(size - got)
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+        if stop and stop in piece:
+            break
+    head = b"".join(pieces)
+    return head, io.BufferedReader(_Replayed(head, stream), 1 << 16)  # type: ignore[arg-type]
+
+
+class _Replayed(io.RawIOBase):
+    """`head`, then the rest of `stream`."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]):
+        self.head, self.stream = memoryview(head), stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.head:
+            data = self.stream.read1(len(buffer))  # type: ignore[attr-defined]
+        else:
+            data, self.head = self.head[:len(buffer)], self.head[len(buffer):]
+        buffer[:len(data)] = data
+        return len(data)
+
+
 def decompressed_reader(raw: IO[bytes]) -> IO[bytes]:
     """The plain bytes of a file, whatever it is compressed with: told by its first bytes, not its name."""
-    if not hasattr(raw, "peek"):
-        raw = io.BufferedReader(raw)  # type: ignore[arg-type]
-    magic = raw.peek(4)[:4]
+    magic, raw = looked_ahead(raw, 4)
     if not magic:
         raise BadBackup("the file is empty")
     if magic.startswith(GZIP_MAGIC):
@@ -111,21 +151,21 @@ def decompressed_reader(raw: IO[bytes]) -> IO[bytes]:
     return raw
 
 
-def sniffed_format(stream: IO[bytes]) -> str:
-    """The layout of a decompressed stream, told from its first line without consuming it: a JSON Lines
-    backup starts with a whole header object on a line of its own; a JSON document's first line either
-    does not close (ours goes on to the arrays, memory-nexus's is a lone "{") or holds more than a header.
-    Looks only as far as one peek reaches (a buffer); a first line longer than that is taken for JSON."""
-    first = stream.peek(1 << 16)[: 1 << 16]
+def sniffed_format(stream: IO[bytes]) -> tuple[str, IO[bytes]]:
+    """The layout of a decompressed stream, told from its first line, and the stream to read from its start:
+    a JSON Lines backup starts with a whole header object on a line of its own; a JSON document's first
+    line either does not close (ours goes on to the arrays, memory-nexus's is a lone "{") or holds more than
+    a header. Looks 64 KiB ahead at most: a first line longer than that is taken for JSON."""
+    first, stream = looked_ahead(stream, 1 << 16, b"\n")
     line, newline, _ = first.partition(b"\n")
     if newline:
         try:
             value = json.loads(line)
         except ValueError:
-            return "json"
+            return "json", stream
         if type(value) is dict and value and all(k in HEADER_KEYS for k in value):
-            return "jsonl"
-    return "json"
+            return "jsonl", stream
+    return "json", stream
 
 
 class CutShort(OSError):

@@ -79,7 +79,8 @@ def open_backup(stream: IO[bytes], fmt: str | None = None, ignore_checksum: bool
     their end (a file of version 1.2 on must have one), unless `ignore_checksum`."""
     parser = Parser(work)
     with _located(lambda: "the header"):
-        fmt = fmt or sniffed_format(stream)
+        if not fmt:
+            fmt, stream = sniffed_format(stream)
         summing = Summing(stream, fmt, ignore_checksum)
         header, sections = reader(fmt, parser)(io.BufferedReader(summing, 1 << 16), summing.end)
     minor = check_header(header)

@@ -5,6 +5,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import COMPAT_DB, SAMPLE, SAMPLE_TABLE, make_database, memory, needs_compat, snapshot
@@ -248,3 +249,23 @@ def test_a_stdout_that_cannot_be_written_is_named(tmp_path, sample_db, args, sta
     if args[0] == "import":
         assert sqlite3.connect(tmp_path / "n.db").execute("SELECT count(*) FROM messages_meta").fetchone() == (5,)
 
+
+
+@pytest.mark.parametrize("cut", [1, 3, 10])
+@pytest.mark.parametrize("name", ["b.jsonl", "b.json", "b.jsonl.gz", "b.json.zst"])
+def test_a_pipe_that_brings_the_file_in_pieces_is_read_as_the_whole(tmp_path, sample_db, name, cut):
+    """Found: `memory validate -` fed a JSON Lines backup whose first piece held no whole line (a slow writer,
+    ssh) took it for JSON, and refused it ("the header: ... trailing garbage"); a compressed one whose first
+    piece is shorter than its magic number was taken for plain bytes."""
+    memory("export", "--db", sample_db, "-q", tmp_path / name)
+    data = (tmp_path / name).read_bytes()
+    for args in (["validate", "-q", "-"], ["import", "-q", "--db", str(tmp_path / f"{cut}.db"), "-"]):
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdin.write(data[:cut])
+        proc.stdin.flush()
+        time.sleep(0.3)            # the process reads the first piece alone
+        proc.stdin.write(data[cut:])
+        proc.stdin.close()
+        assert (proc.wait(timeout=60), proc.stdout.read(), proc.stderr.read()) == (0, b"", b"")
+    assert snapshot(tmp_path / f"{cut}.db") == snapshot(sample_db)

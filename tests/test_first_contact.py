@@ -290,9 +290,9 @@ def test_the_layout_is_told_from_the_bytes_whatever_the_name(tmp_path, sample_db
     (b'{"version":"1.2","stats":{}}', "json"),                            # no newline: not a JSON Lines header
     (b"\xff\xfe not json\n", "json"),                                     # left to the JSON reader to refuse
 ])
-def test_sniffed_format_reads_only_the_first_line_and_consumes_nothing(first_bytes, layout):
-    stream = io.BufferedReader(io.BytesIO(first_bytes))
-    assert sniffed_format(stream) == layout
+def test_sniffed_format_reads_the_first_line_and_gives_every_byte_back(first_bytes, layout):
+    layout_found, stream = sniffed_format(io.BufferedReader(io.BytesIO(first_bytes)))
+    assert layout_found == layout
     assert stream.read() == first_bytes
 
 
