@@ -144,7 +144,7 @@ def decompressed_reader(raw: IO[bytes]) -> IO[bytes]:
     if not magic:
         raise BadBackup("the file is empty")
     if magic.startswith(GZIP_MAGIC):
-        return io.BufferedReader(Decompressed(raw, lambda: zlib.decompressobj(wbits=31)), 1 << 16)
+        return io.BufferedReader(Decompressed(raw, lambda: zlib.decompressobj(wbits=31), padding=b"\0"), 1 << 16)
     if magic == ZSTD_MAGIC:
         import zstandard
         return io.BufferedReader(Decompressed(raw, lambda: zstandard.ZstdDecompressor().decompressobj()), 1 << 16)
@@ -175,12 +175,13 @@ class CutShort(OSError):
 class Decompressed(io.RawIOBase):
     """gzip or zstd, member after member (as `cat a.gz b.gz` makes), refusing a stream that ends inside one:
     gzip.GzipFile's EOFError is swallowed by jsonlines, and zstandard's stream reader says nothing at all.
-    zlib also checks each gzip member's CRC and length."""
+    zlib also checks each gzip member's CRC and length. `padding`: a byte that may follow a member, any number
+    of times, and is skipped: gzip's zeros (a tape's, `dd conv=sync`'s), as gzip and Python's gzip skip them."""
 
     READ = 1 << 14   # compressed bytes a step: bounds what one step can expand to
 
-    def __init__(self, raw: IO[bytes], new: Callable[[], Any]):
-        self.raw, self.new = raw, new
+    def __init__(self, raw: IO[bytes], new: Callable[[], Any], padding: bytes = b""):
+        self.raw, self.new, self.padding = raw, new, padding
         self.member = new()
         self.pending = memoryview(b"")
 
@@ -194,16 +195,23 @@ class Decompressed(io.RawIOBase):
                 if not self.member.eof:
                     raise CutShort("the compressed stream is cut short")
                 return 0
-            out = self.member.decompress(data)
-            while self.member.eof and self.member.unused_data:
-                rest = self.member.unused_data
-                self.member = self.new()
-                out += self.member.decompress(rest)
-            self.pending = memoryview(out)
+            self.pending = memoryview(self._decompressed(data))
         n = min(len(buffer), len(self.pending))
         buffer[:n] = self.pending[:n]
         self.pending = self.pending[n:]
         return n
+
+    def _decompressed(self, data: bytes) -> bytes:
+        out = b""
+        while data:
+            if self.member.eof:     # between members: the padding skipped, what follows starts a new one
+                data = data.lstrip(self.padding) if self.padding else data
+                if not data:
+                    break
+                self.member = self.new()
+            out += self.member.decompress(data)
+            data = self.member.unused_data if self.member.eof else b""
+        return out
 
 
 # ---- writing ----------------------------------------------------------------------------------------------

@@ -196,3 +196,20 @@ def test_our_file_round_trips_through_stdin_with_its_checksum(tmp_path, sample_d
     flipped = like(path.read_bytes(), flip_a_letter(plain(path.read_bytes())))
     result = memory("validate", "--format", "jsonl", "-", input=flipped)
     assert (result.exit_code, result.stderr) == (1, MISMATCH)
+
+
+@pytest.mark.parametrize("name", ["b.json.gz", "b.jsonl.gz"])
+def test_a_gzip_file_padded_with_zeros_reads_as_gzip_reads_it(tmp_path, sample_db, name):
+    """Found: a backup padded with zero bytes after its gzip member (a tape, `dd conv=sync`), which `gzip -t`
+    passes and Python's gzip reads whole (gzip's FAQ 8), was refused as corrupt ("incorrect header check").
+    Zeros after a member are skipped; anything else after them must be a gzip member."""
+    path = exported(tmp_path, sample_db, name)
+    whole = path.read_bytes()
+    path.write_bytes(whole + bytes(1000))
+    assert gzip.decompress(path.read_bytes()) == gzip.decompress(whole)
+    assert memory("validate", "-q", path).exit_code == 0
+    result = memory("import", "--db", tmp_path / "padded.db", "-q", path)
+    assert (result.exit_code, result.output) == (0, "")
+    assert snapshot(tmp_path / "padded.db") == snapshot(sample_db)
+    path.write_bytes(whole + bytes(10) + b"junk")
+    refused_everywhere(tmp_path, sample_db, path)
