@@ -7,7 +7,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 
+import pytest
 from conftest import ROOT, SAMPLE, make_database, memory, snapshot
 
 WRITER = textwrap.dedent("""
@@ -96,4 +98,37 @@ def test_import_onto_a_full_disk_rolls_back(tmp_path, sample_db):
                          preexec_fn=limited(limit))
     assert run.returncode == 1, run.stderr
     assert run.stderr == "Error: cannot commit: disk I/O error; nothing was changed\n"
+    assert snapshot(sample_db) == before
+
+
+READER = textwrap.dedent("""
+    import sqlite3, sys, time
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("BEGIN")
+    conn.execute("SELECT count(*) FROM sessions").fetchone()
+    print("reading", flush=True)
+    sys.stdin.read()
+""")
+
+
+@pytest.mark.parametrize("args", [["-y"], ["--clear"]], ids=["merge", "clear"])
+def test_import_into_a_rollback_journal_database_another_process_reads_fails_after_the_busy_timeout(
+        tmp_path, sample_db, big, args):
+    """Found: with a reader holding a read transaction on a database in rollback-journal mode, an import waited
+    the busy timeout at each spill of its page cache (each needs the exclusive lock) and ran on for minutes, a
+    signal heeded only between waits. The exclusive lock is now taken first: the busy timeout, then one line."""
+    sqlite3.connect(sample_db).execute("PRAGMA journal_mode = DELETE").fetchone()
+    before = snapshot(sample_db)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(sample_db)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline() == "reading\n"
+        start = time.monotonic()
+        run = subprocess.run([sys.executable, "-m", "pipeline", "import", "--db", str(sample_db), *args, str(big)],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        took = time.monotonic() - start
+    finally:
+        reader.communicate("")
+    assert (run.returncode, run.stdout, run.stderr) == (1, "", "Error: cannot start a transaction: database is locked\n")
+    assert took < 20, f"{took:.0f} s"
     assert snapshot(sample_db) == before
