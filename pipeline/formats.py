@@ -370,7 +370,7 @@ class _Growing:
         self.read_below = getattr(stream, "read1", stream.read)
         self.ask = 0
         self.fault: BaseException | None = None
-        self.ended = False          # the document has ended: at the end of the file, a quote is read (below)
+        self.ended = False          # the document has ended: at the end of the file, a newline is read (below)
 
     def read(self, size: int) -> bytes:
         if self.fault is not None:
@@ -394,11 +394,12 @@ class _Growing:
         self.ask = min(size * 2, self.GROW_TO) if inside_a_string else 0
         # yajl takes a document followed by a string that never closes ('}\n"x}') as if nothing followed it:
         # it waits for more of the string. Once the document has ended, the end of the file reads as one
-        # quote more: it closes such a string, which yajl then refuses as it refuses any other data after the
-        # document ("trailing garbage"); after white space only, it opens a string, which yajl passes.
+        # newline more: no string may hold one (nor may an escape, '"x\\' ending in a backslash), so yajl
+        # refuses such a string as it refuses any other data after the document ("trailing garbage"); after
+        # white space only, it is white space. (A quote, tried first, was escaped by such a backslash.)
         if not data and self.ended:
             self.ended = False
-            return b'"'
+            return b"\n"
         return data
 
 

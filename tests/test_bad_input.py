@@ -221,14 +221,15 @@ def test_a_renumbering_merge_is_all_or_nothing_under_a_bad_last_record(tmp_path,
     assert snapshot(db) == before
 
 
-@pytest.mark.parametrize("tail", [b'"', b'\n  "abc', b'"\\"', b'"x}', b'\n"a} } '],
-                         ids=["a quote", "an open string", "a quote escaped", "holding a brace", "ending in one"])
+@pytest.mark.parametrize("tail", [b'"', b'\n  "abc', b'"\\"', b'"x}', b'\n"a} } ', b'"x}\\', b'"\\\\\\', b'"\\u12'],
+                         ids=["a quote", "an open string", "a quote escaped", "holding a brace", "ending in one",
+                              "ending in a backslash", "in three", "in an escape"])
 @pytest.mark.parametrize("fmt", ["as memory writes it", "pretty-printed"])
 def test_an_open_string_after_the_document_is_refused(tmp_path, sample_db, fmt, tail):
     """yajl takes a document followed by a string that never closes as if nothing followed it (found by the
     fuzz test at 1,000 cases: '}\\n"' imported); any other byte there it calls trailing garbage. A first guard
     looked at the byte after the last '}' read, and passed a string holding one (this file of 1.0 has no
-    checksum: it validated and imported)."""
+    checksum: it validated and imported); a second added a quote at the end, which a backslash there escaped."""
     doc = json.loads(SAMPLE.read_bytes())
     data = as_written(doc, "json") if fmt == "as memory writes it" else json.dumps(doc, indent=2).encode() + b"\n"
     (tmp_path / "tail.json").write_bytes(data + tail)
