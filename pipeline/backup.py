@@ -279,10 +279,12 @@ def new_backup(conn: sqlite3.Connection, directory: Path, retention: Retention, 
                 report = validate(written, step)
             if report.records != stats:
                 raise BackupFailed(f"{path} does not read back as written ({report.records} != {stats})")
-        except PipelineError as exc:
+        except (PipelineError, OSError) as exc:     # the file, or the disk under it (EIO)
             _unchecked_removed(path)
-            raise BackupFailed("the new backup failed its check and was removed; no old backup was touched: "
-                               f"{exc}") from exc
+            why = str(exc) if isinstance(exc, PipelineError) else (
+                f"{exc.filename}: " * bool(exc.filename) + (exc.strerror or str(exc)))
+            raise BackupFailed(f"the new backup failed its check and was removed; no old backup was touched: {why}"
+                               ) from exc
         except KeyboardInterrupt:      # Ctrl-C, SIGTERM, SIGHUP: an unchecked backup goes as a half-written one
             _unchecked_removed(path)
             raise

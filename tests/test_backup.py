@@ -290,3 +290,19 @@ def test_a_backup_that_fails_its_check_is_removed_and_the_old_ones_stay(tmp_path
         "Error: the new backup failed its check and was removed; no old backup was touched: messages[3]: the file is "
         "cut short or corrupt\n"))
     assert sorted(p.name for p in tmp_path.iterdir()) == old
+
+
+def test_a_backup_whose_read_back_fails_with_a_system_error_is_removed_too(tmp_path, sample_db, monkeypatch):
+    """Found by review: only a PipelineError removed the new backup; an OSError while reading it back (EIO) left
+    it in the folder unchecked, and the error said it 'was written'."""
+    assert memory("backup", "--db", sample_db, "-q", tmp_path).exit_code == 0
+    old = sorted(p.name for p in tmp_path.iterdir())
+
+    def failing(backup, step):
+        raise OSError(5, "Input/output error", str(tmp_path / "x"))
+    monkeypatch.setattr(backup_module, "validate", failing)
+    result = memory("backup", "--db", sample_db, "--keep", "1", tmp_path)
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", (
+        "Error: the new backup failed its check and was removed; no old backup was touched: "
+        f"{tmp_path / 'x'}: Input/output error\n"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == old
