@@ -506,7 +506,14 @@ def _warn_slow_parser() -> None:
 
 
 def main() -> None:
-    cli(prog_name="memory")
+    try:
+        cli(prog_name="memory")
+    except OSError as exc:     # click's own output (--help, --version), before any command runs, to a full stdout
+        if exc.errno is None:
+            raise
+        _quiet_stdout()        # what is still buffered goes nowhere at exit, not into a second failure
+        click.echo(f"Error: stdout: {exc.strerror}", err=True)
+        sys.exit(Exit.FAILURE)
 
 
 def _quiet_stdout() -> None:

@@ -234,10 +234,12 @@ def test_a_pure_python_ijson_is_warned_about_once(tmp_path, monkeypatch):
     (["stats"], ""), (["stats", "--json"], ""), (["validate", "SAMPLE"], ""), (["list", "DIR"], ""),
     (["export", "-", "--db", "DB"], ""),
     (["import", "--db", "NEW", "SAMPLE"], "; the changes were committed before it"),
-], ids=["stats", "stats-json", "validate", "list", "export", "import"])
+    (["--help"], ""), (["--version"], ""),
+], ids=["stats", "stats-json", "validate", "list", "export", "import", "help", "version"])
 def test_a_stdout_that_cannot_be_written_is_named(tmp_path, sample_db, args, stands):
     """Found: `memory stats > /dev/full` said "Error: No space left on device", not where (export said
-    "stdout: ..."). An import's summary comes after its commit: the error says the data is in."""
+    "stdout: ..."); `memory --help` and `--version` (click's own output) ended in a traceback. An import's
+    summary comes after its commit: the error says the data is in."""
     (tmp_path / "dir").mkdir()
     memory("backup", "--db", sample_db, "-q", tmp_path / "dir")
     names = {"SAMPLE": str(SAMPLE), "DIR": str(tmp_path / "dir"), "DB": str(sample_db), "NEW": str(tmp_path / "n.db")}
