@@ -107,17 +107,23 @@ def looked_ahead(stream: IO[bytes], size: int, stop: bytes = b"") -> tuple[bytes
     if len(head) == size or stop and stop in head:
         return head, stream
     pieces: list[bytes] = []
+    _filled(pieces, stream.read1, size, stop)  # type: ignore[attr-defined]
+    head = b"".join(pieces)
+    return head, io.BufferedReader(_Replayed(head, stream), 1 << 16)  # type: ignore[arg-type]
+
+
+def _filled(pieces: list[bytes], read: Callable[[int], bytes], size: int, stop: bytes = b"") -> None:
+    """Adds to `pieces` what `read` gives, till they hold `size` bytes, or one holds `stop`, or the end is
+    reached. What was read before a fault stays in `pieces`."""
     got = 0
     while got < size:
-        piece = stream.read1(size - got)
+        piece = read(size - got)
         if not piece:
-            break
+            return
         pieces.append(piece)
         got += len(piece)
         if stop and stop in piece:
-            break
-    head = b"".join(pieces)
-    return head, io.BufferedReader(_Replayed(head, stream), 1 << 16)  # type: ignore[arg-type]
+            return
 
 
 class _Replayed(io.RawIOBase):
@@ -377,14 +383,8 @@ class _Growing:
             raise self.fault
         size = max(size, self.ask)
         pieces: list[bytes] = []
-        got = 0
         try:
-            while got < size:
-                piece = self.read_below(size - got)
-                if not piece:
-                    break
-                pieces.append(piece)
-                got += len(piece)
+            _filled(pieces, self.read_below, size)
         except stream_errors() as exc:
             if not pieces:
                 raise
