@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import shlex
+import shutil
 import sqlite3
 from contextlib import closing, contextmanager
 from importlib import resources
@@ -168,8 +169,24 @@ def database_faults(conn: sqlite3.Connection, where: str | Callable[[], str], th
         if type(exc) is sqlite3.DatabaseError:
             raise damaged(conn, f"{place}: {exc}{then}") from exc
         if isinstance(exc, (sqlite3.OperationalError, sqlite3.IntegrityError)):
-            raise DatabaseProblem(f"{place}: {exc}{then}") from exc
+            raise DatabaseProblem(f"{place}: {exc}{_room(conn, exc)}{then}") from exc
         raise
+
+
+def _room(conn: sqlite3.Connection, exc: sqlite3.Error) -> str:
+    """For a full disk (SQLITE_FULL): the room left on each disk SQLite writes to. Found: an import whose
+    temporary files filled a small tmpfs said "database or disk is full" beside a database with gigabytes free."""
+    if getattr(exc, "sqlite_errorname", "") != "SQLITE_FULL":
+        return ""
+    from .report import size
+    folder = os.path.dirname(conn.execute("PRAGMA database_list").fetchone()[2] or "") or "."
+    temp, variable = portable.sqlite_temp_directory()
+    try:
+        beside, there = shutil.disk_usage(folder).free, shutil.disk_usage(temp).free
+    except OSError:
+        return ""
+    return (f" (free: {size(beside)} beside the database, {size(there)} in SQLite's temporary directory {temp}"
+            f"{f', set by {variable}' if variable else ''})")
 
 
 def quick_check(conn: sqlite3.Connection) -> None:

@@ -129,6 +129,20 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def sqlite_temp_directory() -> tuple[str, str]:
+    """(the folder SQLite writes its temporary files in, the variable that chose it or ""), found as SQLite
+    finds it: on Unix the first of $SQLITE_TMPDIR, $TMPDIR, /var/tmp, /usr/tmp, /tmp, "." that is a folder it may
+    write in (os_unix.c, unixTempFileDir); on Windows the system's temporary folder."""
+    if os.name == "nt":
+        import tempfile
+        return tempfile.gettempdir(), "TMP"
+    for folder, variable in ((os.environ.get("SQLITE_TMPDIR"), "SQLITE_TMPDIR"), (os.environ.get("TMPDIR"), "TMPDIR"),
+                             ("/var/tmp", ""), ("/usr/tmp", ""), ("/tmp", "")):
+        if folder and os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return folder, variable
+    return ".", ""
+
+
 def replace(source: Path, target: Path) -> None:
     """os.replace, retried briefly where the target is held open (Windows refuses then); if it stays held,
     one line naming `target`, which is untouched."""

@@ -1,6 +1,7 @@
 """Other processes and a full disk: a live writer during export, a held lock during import, no space left."""
 
 import json
+import re
 import resource
 import signal
 import sqlite3
@@ -131,4 +132,30 @@ def test_import_into_a_rollback_journal_database_another_process_reads_fails_aft
         reader.communicate("")
     assert (run.returncode, run.stdout, run.stderr) == (1, "", "Error: cannot start a transaction: database is locked\n")
     assert took < 20, f"{took:.0f} s"
+    assert snapshot(sample_db) == before
+
+
+def test_a_full_disk_says_how_much_room_is_left_beside_the_database_and_in_sqlite_s_temporary_directory(
+        tmp_path, sample_db, monkeypatch):
+    """Found: an import of 440 MB with SQLite's temporary directory on a 5 MB tmpfs (SQLITE_TMPDIR) said
+    "database or disk is full" while the database's own disk had gigabytes free. SQLite's own page limit stands
+    in for the full disk here."""
+    from pipeline import database
+    (tmp_path / "scratch").mkdir()
+    monkeypatch.setenv("SQLITE_TMPDIR", str(tmp_path / "scratch"))
+    configure = database._configure
+
+    def limited_to_30_pages(conn):
+        configure(conn).execute("PRAGMA max_page_count = 30")
+        return conn
+    monkeypatch.setattr(database, "_configure", limited_to_30_pages)
+    memory("export", "--db", make_database(tmp_path / "big.db", sessions=5, messages_per_session=200), "-q",
+           tmp_path / "b.json")
+    before = snapshot(sample_db)
+    result = memory("import", "--db", sample_db, "--clear", tmp_path / "b.json")
+    assert result.exit_code == 1
+    assert re.fullmatch(
+        r"Error: .*: database or disk is full \(free: [0-9.,]+ [kMG]?B beside the database, [0-9.,]+ [kMG]?B in "
+        rf"SQLite's temporary directory {re.escape(str(tmp_path / 'scratch'))}, set by SQLITE_TMPDIR\); nothing was "
+        r"imported\n", result.stderr), result.stderr
     assert snapshot(sample_db) == before
