@@ -6,6 +6,7 @@ import enum
 import functools
 import json
 import os
+import stat
 import sys
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
@@ -398,14 +399,23 @@ def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]
     if name != "-" and Path(name).is_dir():
         raise click.UsageError(f"{name} is a directory; export writes one file (`memory backup {name}` writes "
                                "a new dated backup into a folder)")
-    problem = contradiction(name, fmt, compress) if name != "-" else None
+    stream = name == "-" or _not_a_file(name)     # its name says nothing: JSON, as for stdout
+    problem = contradiction(name, fmt, compress) if not stream else None
     if problem:
         raise click.UsageError(problem)
-    named_fmt, named_compression = format_from_name(name) if name != "-" else ("json", "none")
+    named_fmt, named_compression = format_from_name(name) if not stream else ("json", "none")
     fmt = fmt or named_fmt
     if fmt is None:
         raise click.UsageError(f"cannot tell the format from the name {name!r}: pass --format json or jsonl")
     return fmt, compress or named_compression
+
+
+def _not_a_file(name: str) -> bool:
+    """An existing path that is no regular file: a device (/dev/null), a FIFO, /dev/stdout."""
+    try:
+        return not stat.S_ISREG(os.stat(name).st_mode)
+    except OSError:
+        return False
 
 
 def _expanded(name: str) -> str:

@@ -1,6 +1,7 @@
 """Never destroy what is at the output path: the database and its files are refused, devices and FIFOs are
 written through, a symbolic link stays one, a directory is named. Each runs on every simulated platform."""
 
+import gzip
 import json
 import os
 import re
@@ -200,3 +201,24 @@ def test_an_import_into_a_dangling_symlink_creates_the_database_where_it_points(
     assert (listing(tmp_path), listing(tmp_path / "data")) == (["data", "memory.db"], ["memory.db"])
     memory("import", "--db", tmp_path / "direct.db", TYPED_SAMPLE)
     assert snapshot(target) == snapshot(tmp_path / "direct.db")
+
+
+def test_an_output_that_is_not_a_file_is_written_as_json_unless_told_otherwise_as_stdout_is(tmp_path, sample_db):
+    """Found by an audit of the README: `memory export /dev/null` was refused (exit 2: "cannot tell the format
+    from the name"), where the README says a device, a FIFO or /dev/stdout is written into as `>` does. Their
+    names never say a format: as for `-`, JSON unless --format says otherwise; --compress is taken as given."""
+    assert (memory("export", "--db", sample_db, "-q", "/dev/null").exit_code, os.path.exists("/dev/null")) == (0, True)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = memory("export", "--db", sample_db, "-q", "--compress", "gzip", fifo)
+    reader.join(timeout=30)
+    assert (result.exit_code, result.output) == (0, "")
+    assert memory("export", "--db", sample_db, tmp_path / "plain.json").exit_code == 0
+    assert same_but_time(gzip.decompress(received[0]), (tmp_path / "plain.json").read_bytes())
+    done = subprocess.run([sys.executable, "-m", "pipeline", "export", "-q", "--db", str(sample_db), "--format",
+                           "jsonl", "/dev/stdout"], cwd=ROOT, capture_output=True)
+    assert (done.returncode, done.stderr, done.stdout[:13]) == (0, b"", b'{"version":"1')
+    assert b'\n{"table":"sessions"' in done.stdout
