@@ -190,12 +190,15 @@ class Decompressed(io.RawIOBase):
         self.raw, self.new, self.padding = raw, new, padding
         self.member = new()
         self.pending = memoryview(b"")
+        self.fault: BaseException | None = None     # raised once the bytes before it are handed on
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         while not self.pending:
+            if self.fault is not None:
+                raise self.fault
             data = self.raw.read(self.READ)
             if not data:
                 if not self.member.eof:
@@ -208,16 +211,23 @@ class Decompressed(io.RawIOBase):
         return n
 
     def _decompressed(self, data: bytes) -> bytes:
-        out = b""
-        while data:
-            if self.member.eof:     # between members: the padding skipped, what follows starts a new one
-                data = data.lstrip(self.padding) if self.padding else data
-                if not data:
-                    break
-                self.member = self.new()
-            out += self.member.decompress(data)
-            data = self.member.unused_data if self.member.eof else b""
-        return out
+        """What `data` decompresses to; a fault in it is kept (see readinto) where bytes came before it, so that
+        the reader places it after them (found: junk after a small file's last member named 'the header')."""
+        out: list[bytes] = []
+        try:
+            while data:
+                if self.member.eof:     # between members: the padding skipped, what follows starts a new one
+                    data = data.lstrip(self.padding) if self.padding else data
+                    if not data:
+                        break
+                    self.member = self.new()
+                out.append(self.member.decompress(data))
+                data = self.member.unused_data if self.member.eof else b""
+        except stream_errors() as exc:
+            if not any(out):
+                raise
+            self.fault = exc
+        return b"".join(out)
 
 
 # ---- writing ----------------------------------------------------------------------------------------------

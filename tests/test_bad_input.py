@@ -119,6 +119,12 @@ CASES = [
      "line 2: field '$real' appears twice"),
     ("whole.jsonl.gz", gzip.compress(JSONL)[:-9], "extractionStates[2]: the file is cut short or corrupt "
      "(the compressed stream is cut short)"),
+    # Found by an audit: junk after the last gzip member of a small file was placed at "the header" (the
+    # whole file was decompressed in one step, and the fault raised before the bytes it followed were read).
+    ("junk-after.json.gz", gzip.compress(TEXT) + b"xx", "after extractionStates: the file is cut short or corrupt "
+     "(Error -3 while decompressing data: incorrect header check)"),
+    ("junk-after.jsonl.gz", gzip.compress(JSONL) + b"xx", "extractionStates[2]: the file is cut short or "
+     "corrupt (Error -3 while decompressing data: incorrect header check)"),     # as whole.jsonl.gz, below
     ("no-end.jsonl", b'{"version":"1.1","stats":{"sessions":0}}\n', "the file is cut short: no end line"),
     ("jsonl-junk.jsonl", b'{"version":"1.1","stats":{}}\n[1]\n{"end":true}\n',
      'line 2: expected {"table": ..., "record": ...} or {"end": true}'),
