@@ -65,12 +65,12 @@ def _unnamed_files_link(directory: Path) -> bool:
         return False
     name = directory / f".memory-link-probe.{os.getpid()}"
     try:
-        link(probe, name)
+        with signals_held():       # named and unnamed again before a signal is let through (found: one left)
+            link(probe, name)
+            name.unlink()
+        return True
     except OSError:
         return False
-    else:
-        name.unlink()
-        return True
     finally:
         os.close(probe)
 
