@@ -1,6 +1,7 @@
 """Other processes and a full disk: a live writer during export, a held lock during import, no space left."""
 
 import json
+import os
 import re
 import resource
 import signal
@@ -159,3 +160,37 @@ def test_a_full_disk_says_how_much_room_is_left_beside_the_database_and_in_sqlit
         rf"SQLite's temporary directory {re.escape(str(tmp_path / 'scratch'))}, set by SQLITE_TMPDIR\); nothing was "
         r"imported\n", result.stderr), result.stderr
     assert snapshot(sample_db) == before
+
+
+WRITER_MIDWAY = textwrap.dedent("""
+    import sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    conn.execute("UPDATE sessions SET summary = 'being changed'")
+    print("writing", flush=True)
+    sys.stdin.read()
+    conn.execute("ROLLBACK")
+""")
+
+
+@pytest.mark.parametrize("args", [["stats"], ["export", "-q", "OUT"], ["backup", "-q", "DIR"]])
+def test_reading_a_rollback_journal_database_a_live_writer_holds_says_so_not_a_killed_writer(tmp_path, sample_db,
+                                                                                             args):
+    """Found by review: while an import (or any writer) held a rollback-journal database, `stats`, `export` and
+    `backup` found its -journal, took it for a killed writer's, and said to run quick_check."""
+    sqlite3.connect(sample_db).execute("PRAGMA journal_mode = DELETE").fetchone()
+    args = [{"OUT": str(tmp_path / "o.json"), "DIR": str(tmp_path / "bk")}.get(a, a) for a in args]
+    (tmp_path / "bk").mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER_MIDWAY, str(sample_db)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        assert (tmp_path / "sample.db-journal").stat().st_size > 0
+        run = subprocess.run([sys.executable, "-m", "pipeline", *args, "--db", str(sample_db)], cwd=ROOT,
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    finally:
+        writer.communicate("")
+    assert (run.returncode, run.stdout, run.stderr) == (1, "", (
+        f"Error: cannot read {sample_db}: another process is writing it (database is locked; waited 5 s); try "
+        "again once it has finished\n"))
+    assert sorted(os.listdir(tmp_path)) == ["bk", "sample.db"]
