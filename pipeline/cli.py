@@ -156,12 +156,15 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
       memory export --format jsonl - | ssh host 'cat > memory.jsonl'
     """
     output = _expanded(output)
+    named = "stdout" if output == "-" else output      # as messages name it
+    if output in STDOUT_NAMES:      # written into as stdout, never replaced: it may be a file opened with >>
+        output = "-"
     fmt, compression = _format(output, fmt, compress)
     to_stdout = output == "-"
     if to_stdout and sys.stdout is None:     # closed (>&-)
         raise Refused("stdout is closed: give a file, or - with a pipe or a redirection")
     if compression != "none" and (sys.stdout.isatty() if to_stdout else is_terminal(output)):
-        raise Refused(f"{'stdout' if to_stdout else output} is a terminal: {compression}-compressed data is not "
+        raise Refused(f"{named} is a terminal: {compression}-compressed data is not "
                       "written there; redirect it to a file or a pipe")
     shown = Shown(quiet or as_json, plain_progress)
     with closing(open_for_reading(db_path)) as conn:
@@ -399,15 +402,21 @@ def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]
     if name != "-" and Path(name).is_dir():
         raise click.UsageError(f"{name} is a directory; export writes one file (`memory backup {name}` writes "
                                "a new dated backup into a folder)")
-    stream = name == "-" or _not_a_file(name)     # its name says nothing: JSON, as for stdout
-    problem = contradiction(name, fmt, compress) if not stream else None
+    named_fmt, named_compression = format_from_name(name) if name != "-" else (None, "none")
+    # stdout, a device, a FIFO: JSON where the name says no format; a name that says nothing (/dev/null) is
+    # not held against --compress
+    stream = name == "-" or _not_a_file(name)
+    problem = contradiction(name, fmt, compress) if not (stream and not named_fmt and named_compression == "none") \
+        else None
     if problem:
         raise click.UsageError(problem)
-    named_fmt, named_compression = format_from_name(name) if not stream else ("json", "none")
-    fmt = fmt or named_fmt
+    fmt = fmt or named_fmt or ("json" if stream else None)
     if fmt is None:
         raise click.UsageError(f"cannot tell the format from the name {name!r}: pass --format json or jsonl")
     return fmt, compress or named_compression
+
+
+STDOUT_NAMES = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
 
 
 def _not_a_file(name: str) -> bool:

@@ -222,3 +222,35 @@ def test_an_output_that_is_not_a_file_is_written_as_json_unless_told_otherwise_a
                            "jsonl", "/dev/stdout"], cwd=ROOT, capture_output=True)
     assert (done.returncode, done.stderr, done.stdout[:13]) == (0, b"", b'{"version":"1')
     assert b'\n{"table":"sessions"' in done.stdout
+
+
+def test_a_fifo_whose_name_says_a_format_is_written_in_it(tmp_path, sample_db):
+    """Found by review of the change above: a FIFO named p.jsonl.zst got plain JSON."""
+    fifo = tmp_path / "p.jsonl.gz"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = memory("export", "--db", sample_db, "-q", fifo)
+    reader.join(timeout=30)
+    assert (result.exit_code, result.output) == (0, "")
+    assert gzip.decompress(received[0]).startswith(b'{"version":"1.2"')
+    assert b'\n{"table":"sessions","record":' in gzip.decompress(received[0])
+
+
+@pytest.mark.parametrize("redirect", [">", ">>"])
+def test_dev_stdout_redirected_to_a_file_is_written_into_as_stdout_never_replaced(tmp_path, sample_db, redirect):
+    """Found by review: `memory export /dev/stdout >> log.txt` replaced log.txt with a new file holding only the
+    export (the path led to a regular file, which export replaces atomically), and `> out.txt` was refused for
+    want of a format. /dev/stdout is stdout: written into, JSON unless told otherwise."""
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"precious log line\n")
+    inode = log.stat().st_ino
+    done = subprocess.run(f"{sys.executable} -m pipeline export -q --db {sample_db} /dev/stdout {redirect} {log}",
+                          shell=True, cwd=ROOT, capture_output=True)
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert log.stat().st_ino == inode
+    kept = b"precious log line\n" if redirect == ">>" else b""
+    assert log.read_bytes().startswith(kept + b'{"version":"1.2"')
+    assert memory("export", "--db", sample_db, tmp_path / "plain.json").exit_code == 0
+    assert same_but_time(log.read_bytes()[len(kept):], (tmp_path / "plain.json").read_bytes())
