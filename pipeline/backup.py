@@ -285,7 +285,7 @@ def new_backup(conn: sqlite3.Connection, directory: Path, retention: Retention, 
                 f"{exc.filename}: " * bool(exc.filename) + (exc.strerror or str(exc)))
             raise BackupFailed(f"the new backup failed its check and was removed; no old backup was touched: {why}"
                                ) from exc
-        except KeyboardInterrupt:      # Ctrl-C, SIGTERM, SIGHUP: an unchecked backup goes as a half-written one
+        except BaseException:      # Ctrl-C, SIGTERM, SIGHUP, a bug: an unchecked backup goes as a half-written one
             _unchecked_removed(path)
             raise
         DONE.set(f"{path} was written before it; it was removing the old backups the --keep options let go")

@@ -272,7 +272,7 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool 
                 portable.DONE.set(COMMITTED)
     except sqlite3.OperationalError as exc:
         conn.rollback()
-        raise DatabaseProblem(f"cannot commit: {exc}; nothing was changed") from exc
+        raise DatabaseProblem(f"cannot commit: {exc}{_room(conn, exc)}; nothing was changed") from exc
 
 
 @contextmanager

@@ -132,10 +132,12 @@ def fsync_directory(directory: Path) -> None:
 def sqlite_temp_directory() -> tuple[str, str]:
     """(the folder SQLite writes its temporary files in, the variable that chose it or ""), found as SQLite
     finds it: on Unix the first of $SQLITE_TMPDIR, $TMPDIR, /var/tmp, /usr/tmp, /tmp, "." that is a folder it may
-    write in (os_unix.c, unixTempFileDir); on Windows the system's temporary folder."""
+    write in (os_unix.c, unixTempFileDir); on Windows GetTempPath's: $TMP, $TEMP, else the user's profile."""
     if os.name == "nt":
-        import tempfile
-        return tempfile.gettempdir(), "TMP"
+        for variable in ("TMP", "TEMP", "USERPROFILE"):
+            if os.path.isdir(os.environ.get(variable, "")):
+                return os.environ[variable], variable
+        return os.environ.get("SystemRoot", "C:\\Windows"), ""
     for folder, variable in ((os.environ.get("SQLITE_TMPDIR"), "SQLITE_TMPDIR"), (os.environ.get("TMPDIR"), "TMPDIR"),
                              ("/var/tmp", ""), ("/usr/tmp", ""), ("/tmp", "")):
         if folder and os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):

@@ -306,3 +306,18 @@ def test_a_backup_whose_read_back_fails_with_a_system_error_is_removed_too(tmp_p
         "Error: the new backup failed its check and was removed; no old backup was touched: "
         f"{tmp_path / 'x'}: Input/output error\n"))
     assert sorted(p.name for p in tmp_path.iterdir()) == old
+
+
+def test_a_backup_whose_read_back_fails_with_anything_else_is_removed_too(tmp_path, sample_db, monkeypatch):
+    """Found by review: an exception that is neither ours nor the system's (a MemoryError) during the read-back
+    left the unchecked backup in the folder."""
+    assert memory("backup", "--db", sample_db, "-q", tmp_path).exit_code == 0
+    old = sorted(p.name for p in tmp_path.iterdir())
+
+    def out_of_memory(backup, step):
+        raise MemoryError
+    monkeypatch.setattr(backup_module, "validate", out_of_memory)
+    with pytest.raises(MemoryError), new_backup(sqlite3.connect(sample_db), tmp_path, Retention(last=1), "json",
+                                                 "zstd"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == old

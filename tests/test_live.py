@@ -194,3 +194,35 @@ def test_reading_a_rollback_journal_database_a_live_writer_holds_says_so_not_a_k
         f"Error: cannot read {sample_db}: another process is writing it (database is locked; waited 5 s); try "
         "again once it has finished\n"))
     assert sorted(os.listdir(tmp_path)) == ["bk", "sample.db"]
+
+
+class _FullAtCommit:
+    """A connection whose COMMIT fails as SQLite's does on a full disk (SQLITE_FULL)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorname = "SQLITE_FULL"
+            raise error
+        return self.conn.execute(sql, *args)
+
+
+def test_a_full_disk_at_commit_says_how_much_room_is_left_too(tmp_path, sample_db, monkeypatch):
+    """Found by review: the note was added where rows are written, not where a COMMIT fails."""
+    from pipeline.database import transaction
+    from pipeline.errors import DatabaseProblem
+    monkeypatch.setenv("SQLITE_TMPDIR", str(tmp_path))
+    conn = sqlite3.connect(sample_db, isolation_level=None)
+    with pytest.raises(DatabaseProblem) as refused:
+        with transaction(_FullAtCommit(conn)):
+            conn.execute("DELETE FROM tool_uses")
+    assert re.fullmatch(r"cannot commit: database or disk is full \(free: [0-9.,]+ [kMG]?B beside the database, "
+                        rf"[0-9.,]+ [kMG]?B in SQLite's temporary directory {re.escape(str(tmp_path))}, set by "
+                        r"SQLITE_TMPDIR\); nothing was changed", str(refused.value)), str(refused.value)
+    assert conn.execute("SELECT count(*) FROM tool_uses").fetchone() == (2,)

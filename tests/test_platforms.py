@@ -183,3 +183,18 @@ def test_whether_a_leftovers_owner_runs_is_asked_without_os_kill_on_windows(monk
     is_alive = portable.alive(4242)
     monkeypatch.undo()
     assert is_alive is alive and closed == ([opened] if opened else [])
+
+
+def test_sqlite_s_temporary_directory_on_windows_is_get_temp_path_s(tmp_path, monkeypatch):
+    """Found by review: on Windows the folder came from tempfile (which tries TMPDIR first), where SQLite asks
+    GetTempPath: TMP, then TEMP, then the user's profile."""
+    from pipeline import portable
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "temp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("TMP", str(tmp_path / "tmp"))
+    monkeypatch.setenv("TEMP", str(tmp_path / "temp"))
+    monkeypatch.setattr(portable.os, "name", "nt")
+    assert portable.sqlite_temp_directory() == (str(tmp_path / "tmp"), "TMP")
+    monkeypatch.delenv("TMP")
+    assert portable.sqlite_temp_directory() == (str(tmp_path / "temp"), "TEMP")
