@@ -112,19 +112,25 @@ def test_a_character_device_is_written_through_not_replaced(tmp_path, sample_db)
     assert listing(tmp_path) == ["null", "sample.db", "sample.db-shm", "sample.db-wal"]
 
 
-def test_a_fifo_is_written_through_and_its_reader_gets_the_whole_export(tmp_path, sample_db):
-    fifo = tmp_path / "fifo"
+def exported_through_fifo(fifo: Path, *args) -> tuple:
+    """(the result of `memory export *args fifo`, what a reader of the FIFO made at `fifo` got)."""
     os.mkfifo(fifo)
     received = []
     reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
     reader.start()
-    result = memory("export", "--db", sample_db, "--format", "json", fifo)
+    result = memory("export", *args, fifo)
     reader.join(timeout=30)
-    assert result.exit_code == 0, result.output
     assert received, "the reader got nothing"
+    return result, received[0]
+
+
+def test_a_fifo_is_written_through_and_its_reader_gets_the_whole_export(tmp_path, sample_db):
+    fifo = tmp_path / "fifo"
+    result, received = exported_through_fifo(fifo, "--db", sample_db, "--format", "json")
+    assert result.exit_code == 0, result.output
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
     assert memory("export", "--db", sample_db, tmp_path / "plain.json").exit_code == 0
-    assert same_but_time(received[0], (tmp_path / "plain.json").read_bytes())
+    assert same_but_time(received, (tmp_path / "plain.json").read_bytes())
     assert listing(tmp_path) == ["fifo", "plain.json", "sample.db", "sample.db-shm", "sample.db-wal"]
 
 
@@ -209,15 +215,10 @@ def test_an_output_that_is_not_a_file_is_written_as_json_unless_told_otherwise_a
     names never say a format: as for `-`, JSON unless --format says otherwise; --compress is taken as given."""
     assert (memory("export", "--db", sample_db, "-q", "/dev/null").exit_code, os.path.exists("/dev/null")) == (0, True)
     fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    received = []
-    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
-    reader.start()
-    result = memory("export", "--db", sample_db, "-q", "--compress", "gzip", fifo)
-    reader.join(timeout=30)
+    result, received = exported_through_fifo(fifo, "--db", sample_db, "-q", "--compress", "gzip")
     assert (result.exit_code, result.output) == (0, "")
     assert memory("export", "--db", sample_db, tmp_path / "plain.json").exit_code == 0
-    assert same_but_time(gzip.decompress(received[0]), (tmp_path / "plain.json").read_bytes())
+    assert same_but_time(gzip.decompress(received), (tmp_path / "plain.json").read_bytes())
     done = subprocess.run([sys.executable, "-m", "pipeline", "export", "-q", "--db", str(sample_db), "--format",
                            "jsonl", "/dev/stdout"], cwd=ROOT, capture_output=True)
     assert (done.returncode, done.stderr, done.stdout[:13]) == (0, b"", b'{"version":"1')
@@ -227,15 +228,10 @@ def test_an_output_that_is_not_a_file_is_written_as_json_unless_told_otherwise_a
 def test_a_fifo_whose_name_says_a_format_is_written_in_it(tmp_path, sample_db):
     """Found by review of the change above: a FIFO named p.jsonl.zst got plain JSON."""
     fifo = tmp_path / "p.jsonl.gz"
-    os.mkfifo(fifo)
-    received = []
-    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
-    reader.start()
-    result = memory("export", "--db", sample_db, "-q", fifo)
-    reader.join(timeout=30)
+    result, received = exported_through_fifo(fifo, "--db", sample_db, "-q")
     assert (result.exit_code, result.output) == (0, "")
-    assert gzip.decompress(received[0]).startswith(b'{"version":"1.2"')
-    assert b'\n{"table":"sessions","record":' in gzip.decompress(received[0])
+    assert gzip.decompress(received).startswith(b'{"version":"1.2"')
+    assert b'\n{"table":"sessions","record":' in gzip.decompress(received)
 
 
 @pytest.mark.parametrize("redirect", [">", ">>"])
