@@ -29,6 +29,7 @@ from .database import (
 )
 from .errors import PipelineError, Refused
 from .export import export_to
+from .output import refuse_database_stdout, standard_stream
 from .formats import (COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decompressed_reader, format_from_name,
                       looked_ahead)
 from .report import Shown, imported, left_out, listed_data, listed_row, records, say, size, table
@@ -157,12 +158,18 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
     """
     output = _expanded(output)
     named = "stdout" if output == "-" else output      # as messages name it
-    if output in STDOUT_NAMES:      # written into as stdout, never replaced: it may be a file opened with >>
+    stream = standard_stream(output) if output != "-" else None
+    if output in STDOUT_NAMES or stream == 1:      # stdout by another name: written into, never replaced
         output = "-"
+    elif stream == 2:
+        raise Refused(f"{output}: is where this command's messages go (stderr, {os.path.realpath(output)}); writing "
+                      "the backup there would destroy it, so nothing was written: give another path")
     fmt, compression = _format(output, fmt, compress)
     to_stdout = output == "-"
     if to_stdout and sys.stdout is None:     # closed (>&-)
         raise Refused("stdout is closed: give a file, or - with a pipe or a redirection")
+    if to_stdout:
+        refuse_database_stdout(db_path)
     if compression != "none" and (sys.stdout.isatty() if to_stdout else is_terminal(output)):
         raise Refused(f"{named} is a terminal: {compression}-compressed data is not "
                       "written there; redirect it to a file or a pipe")

@@ -87,9 +87,10 @@ def _roll_back_hot_journal(path: Path) -> None:
         with closing(_configure(sqlite3.connect(uri, uri=True, isolation_level=None))) as conn:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):   # its writer holds it: not hot
-            raise DatabaseProblem(f"cannot read {path}: another process is writing it ({exc}; waited "
-                                  f"{BUSY_TIMEOUT_MS / 1000:g} s); try again once it has finished") from exc
+        # Locked: its writer is still at work (the journal is not hot), or a reader holds a killed writer's.
+        if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+            raise DatabaseProblem(f"cannot read {path}: another process holds a lock on it ({exc}; waited "
+                                  f"{BUSY_TIMEOUT_MS / 1000:g} s); try again once it has let go") from exc
         raise DatabaseProblem(f"cannot read {path}: {journal} holds a transaction a killed writer left, and "
                               f"rolling it back failed ({exc}); run `sqlite3 {path} 'PRAGMA quick_check'` as a "
                               "user who may write the database and its folder, then try again") from exc

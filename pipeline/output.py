@@ -95,6 +95,43 @@ def refuse_database_files(path: Path, database: Path) -> None:
                               "so nothing was written: give another path")
 
 
+def standard_stream(path: str) -> int | None:
+    """1 or 2 where `path` is the regular file this process's stdout or stderr already writes to (opened by the
+    shell: `> out.json`, `2>> log`), by whatever name (/dev/stdout, /dev/fd/2, a link to them); else None.
+    Replaced as a path is, it would lose what the shell's `>>` kept (found: a log)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(found.st_mode):
+        return None
+    for fd in (1, 2):
+        try:
+            other = os.fstat(fd)
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (other.st_dev, other.st_ino):
+            return fd
+    return None
+
+
+def refuse_database_stdout(database: Path) -> None:
+    """Refused: a stdout that is the database or one of its files (`memory export - >> memory.db`)."""
+    try:
+        out = os.fstat(1)
+    except OSError:
+        return
+    for suffix in DATABASE_SUFFIXES:
+        try:
+            other = os.stat(f"{database}{suffix}")
+        except OSError:
+            continue
+        if (out.st_dev, out.st_ino) == (other.st_dev, other.st_ino):
+            what = "the database" if not suffix else f"the database's {suffix[1:]} file"
+            raise Refused(f"stdout: is {what} ({database}{suffix}); writing the backup there would destroy it, "
+                          "so nothing was written: give another path")
+
+
 def _resolved(path: Path) -> str:
     return os.path.normcase(os.path.realpath(path))
 

@@ -191,8 +191,8 @@ def test_reading_a_rollback_journal_database_a_live_writer_holds_says_so_not_a_k
     finally:
         writer.communicate("")
     assert (run.returncode, run.stdout, run.stderr) == (1, "", (
-        f"Error: cannot read {sample_db}: another process is writing it (database is locked; waited 5 s); try "
-        "again once it has finished\n"))
+        f"Error: cannot read {sample_db}: another process holds a lock on it (database is locked; waited 5 s); "
+        "try again once it has let go\n"))
     assert sorted(os.listdir(tmp_path)) == ["bk", "sample.db"]
 
 

@@ -250,3 +250,47 @@ def test_dev_stdout_redirected_to_a_file_is_written_into_as_stdout_never_replace
     assert log.read_bytes().startswith(kept + b'{"version":"1.2"')
     assert memory("export", "--db", sample_db, tmp_path / "plain.json").exit_code == 0
     assert same_but_time(log.read_bytes()[len(kept):], (tmp_path / "plain.json").read_bytes())
+
+
+def shell(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, shell=True, cwd=ROOT, capture_output=True)
+
+
+@pytest.mark.parametrize("name", ["./mystdout", "/dev//stdout", "/proc/thread-self/fd/1"])
+def test_any_name_of_stdout_that_leads_to_a_file_is_written_into(tmp_path, sample_db, name):
+    """Found by review: only three exact names counted as stdout; others that lead to the same file (a link to
+    /dev/stdout, /dev//stdout) still replaced a log opened with >>."""
+    (tmp_path / "mystdout").symlink_to("/dev/stdout")
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"precious log line\n")
+    inode = log.stat().st_ino
+    done = subprocess.run(f"cd {tmp_path} && {sys.executable} -m pipeline export -q --format json --db {sample_db} "
+                          f"{name} >> {log}", shell=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True)
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert log.stat().st_ino == inode and log.read_bytes().startswith(b'precious log line\n{"version":"1.2"')
+
+
+@pytest.mark.parametrize("name", ["/dev/stderr", "/dev/fd/2"])
+def test_an_output_that_is_the_file_stderr_goes_to_is_refused(tmp_path, sample_db, name):
+    """Found by review: `memory export --format json /dev/stderr 2>>log.txt` replaced the log with the export."""
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"precious log line\n")
+    inode = log.stat().st_ino
+    done = shell(f"{sys.executable} -m pipeline export -q --format json --db {sample_db} {name} 2>>{log}")
+    assert done.returncode == 1 and log.stat().st_ino == inode
+    assert log.read_bytes() == b"precious log line\n" + (
+        f"Error: {name}: is where this command's messages go (stderr, {log}); writing the backup there would "
+        "destroy it, so nothing was written: give another path\n").encode()
+
+
+@pytest.mark.parametrize("name", ["-", "/dev/stdout"])
+def test_stdout_that_is_the_database_is_refused(tmp_path, sample_db, name):
+    """Found by review: `memory export /dev/stdout >> memory.db` appended the export to the database (and `-`
+    did, before): refused, as a path that is the database is."""
+    before = sample_db.read_bytes()
+    done = shell(f"{sys.executable} -m pipeline export -q --db {sample_db} {name} >> {sample_db}")
+    assert (done.returncode, done.stderr.decode()) == (1, (
+        f"Error: stdout: is the database ({sample_db}); writing the backup there would destroy it, so nothing was "
+        "written: give another path\n"))
+    assert sample_db.read_bytes() == before
