@@ -6,7 +6,6 @@ import enum
 import functools
 import json
 import os
-import stat
 import sys
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
@@ -29,9 +28,9 @@ from .database import (
 )
 from .errors import PipelineError, Refused
 from .export import export_to
-from .output import refuse_database_stdout, standard_stream
 from .formats import (COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decompressed_reader, format_from_name,
                       looked_ahead)
+from .output import not_a_file, refuse_database_stdout, stdout_by_another_name
 from .report import Shown, imported, left_out, listed_data, listed_row, records, say, size, table
 from .report import progress as _progress
 from .report import report as _report
@@ -158,12 +157,8 @@ def export(output: str, db_path: Path, fmt: str | None, compress: str | None, sk
     """
     output = _expanded(output)
     named = "stdout" if output == "-" else output      # as messages name it
-    stream = standard_stream(output) if output != "-" else None
-    if output in STDOUT_NAMES or stream == 1:      # stdout by another name: written into, never replaced
+    if output != "-" and stdout_by_another_name(output):      # written into, never replaced
         output = "-"
-    elif stream == 2:
-        raise Refused(f"{output}: is where this command's messages go (stderr, {os.path.realpath(output)}); writing "
-                      "the backup there would destroy it, so nothing was written: give another path")
     fmt, compression = _format(output, fmt, compress)
     to_stdout = output == "-"
     if to_stdout and sys.stdout is None:     # closed (>&-)
@@ -412,7 +407,7 @@ def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]
     named_fmt, named_compression = format_from_name(name) if name != "-" else (None, "none")
     # stdout, a device, a FIFO: JSON where the name says no format; a name that says nothing (/dev/null) is
     # not held against --compress
-    stream = name == "-" or _not_a_file(name)
+    stream = name == "-" or not_a_file(name)
     problem = contradiction(name, fmt, compress) if not (stream and not named_fmt and named_compression == "none") \
         else None
     if problem:
@@ -421,17 +416,6 @@ def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]
     if fmt is None:
         raise click.UsageError(f"cannot tell the format from the name {name!r}: pass --format json or jsonl")
     return fmt, compress or named_compression
-
-
-STDOUT_NAMES = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
-
-
-def _not_a_file(name: str) -> bool:
-    """An existing path that is no regular file: a device (/dev/null), a FIFO, /dev/stdout."""
-    try:
-        return not stat.S_ISREG(os.stat(name).st_mode)
-    except OSError:
-        return False
 
 
 def _expanded(name: str) -> str:

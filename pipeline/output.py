@@ -95,6 +95,27 @@ def refuse_database_files(path: Path, database: Path) -> None:
                               "so nothing was written: give another path")
 
 
+STDOUT_NAMES = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+
+
+def stdout_by_another_name(name: str) -> bool:
+    """Whether OUTPUT `name` is this process's stdout: one of its names, or the regular file it writes to (see
+    standard_stream). Refused: the file stderr writes to."""
+    stream = 1 if name in STDOUT_NAMES else standard_stream(name)
+    if stream == 2:
+        raise Refused(f"{name}: is where this command's messages go (stderr, {os.path.realpath(name)}); writing "
+                      "the backup there would destroy it, so nothing was written: give another path")
+    return stream == 1
+
+
+def not_a_file(name: str) -> bool:
+    """An existing path that is no regular file: a device (/dev/null), a FIFO, a terminal."""
+    try:
+        return not stat.S_ISREG(os.stat(name).st_mode)
+    except OSError:
+        return False
+
+
 def standard_stream(path: str) -> int | None:
     """1 or 2 where `path` is the regular file this process's stdout or stderr already writes to (opened by the
     shell: `> out.json`, `2>> log`), by whatever name (/dev/stdout, /dev/fd/2, a link to them); else None.
