@@ -183,11 +183,11 @@ def _room(conn: sqlite3.Connection, exc: sqlite3.Error) -> str:
     if getattr(exc, "sqlite_errorname", "") != "SQLITE_FULL":
         return ""
     from .report import size
-    folder = os.path.dirname(conn.execute("PRAGMA database_list").fetchone()[2] or "") or "."
     temp, variable = portable.sqlite_temp_directory()
-    try:
+    try:       # never a second fault in place of the first
+        folder = os.path.dirname(conn.execute("PRAGMA database_list").fetchone()[2] or "") or "."
         beside, there = shutil.disk_usage(folder).free, shutil.disk_usage(temp).free
-    except OSError:
+    except (OSError, sqlite3.Error):
         return ""
     return (f" (free: {size(beside)} beside the database, {size(there)} in SQLite's temporary directory {temp}"
             f"{f', set by {variable}' if variable else ''})")
