@@ -72,10 +72,8 @@ class Merge:
         self.conn.execute(f"CREATE TEMP TABLE {staging_name(table)} (pos INTEGER PRIMARY KEY AUTOINCREMENT, {columns})")
         self.updated[table.key] = self.renumbered[table.key] = self.done[table.key] = self.checked[table.key] = 0
         self.sql[table.key] = sql = Statements(table, self.minor)
-        for create, _, _, _ in sql.once:
+        for create in sql.created.values():
             self.conn.execute(create)
-        if sql.meets:
-            self.conn.execute(sql.meets[0])
         if any(c.points_at not in self.read for c in table.columns_in(self.minor) if c.points_at):
             self.waiting.append(table)
         return staging_name(table)
@@ -92,9 +90,9 @@ class Merge:
         first such record in the file's order is named, by the key it repeats."""
         first = self.checked[table.key] + 1
         once = self.sql[table.key].once
-        for _, insert, _, _ in once:
+        for insert, _, _ in once:
             self.conn.execute(insert, (first,))
-        found = [(row, key) for _, _, twice, key in once if (row := self._as_given(twice, (first,)))]
+        found = [(row, key) for _, twice, key in once if (row := self._as_given(twice, (first,)))]
         if found:
             (pos, earlier, *values), key = min(found, key=lambda pair: pair[0][0])
             named = ", ".join(f"{c.field} {shown(v)}" for c, v in zip(key, values))
@@ -112,7 +110,7 @@ class Merge:
         sql = self.sql[table.key]
         if not sql.meets:
             return
-        _, note, twice, pointing = sql.meets
+        note, twice, pointing = sql.meets
         self.conn.execute(note, (first, 2**62))
         found = self._as_given(twice, (first, 2**62))
         if not found:
@@ -148,9 +146,9 @@ class Merge:
                 self._merge(table, self._elsewhere)
         for table in TABLES:
             self.conn.execute(f"DROP TABLE IF EXISTS {staging_name(table)}")
-            self.conn.execute(f"DROP TABLE IF EXISTS {_met(table)}")
-            for i in range(len(self.sql[table.key].once) if table.key in self.sql else 0):
-                self.conn.execute(f"DROP TABLE {_seen(table, i)}")
+        for sql in self.sql.values():
+            for name in sql.created:
+                self.conn.execute(f"DROP TABLE {name}")
         for key in sorted(POINTED_AT):
             self.conn.execute(f"DROP TABLE {_ids(key)}")
 
@@ -255,9 +253,10 @@ class Statements:
                             f'SELECT r."{place.name}", t."{place.name}" FROM r JOIN {name} AS t ON {first} '
                             "ORDER BY r.pos")
         self.forget = (f"{rows}DELETE FROM {staging_name(table)} WHERE pos IN (SELECT r.pos FROM r WHERE {there})")
+        self.created: dict[str, str] = {}      # the TEMP tables the checks below keep: name -> CREATE
         # Per natural key, and the file's own id or rowid (an empty import's PRIMARY KEY; the other tables name
-        # entities and topics by it): (create its seen table, note the values of the records staged from pos ?,
-        # the first of them that an earlier record held, the key's columns). As the file gives them, not mapped.
+        # entities and topics by it): (note the values of the records staged from pos ? in its seen table, the
+        # first of them that an earlier record held, the key's columns). As the file gives them, not mapped.
         self.once = []
         stage = staging_name(table)
         unique = list(table.natural) + ([(place.name,)] if place and (place.name,) not in table.natural else [])
@@ -267,15 +266,16 @@ class Statements:
             typed = ", ".join(f'"{c.name}" {c.type.upper()}' for c in cols)
             same = " AND ".join(f'd."{c.name}" = s."{c.name}"' for c in cols)
             held = ", ".join(f's."{c.name}"' for c in cols)
+            self.created[_seen(table, i)] = (f"CREATE TEMP TABLE {_seen(table, i)} ({typed}, pos INTEGER NOT NULL, "
+                                             f"PRIMARY KEY ({names}))")
             self.once.append((
-                f"CREATE TEMP TABLE {_seen(table, i)} ({typed}, pos INTEGER NOT NULL, PRIMARY KEY ({names}))",
                 f"INSERT OR IGNORE INTO {_seen(table, i)} ({names}, pos) SELECT {names}, pos FROM {stage} "
                 "WHERE pos >= ? ORDER BY pos",
                 f"SELECT s.pos, d.pos, {held} FROM {stage} AS s JOIN {_seen(table, i)} AS d ON {same} "
                 "AND d.pos <> s.pos WHERE s.pos >= ? ORDER BY s.pos LIMIT 1",
                 cols))
-        # The natural key once ids are mapped: (create its table, note the records from pos ? to ?, the first of
-        # them that an earlier record met, the pointing columns in the key), for tables whose key holds ids.
+        # The natural key once ids are mapped: (note the records from pos ? to ? in its table, the first of them
+        # that an earlier record met, the pointing columns in the key), for tables whose key holds ids.
         self.meets: tuple = ()
         pointing = [c for c in self.key if c.points_at]
         if pointing:
@@ -289,8 +289,9 @@ class Statements:
             extra = [f'"{kind}_{c.name}"' for c in pointing for kind in ("given", "lacks")]
             mapped = f"WITH r AS (SELECT s.pos, {picked}, {given} {source}) "
             same = " AND ".join(f'd."{c.name}" = r."{c.name}"' for c in self.key)
+            self.created[met] = (f"CREATE TEMP TABLE {met} ({typed}, pos INTEGER NOT NULL, {', '.join(extra)}, "
+                                 f"PRIMARY KEY ({names}))")
             self.meets = (
-                f"CREATE TEMP TABLE {met} ({typed}, pos INTEGER NOT NULL, {', '.join(extra)}, PRIMARY KEY ({names}))",
                 f"{mapped}INSERT OR IGNORE INTO {met} ({names}, pos, {', '.join(extra)}) "
                 f"SELECT {names}, pos, {', '.join(extra)} FROM r ORDER BY pos",
                 f"{mapped}SELECT r.pos, d.pos, {', '.join('r.' + e for e in extra)}, {', '.join('d.' + e for e in extra)} "
