@@ -281,8 +281,9 @@ def new_backup(conn: sqlite3.Connection, directory: Path, retention: Retention, 
                 raise BackupFailed(f"{path} does not read back as written ({report.records} != {stats})")
         except (PipelineError, OSError) as exc:     # the file, or the disk under it (EIO)
             _unchecked_removed(path)
-            why = str(exc) if isinstance(exc, PipelineError) else (
-                f"{exc.filename}: " * bool(exc.filename) + (exc.strerror or str(exc)))
+            why = str(exc)
+            if isinstance(exc, OSError):
+                why = (f"{exc.filename}: " if exc.filename else "") + (exc.strerror or why)
             raise BackupFailed(f"the new backup failed its check and was removed; no old backup was touched: {why}"
                                ) from exc
         except BaseException:      # Ctrl-C, SIGTERM, SIGHUP, a bug: an unchecked backup goes as a half-written one

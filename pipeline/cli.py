@@ -408,8 +408,8 @@ def _format(name: str, fmt: str | None, compress: str | None) -> tuple[str, str]
     # stdout, a device, a FIFO: JSON where the name says no format; a name that says nothing (/dev/null) is
     # not held against --compress
     stream = name == "-" or not_a_file(name)
-    problem = contradiction(name, fmt, compress) if not (stream and not named_fmt and named_compression == "none") \
-        else None
+    says_nothing = named_fmt is None and named_compression == "none"
+    problem = contradiction(name, fmt, compress) if not (stream and says_nothing) else None
     if problem:
         raise click.UsageError(problem)
     fmt = fmt or named_fmt or ("json" if stream else None)

@@ -217,7 +217,7 @@ class Decompressed(io.RawIOBase):
         try:
             while data:
                 if self.member.eof:     # between members: the padding skipped, what follows starts a new one
-                    data = data.lstrip(self.padding) if self.padding else data
+                    data = data.lstrip(self.padding)      # b"": nothing stripped
                     if not data:
                         break
                     self.member = self.new()
