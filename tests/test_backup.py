@@ -279,45 +279,48 @@ def test_rotation_takes_a_backup_removed_by_hand_meanwhile_as_removed(tmp_path, 
 def test_a_backup_that_fails_its_check_is_removed_and_the_old_ones_stay(tmp_path, sample_db, monkeypatch):
     """The check reads the new file back; a fault there removes it, touches no old backup, and says so, and
     nothing says it was written (it was, before the check: the error must not add '...was written before it')."""
-    assert memory("backup", "--db", sample_db, "-q", tmp_path).exit_code == 0
-    old = sorted(p.name for p in tmp_path.iterdir())
+    folder = tmp_path / "backups"     # beside the database, whose -wal and -shm come and go
+    assert memory("backup", "--db", sample_db, "-q", folder).exit_code == 0
+    old = sorted(p.name for p in folder.iterdir())
 
     def damaged(backup, step):
         raise backup_module.BadBackup("messages[3]: the file is cut short or corrupt")
     monkeypatch.setattr(backup_module, "validate", damaged)
-    result = memory("backup", "--db", sample_db, "--keep", "1", tmp_path)
+    result = memory("backup", "--db", sample_db, "--keep", "1", folder)
     assert (result.exit_code, result.stdout, result.stderr) == (1, "", (
         "Error: the new backup failed its check and was removed; no old backup was touched: messages[3]: the file is "
         "cut short or corrupt\n"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == old
+    assert sorted(p.name for p in folder.iterdir()) == old
 
 
 def test_a_backup_whose_read_back_fails_with_a_system_error_is_removed_too(tmp_path, sample_db, monkeypatch):
     """Found by review: only a PipelineError removed the new backup; an OSError while reading it back (EIO) left
     it in the folder unchecked, and the error said it 'was written'."""
-    assert memory("backup", "--db", sample_db, "-q", tmp_path).exit_code == 0
-    old = sorted(p.name for p in tmp_path.iterdir())
+    folder = tmp_path / "backups"     # beside the database, whose -wal and -shm come and go
+    assert memory("backup", "--db", sample_db, "-q", folder).exit_code == 0
+    old = sorted(p.name for p in folder.iterdir())
 
     def failing(backup, step):
-        raise OSError(5, "Input/output error", str(tmp_path / "x"))
+        raise OSError(5, "Input/output error", str(folder / "x"))
     monkeypatch.setattr(backup_module, "validate", failing)
-    result = memory("backup", "--db", sample_db, "--keep", "1", tmp_path)
+    result = memory("backup", "--db", sample_db, "--keep", "1", folder)
     assert (result.exit_code, result.stdout, result.stderr) == (1, "", (
         "Error: the new backup failed its check and was removed; no old backup was touched: "
-        f"{tmp_path / 'x'}: Input/output error\n"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == old
+        f"{folder / 'x'}: Input/output error\n"))
+    assert sorted(p.name for p in folder.iterdir()) == old
 
 
 def test_a_backup_whose_read_back_fails_with_anything_else_is_removed_too(tmp_path, sample_db, monkeypatch):
     """Found by review: an exception that is neither ours nor the system's (a MemoryError) during the read-back
     left the unchecked backup in the folder."""
-    assert memory("backup", "--db", sample_db, "-q", tmp_path).exit_code == 0
-    old = sorted(p.name for p in tmp_path.iterdir())
+    folder = tmp_path / "backups"     # beside the database, whose -wal and -shm come and go
+    assert memory("backup", "--db", sample_db, "-q", folder).exit_code == 0
+    old = sorted(p.name for p in folder.iterdir())
 
     def out_of_memory(backup, step):
         raise MemoryError
     monkeypatch.setattr(backup_module, "validate", out_of_memory)
-    with pytest.raises(MemoryError), new_backup(sqlite3.connect(sample_db), tmp_path, Retention(last=1), "json",
+    with pytest.raises(MemoryError), new_backup(sqlite3.connect(sample_db), folder, Retention(last=1), "json",
                                                  "zstd"):
         pass
-    assert sorted(p.name for p in tmp_path.iterdir()) == old
+    assert sorted(p.name for p in folder.iterdir()) == old
