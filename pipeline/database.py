@@ -46,6 +46,19 @@ BEGIN
 END"""
 
 
+# SQLite's own text for each result code told apart below (sqlite3_errstr), which its message starts with.
+_CODE_TEXT = {"SQLITE_BUSY": "database is locked", "SQLITE_FULL": "database or disk is full"}
+
+
+def result_code(exc: sqlite3.Error) -> str:
+    """SQLite's primary result code of an error ('SQLITE_BUSY'), '' if not one told apart here: by the name
+    Python 3.11's sqlite3 gives it, else by SQLite's text (found: 3.10's errors carry no name)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name is not None:
+        return next((code for code in _CODE_TEXT if name == code or name.startswith(code + "_")), "")
+    return next((code for code, text in _CODE_TEXT.items() if str(exc).startswith(text)), "")
+
+
 def _configure(conn: sqlite3.Connection) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
@@ -88,7 +101,7 @@ def _roll_back_hot_journal(path: Path) -> None:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         # Locked: its writer is still at work (the journal is not hot), or a reader holds a killed writer's.
-        if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+        if result_code(exc) == "SQLITE_BUSY":
             raise DatabaseProblem(f"cannot read {path}: another process holds a lock on it ({exc}; waited "
                                   f"{BUSY_TIMEOUT_MS / 1000:g} s); try again once it has let go") from exc
         raise DatabaseProblem(f"cannot read {path}: {journal} holds a transaction a killed writer left, and "
@@ -180,7 +193,7 @@ def database_faults(conn: sqlite3.Connection, where: str | Callable[[], str], th
 def _room(conn: sqlite3.Connection, exc: sqlite3.Error) -> str:
     """For a full disk (SQLITE_FULL): the room left on each disk SQLite writes to. Found: an import whose
     temporary files filled a small tmpfs said "database or disk is full" beside a database with gigabytes free."""
-    if getattr(exc, "sqlite_errorname", "") != "SQLITE_FULL":
+    if result_code(exc) != "SQLITE_FULL":
         return ""
     from .report import size
     temp, variable = portable.sqlite_temp_directory()
