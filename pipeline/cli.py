@@ -7,9 +7,9 @@ import functools
 import json
 import os
 import sys
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 import click
 
@@ -84,26 +84,38 @@ class MemoryGroup(HelpSaid, click.Group):
 
 @contextmanager
 def _ended() -> Iterator[None]:
-    """The library's errors and the system's become `Error: ...` and exit 1, and Ctrl-C, SIGTERM and SIGHUP a
-    rollback and exit 130, 143 or 129; a reader of stdout gone away ends the run with 141, saying nothing."""
+    """The library's errors and the system's become `Error: ...` and exit 1, click's usage errors exit 2, and
+    Ctrl-C, SIGTERM and SIGHUP a rollback and exit 130, 143 or 129; a reader of stdout gone away ends the run
+    with 141, saying nothing."""
     try:
         yield
     except BrokenPipeError:
         _quiet_stdout()
         raise click.exceptions.Exit(Exit.BROKEN_PIPE) from None
+    except click.ClickException as exc:
+        _said(exc)
     except PipelineError as exc:
-        raise click.ClickException(f"{exc}{_and_what_stands()}") from exc
+        _said(click.ClickException(f"{exc}{_and_what_stands()}"))
     except OSError as exc:
         if exc.errno is None:      # not the system saying no (a full disk, a missing file): a bug
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        raise click.ClickException(f"{where}{exc.strerror}{_and_what_stands()}") from exc
+        _said(click.ClickException(f"{where}{exc.strerror}{_and_what_stands()}"))
     except Terminated as exc:
         click.echo(f"Terminated by {exc.name}: {_what_stands()}", err=True)
         raise click.exceptions.Exit(exc.status) from None
     except KeyboardInterrupt:
         click.echo(f"Interrupted: {_what_stands()}", err=True)
         raise click.exceptions.Exit(Exit.INTERRUPTED) from None
+
+
+def _said(error: click.ClickException) -> NoReturn:
+    """An error said here, not left to click's main: there a stderr that takes nothing (a full disk, a reader
+    gone away) ends in a traceback and status 1. Nothing can be said then, but the status still tells a usage
+    error (2) from a failure (1)."""
+    with suppress(OSError):
+        error.show()
+    raise click.exceptions.Exit(error.exit_code)
 
 
 def _printed(text: Callable[[click.Context], str]):

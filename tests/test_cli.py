@@ -289,6 +289,27 @@ def test_click_s_own_output_to_a_closed_pipe_ends_with_141(args):
     assert (run.returncode, run.stderr) == (141, b"")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+@pytest.mark.parametrize("stderr", ["full", "closed pipe"])
+@pytest.mark.parametrize("args, status", [
+    ([], 2), (["import"], 2), (["import", "--bogus", "x"], 2), (["frobnicate"], 2), (["export", "--db"], 2),
+    (["stats", "--db", "MISSING"], 1),
+], ids=["no-args", "missing-argument", "unknown-option", "unknown-command", "option-without-value", "failure"])
+def test_an_error_to_a_stderr_that_takes_nothing_keeps_its_status(tmp_path, args, status, stderr):
+    """Nothing can be said where stderr takes nothing (a full disk, a reader gone): the status still tells a
+    usage error from a failure. Found: `memory import 2>/dev/full` ended with 1 (a traceback nobody saw), not 2.
+    `memory` alone prints its help as a usage error does: on stderr, status 2. A traceback, unseen, exits 99."""
+    args = [str(tmp_path / "missing.db") if a == "MISSING" else a for a in args]
+    code = "import os, sys; sys.excepthook = lambda *exc: os._exit(99); from pipeline.cli import main; main()"
+    with open("/dev/full", "w") as full:
+        pipe = _closed_pipe()
+        run = subprocess.run([sys.executable, "-c", code, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=full if stderr == "full" else pipe, timeout=60)
+        os.close(pipe)
+    assert (run.returncode, run.stdout) == (status, b"")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("cut", [1, 3, 10])
 @pytest.mark.parametrize("name", ["b.jsonl", "b.json", "b.jsonl.gz", "b.json.zst"])
 def test_a_pipe_that_brings_the_file_in_pieces_is_read_as_the_whole(tmp_path, sample_db, name, cut):
