@@ -7,9 +7,9 @@ import functools
 import json
 import os
 import sys
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, NoReturn
 
 import click
 
@@ -48,36 +48,83 @@ class Exit(enum.IntEnum):
     BROKEN_PIPE = 141  # the reader of stdout went away: 128 + SIGPIPE, as the shell shows cat or gzip killed by it
 
 
-class MemoryGroup(click.Group):
-    """Turns the library's errors into `Error: ...` and exit 1, and Ctrl-C, SIGTERM and SIGHUP into a
-    rollback and exit 130, 143 or 129, in one place."""
+class HelpSaid:
+    """--help, the group's and each command's, printed as every result is, through report.say: a full stdout
+    is named, a reader gone away left to end the run with 141 (_ended)."""
+
+    def get_help_option(self, ctx: click.Context):
+        option = super().get_help_option(ctx)
+        if option is not None:      # click makes it once, with a callback of its own that echoes past say
+            option.callback = _printed(click.Context.get_help)
+        return option
+
+
+class MemoryCommand(HelpSaid, click.Command):
+    """Each of MemoryGroup's commands (cli.command makes them of this class)."""
+
+
+class MemoryGroup(HelpSaid, click.Group):
+    """Runs its parsing and its command inside _ended, where every way of ending but success is told."""
+
+    command_class = MemoryCommand
+    ALIASES = {"restore": "import"}
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _ended():     # the group's --help and --version print here, as click parses, before invoke
+            return super().make_context(info_name, args, parent, **extra)
 
     def invoke(self, ctx: click.Context):
         DONE.set("")
-        try:
-            with signals_as_interrupts():
-                return super().invoke(ctx)
-        except BrokenPipeError:
-            _quiet_stdout()
-            ctx.exit(Exit.BROKEN_PIPE)
-        except PipelineError as exc:
-            raise click.ClickException(f"{exc}{_and_what_stands()}") from exc
-        except OSError as exc:
-            if exc.errno is None:      # not the system saying no (a full disk, a missing file): a bug
-                raise
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(f"{where}{exc.strerror}{_and_what_stands()}") from exc
-        except Terminated as exc:
-            click.echo(f"Terminated by {exc.name}: {_what_stands()}", err=True)
-            ctx.exit(exc.status)
-        except KeyboardInterrupt:
-            click.echo(f"Interrupted: {_what_stands()}", err=True)
-            ctx.exit(Exit.INTERRUPTED)
-
-    ALIASES = {"restore": "import"}
+        with _ended(), signals_as_interrupts():
+            return super().invoke(ctx)      # a command's parsing (its --help) and the command
 
     def get_command(self, ctx: click.Context, name: str):
         return super().get_command(ctx, self.ALIASES.get(name, name))
+
+
+@contextmanager
+def _ended() -> Iterator[None]:
+    """The library's errors and the system's become `Error: ...` and exit 1, click's usage errors exit 2, and
+    Ctrl-C, SIGTERM and SIGHUP a rollback and exit 130, 143 or 129; a reader of stdout gone away ends the run
+    with 141, saying nothing."""
+    try:
+        yield
+    except BrokenPipeError:
+        _quiet_stdout()
+        raise click.exceptions.Exit(Exit.BROKEN_PIPE) from None
+    except click.ClickException as exc:
+        _said(exc)
+    except PipelineError as exc:
+        _said(click.ClickException(f"{exc}{_and_what_stands()}"))
+    except OSError as exc:
+        if exc.errno is None:      # not the system saying no (a full disk, a missing file): a bug
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        _said(click.ClickException(f"{where}{exc.strerror}{_and_what_stands()}"))
+    except Terminated as exc:
+        click.echo(f"Terminated by {exc.name}: {_what_stands()}", err=True)
+        raise click.exceptions.Exit(exc.status) from None
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted: {_what_stands()}", err=True)
+        raise click.exceptions.Exit(Exit.INTERRUPTED) from None
+
+
+def _said(error: click.ClickException) -> NoReturn:
+    """An error said here, not left to click's main: there a stderr that takes nothing (a full disk, a reader
+    gone away) ends in a traceback and status 1. Nothing can be said then, but the status still tells a usage
+    error (2) from a failure (1)."""
+    with suppress(OSError):
+        error.show()
+    raise click.exceptions.Exit(error.exit_code)
+
+
+def _printed(text: Callable[[click.Context], str]):
+    """The callback of --help or --version, in place of click's: `text` through report.say, then the end."""
+    def callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            say(text(ctx))
+            ctx.exit()
+    return callback
 
 
 def _and_what_stands() -> str:
@@ -127,7 +174,8 @@ progress_option = click.option(
 
 
 @click.group(cls=MemoryGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="memory")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, help="Show the version and exit.",
+              callback=_printed(lambda ctx: f"memory, version {__version__}"))
 def cli() -> None:
     """Back up and restore a memory-nexus session-memory database, streaming."""
 
@@ -516,14 +564,7 @@ def _warn_slow_parser() -> None:
 
 
 def main() -> None:
-    try:
-        cli(prog_name="memory")
-    except OSError as exc:     # click's own output (--help, --version), before any command runs, to a full stdout
-        if exc.errno is None:
-            raise
-        _quiet_stdout()        # what is still buffered goes nowhere at exit, not into a second failure
-        click.echo(f"Error: stdout: {exc.strerror}", err=True)
-        sys.exit(Exit.FAILURE)
+    cli(prog_name="memory")
 
 
 def _quiet_stdout() -> None:

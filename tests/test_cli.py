@@ -234,12 +234,11 @@ def test_a_pure_python_ijson_is_warned_about_once(tmp_path, monkeypatch):
     (["stats"], ""), (["stats", "--json"], ""), (["validate", "SAMPLE"], ""), (["list", "DIR"], ""),
     (["export", "-", "--db", "DB"], ""),
     (["import", "--db", "NEW", "SAMPLE"], "; the changes were committed before it"),
-    (["--help"], ""), (["--version"], ""),
-], ids=["stats", "stats-json", "validate", "list", "export", "import", "help", "version"])
+], ids=["stats", "stats-json", "validate", "list", "export", "import"])
 def test_a_stdout_that_cannot_be_written_is_named(tmp_path, sample_db, args, stands):
     """Found: `memory stats > /dev/full` said "Error: No space left on device", not where (export said
-    "stdout: ..."); `memory --help` and `--version` (click's own output) ended in a traceback. An import's
-    summary comes after its commit: the error says the data is in."""
+    "stdout: ..."). An import's summary comes after its commit: the error says the data is in. (--help and
+    --version: test_click_s_own_output_to_a_full_stdout_is_named.)"""
     (tmp_path / "dir").mkdir()
     memory("backup", "--db", sample_db, "-q", tmp_path / "dir")
     names = {"SAMPLE": str(SAMPLE), "DIR": str(tmp_path / "dir"), "DB": str(sample_db), "NEW": str(tmp_path / "n.db")}
@@ -251,6 +250,64 @@ def test_a_stdout_that_cannot_be_written_is_named(tmp_path, sample_db, args, sta
     if args[0] == "import":
         assert sqlite3.connect(tmp_path / "n.db").execute("SELECT count(*) FROM messages_meta").fetchone() == (5,)
 
+
+# what click prints itself, as it parses: the group's help and version, every command's help (restore's too)
+CLICKS_OWN = [["--help"], ["--version"],
+              *([name, "--help"] for name in [*sorted(cli_module.cli.commands), "restore"])]
+
+
+def _memory_into(args: list[str], stdout, stderr=subprocess.PIPE) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], stdin=subprocess.DEVNULL, stdout=stdout,
+                          stderr=stderr, timeout=60)
+
+
+def _closed_pipe() -> int:
+    """The writing end of a pipe whose reader is gone before anything is written: EPIPE every time."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    return write_end
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+@pytest.mark.parametrize("args", CLICKS_OWN, ids=" ".join)
+def test_click_s_own_output_to_a_full_stdout_is_named(args):
+    """Found: `memory import --help > /dev/full` said "Error: No space left on device" without naming stdout,
+    where `memory --help` named it (a command's help is printed inside MemoryGroup.invoke, the group's before it);
+    before that, the group's help and version ended in a traceback."""
+    with open("/dev/full", "w") as full:
+        run = _memory_into(args, stdout=full)
+    assert (run.returncode, run.stderr) == (1, b"Error: stdout: No space left on device\n")
+
+
+@pytest.mark.parametrize("args", CLICKS_OWN, ids=" ".join)
+def test_click_s_own_output_to_a_closed_pipe_ends_with_141(args):
+    """Found: `memory --help | true` ended with status 1, silently (click's own EPIPE handling), where every
+    other output a reader left ends with 141, the status of a tool killed by SIGPIPE."""
+    pipe = _closed_pipe()
+    run = _memory_into(args, stdout=pipe)
+    os.close(pipe)
+    assert (run.returncode, run.stderr) == (141, b"")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+@pytest.mark.parametrize("stderr", ["full", "closed pipe"])
+@pytest.mark.parametrize("args, status", [
+    ([], 2), (["import"], 2), (["import", "--bogus", "x"], 2), (["frobnicate"], 2), (["export", "--db"], 2),
+    (["stats", "--db", "MISSING"], 1),
+], ids=["no-args", "missing-argument", "unknown-option", "unknown-command", "option-without-value", "failure"])
+def test_an_error_to_a_stderr_that_takes_nothing_keeps_its_status(tmp_path, args, status, stderr):
+    """Nothing can be said where stderr takes nothing (a full disk, a reader gone): the status still tells a
+    usage error from a failure. Found: `memory import 2>/dev/full` ended with 1 (a traceback nobody saw), not 2.
+    `memory` alone prints its help as a usage error does: on stderr, status 2. A traceback, unseen, exits 99."""
+    args = [str(tmp_path / "missing.db") if a == "MISSING" else a for a in args]
+    code = "import os, sys; sys.excepthook = lambda *exc: os._exit(99); from pipeline.cli import main; main()"
+    with open("/dev/full", "w") as full:
+        pipe = _closed_pipe()
+        run = subprocess.run([sys.executable, "-c", code, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=full if stderr == "full" else pipe, timeout=60)
+        os.close(pipe)
+    assert (run.returncode, run.stdout) == (status, b"")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("cut", [1, 3, 10])
