@@ -7,7 +7,7 @@ import io
 import os
 import re
 import stat
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -208,18 +208,20 @@ def remove_leftovers(directory: Path, name: str) -> None:
 
 
 class Counted(io.RawIOBase):
-    """The bottom of the output stack: counts the bytes that reach the file, and never closes it."""
+    """The bottom of the output stack: counts the bytes that reach the file, and never closes it. Once the file
+    is given up (`raw` None), what is written goes nowhere."""
 
     def __init__(self, raw: IO[bytes]):
-        self.raw = raw
+        self.raw: IO[bytes] | None = raw
         self.bytes = 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, data) -> int:  # type: ignore[override]
-        self.raw.write(data)
-        self.bytes += len(data)
+        if self.raw is not None:
+            self.raw.write(data)
+            self.bytes += len(data)
         return len(data)
 
 
@@ -231,8 +233,18 @@ def output_stack(raw: IO[bytes], compression: str) -> Iterator[tuple[IO[bytes], 
     counted = Counted(raw)
     buffered = io.BufferedWriter(counted, buffer_size=1 << 20)
     out = compressed_writer(buffered, compression)
-    yield out, counted
-    if out is not buffered:
-        out.close()
-    buffered.flush()
-    raw.flush()
+    try:
+        yield out, counted
+        if out is not buffered:
+            out.close()
+        buffered.flush()
+        raw.flush()
+    except BaseException:
+        # The file is given up: the compressor and the buffer are closed here, into nothing, not left to be
+        # collected after the file is closed, when their flush fails and Python prints it (found on 3.13:
+        # "Exception ignored in: <gzip ...>" and a traceback after the one-line error).
+        counted.raw = None
+        for stream in (out, buffered):
+            with suppress(Exception):
+                stream.close()
+        raise
