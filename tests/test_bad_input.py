@@ -141,12 +141,12 @@ CASES = [
     # All the content is there, only the frame's checksum is missing: zstandard's own readers take this.
     ("no-checksum-bytes.jsonl.zst", zstd(JSONL)[:-4], "extractionStates[2]: the file is cut short or corrupt (the "
      "compressed stream is cut short)"),
-    ("junk-after.json.zst", zstd(TEXT) + b"xx", "after extractionStates: the file is cut short or corrupt (zstd "
-     "decompressor error: Unknown frame descriptor)"),
-    ("junk-after.jsonl.zst", zstd(JSONL) + b"xx", "extractionStates[2]: the file is cut short or corrupt (zstd "
-     "decompressor error: Unknown frame descriptor)"),
-    ("checksum.json.zst", last_byte_flipped(zstd(TEXT)), "the header: the file is cut short or corrupt (zstd "
-     "decompressor error: Restored data doesn't match checksum)"),
+    ("junk-after.json.zst", zstd(TEXT) + b"xx", "after extractionStates: the file is cut short or corrupt (Unable "
+     "to decompress Zstandard data: Unknown frame descriptor)"),
+    ("junk-after.jsonl.zst", zstd(JSONL) + b"xx", "extractionStates[2]: the file is cut short or corrupt (Unable "
+     "to decompress Zstandard data: Unknown frame descriptor)"),
+    ("checksum.json.zst", last_byte_flipped(zstd(TEXT)), "the header: the file is cut short or corrupt (Unable to "
+     "decompress Zstandard data: Restored data doesn't match checksum)"),
     ("no-end.jsonl", b'{"version":"1.1","stats":{"sessions":0}}\n', "the file is cut short: no end line"),
     ("jsonl-junk.jsonl", b'{"version":"1.1","stats":{}}\n[1]\n{"end":true}\n',
      'line 2: expected {"table": ..., "record": ...} or {"end": true}'),
