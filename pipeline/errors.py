@@ -59,12 +59,6 @@ def stream_errors() -> tuple[type[BaseException], ...]:
     import ijson
     import jsonlines
 
-    from .formats import CutShort
-    errors: list[type[BaseException]] = [ijson.JSONError, jsonlines.InvalidLineError, EOFError, CutShort,
-                                         gzip.BadGzipFile, zlib.error, UnicodeDecodeError]
-    try:
-        import zstandard
-        errors.append(zstandard.ZstdError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    from .formats import CutShort, zstd_reading
+    return (ijson.JSONError, jsonlines.InvalidLineError, EOFError, CutShort, gzip.BadGzipFile, zlib.error,
+            UnicodeDecodeError, zstd_reading().ZstdError)

@@ -152,9 +152,19 @@ def decompressed_reader(raw: IO[bytes]) -> IO[bytes]:
     if magic.startswith(GZIP_MAGIC):
         return io.BufferedReader(Decompressed(raw, lambda: zlib.decompressobj(wbits=31), padding=b"\0"), 1 << 16)
     if magic == ZSTD_MAGIC:
-        import zstandard
-        return io.BufferedReader(Decompressed(raw, lambda: zstandard.ZstdDecompressor().decompressobj()), 1 << 16)
+        return io.BufferedReader(Decompressed(raw, zstd_reading().ZstdDecompressor), 1 << 16)
     return raw
+
+
+def zstd_reading() -> Any:
+    """The zstd module whose decompressor takes max_length, as zlib's does: compression.zstd from Python 3.14,
+    backports.zstd before. zstandard (which writes our files) cannot read them so: its decompressobj takes no
+    max_length, and its stream_reader and read_to_iter, bounded, say nothing of a frame cut short."""
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+    except ImportError:
+        from backports import zstd  # type: ignore[no-redef]
+    return zstd
 
 
 def sniffed_format(stream: IO[bytes]) -> tuple[str, IO[bytes]]:
@@ -180,54 +190,55 @@ class CutShort(OSError):
 
 class Decompressed(io.RawIOBase):
     """gzip or zstd, member after member (as `cat a.gz b.gz` makes), refusing a stream that ends inside one:
-    gzip.GzipFile's EOFError is swallowed by jsonlines, and zstandard's stream reader says nothing at all.
-    zlib also checks each gzip member's CRC and length. `padding`: a byte that may follow a member, any number
-    of times, and is skipped: gzip's zeros (a tape's, `dd conv=sync`'s), as gzip and Python's gzip skip them."""
+    gzip.GzipFile's EOFError is swallowed by jsonlines, and zstandard's readers say nothing at all. zlib also
+    checks each gzip member's CRC and length, zstd each frame's content checksum. `padding`: a byte that may
+    follow a member, any number of times, and is skipped: gzip's zeros (a tape's, `dd conv=sync`'s), as gzip and
+    Python's gzip skip them.
 
-    READ = 1 << 14   # compressed bytes a step: bounds what one step can expand to
+    A step makes STEP bytes at most, whatever its data expands to. Found: a 16 KiB read was decompressed whole,
+    and zstd's RLE blocks turn 4 bytes into 128 KiB, so 32 kB of .json.zst holding 1 GiB of spaces took 1.1 GB
+    to validate (deflate stops near 1000:1: 16 MiB). A step is one call, so a fault it raises comes after the
+    bytes of the steps before it (junk after a small file's last member was once placed at 'the header')."""
+
+    READ = 1 << 14   # compressed bytes read at a time
+    STEP = 1 << 19   # plain bytes a step makes at most (at 1 << 18, zstd was slower: 0.54 s, not 0.39 s, a 440 MB file)
 
     def __init__(self, raw: IO[bytes], new: Callable[[], Any], padding: bytes = b""):
         self.raw, self.new, self.padding = raw, new, padding
         self.member = new()
+        self.data = b""             # read, and not yet taken by the member
+        self.full = False           # the last step made STEP bytes: the member may hold more, with no more data
         self.pending = memoryview(b"")
-        self.fault: BaseException | None = None     # raised once the bytes before it are handed on
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         while not self.pending:
-            if self.fault is not None:
-                raise self.fault
-            data = self.raw.read(self.READ)
-            if not data:
-                if not self.member.eof:
-                    raise CutShort("the compressed stream is cut short")
-                return 0
-            self.pending = memoryview(self._decompressed(data))
+            if not self.data and not self.full:
+                self.data = self.raw.read(self.READ)
+                if not self.data:
+                    if not self.member.eof:
+                        raise CutShort("the compressed stream is cut short")
+                    return 0
+            self.pending = memoryview(self._step())
         n = min(len(buffer), len(self.pending))
         buffer[:n] = self.pending[:n]
         self.pending = self.pending[n:]
         return n
 
-    def _decompressed(self, data: bytes) -> bytes:
-        """What `data` decompresses to; a fault in it is kept (see readinto) where bytes came before it, so that
-        the reader places it after them (found: junk after a small file's last member named 'the header')."""
-        out: list[bytes] = []
-        try:
-            while data:
-                if self.member.eof:     # between members: the padding skipped, what follows starts a new one
-                    data = data.lstrip(self.padding)      # b"": nothing stripped
-                    if not data:
-                        break
-                    self.member = self.new()
-                out.append(self.member.decompress(data))
-                data = self.member.unused_data if self.member.eof else b""
-        except stream_errors() as exc:
-            if not any(out):
-                raise
-            self.fault = exc
-        return b"".join(out)
+    def _step(self) -> bytes:
+        """At most STEP bytes of what the member makes of the data. zlib hands back what it did not take
+        (unconsumed_tail); zstd keeps it, and is then called with none."""
+        if self.member.eof:         # between members: the padding skipped, what follows starts a new one
+            self.data = self.data.lstrip(self.padding)       # b"": nothing stripped
+            if not self.data:
+                return b""
+            self.member = self.new()
+        out = self.member.decompress(self.data, self.STEP)
+        self.full = len(out) == self.STEP and not self.member.eof
+        self.data = self.member.unused_data if self.member.eof else getattr(self.member, "unconsumed_tail", b"")
+        return out
 
 
 # ---- writing ----------------------------------------------------------------------------------------------

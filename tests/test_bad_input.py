@@ -4,11 +4,21 @@ import gzip
 import json
 
 import pytest
+import zstandard
 from conftest import SAMPLE, as_written, make_database, memory, snapshot
 
 pytestmark = pytest.mark.usefixtures("parse_path")   # every test on the fast and the strict reader
 
 TEXT = SAMPLE.read_bytes()
+
+
+def zstd(data: bytes) -> bytes:
+    """As memory writes zstd: level 3, with the frame's content checksum."""
+    return zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
+
+
+def last_byte_flipped(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1])
 
 
 def changed(edit) -> bytes:
@@ -125,6 +135,18 @@ CASES = [
      "(Error -3 while decompressing data: incorrect header check)"),
     ("junk-after.jsonl.gz", gzip.compress(JSONL) + b"xx", "extractionStates[2]: the file is cut short or "
      "corrupt (Error -3 while decompressing data: incorrect header check)"),     # as whole.jsonl.gz, below
+    # zstd hands on a block (here, the whole file) once it is whole: a cut is found before any record is read.
+    ("cut.json.zst", zstd(TEXT)[:-20], "the header: the file is cut short or corrupt (the compressed stream is cut "
+     "short)"),
+    # All the content is there, only the frame's checksum is missing: zstandard's own readers take this.
+    ("no-checksum-bytes.jsonl.zst", zstd(JSONL)[:-4], "extractionStates[2]: the file is cut short or corrupt (the "
+     "compressed stream is cut short)"),
+    ("junk-after.json.zst", zstd(TEXT) + b"xx", "after extractionStates: the file is cut short or corrupt (Unable "
+     "to decompress Zstandard data: Unknown frame descriptor)"),
+    ("junk-after.jsonl.zst", zstd(JSONL) + b"xx", "extractionStates[2]: the file is cut short or corrupt (Unable "
+     "to decompress Zstandard data: Unknown frame descriptor)"),
+    ("checksum.json.zst", last_byte_flipped(zstd(TEXT)), "the header: the file is cut short or corrupt (Unable to "
+     "decompress Zstandard data: Restored data doesn't match checksum)"),
     ("no-end.jsonl", b'{"version":"1.1","stats":{"sessions":0}}\n', "the file is cut short: no end line"),
     ("jsonl-junk.jsonl", b'{"version":"1.1","stats":{}}\n[1]\n{"end":true}\n',
      'line 2: expected {"table": ..., "record": ...} or {"end": true}'),

@@ -213,3 +213,16 @@ def test_a_gzip_file_padded_with_zeros_reads_as_gzip_reads_it(tmp_path, sample_d
     assert snapshot(tmp_path / "padded.db") == snapshot(sample_db)
     path.write_bytes(whole + bytes(10) + b"junk")
     refused_everywhere(tmp_path, sample_db, path)
+
+
+@pytest.mark.parametrize("name", ["b.json.gz", "b.jsonl.gz", "b.json.zst", "b.jsonl.zst"])
+def test_a_file_of_two_members_reads_as_one_stream(tmp_path, sample_db, name):
+    """`cat a.gz b.gz` (or .zst) is one stream to gzip and zstd: a backup compressed in two parts, split a third
+    of the way in, wherever that falls, reads as the whole."""
+    path = exported(tmp_path, sample_db, name)
+    text = plain(path.read_bytes())
+    path.write_bytes(like(path.read_bytes(), text[:len(text) // 3]) + like(path.read_bytes(), text[len(text) // 3:]))
+    assert memory("validate", "-q", path).exit_code == 0
+    result = memory("import", "--db", tmp_path / "r.db", "-q", path)
+    assert (result.exit_code, result.output) == (0, "")
+    assert snapshot(tmp_path / "r.db") == snapshot(sample_db)

@@ -1,16 +1,17 @@
-"""Memory stays flat: the traced peak of export and import does not grow with the number of rows."""
+"""Memory stays flat: the traced peak of export and import does not grow with the number of rows, nor that of
+reading a compressed file with what its bytes expand to."""
 
 import json
 import tracemalloc
 
 import pytest
-from conftest import make_database
+from conftest import SAMPLE, make_database, memory
 
 from pipeline import canonical, records
 from pipeline.database import new_database, open_for_reading, open_for_writing
 from pipeline.errors import Refused
 from pipeline.export import export
-from pipeline.formats import decompressed_reader
+from pipeline.formats import compressed_writer, decompressed_reader, format_from_name
 from pipeline.restore import load, open_backup
 
 
@@ -90,3 +91,37 @@ def test_a_merge_that_goes_record_by_record_stays_flat_too(tmp_path, monkeypatch
     # This peak moves with where the batches fall, not with the size: measured 0.32 to 0.63 MB at 1,000 to
     # 40,000 messages, in no order. Positions held in a list (the bug this guards) gave 0.43 MB against 2.2 MB.
     assert large < small * 1.5 + 50_000, (small, large)
+
+
+def with_spaces(path, mib: int):
+    """The sample with `mib` MiB of white space before its first array, compressed as the name says, a MiB at a
+    time. Lines of spaces: on one line, the JSON reader's own reads grow to 16 MiB (formats._Growing takes it for
+    a long string)."""
+    text = SAMPLE.read_bytes()
+    at = text.index(b'"sessions": [')
+    with open(path, "wb") as raw, compressed_writer(raw, format_from_name(path.name)[1]) as out:
+        out.write(text[:at])
+        for _ in range(mib):
+            out.write((b" " * 1023 + b"\n") * 1024)
+        out.write(text[at:])
+    return path
+
+
+def validate_peak(path) -> int:
+    tracemalloc.start()
+    result = memory("validate", path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert result.exit_code == 0, result.output
+    return peak
+
+
+@pytest.mark.parametrize("name", ["b.json.zst", "b.json.gz"])
+def test_what_a_small_file_expands_to_is_read_a_step_at_a_time(tmp_path, name):
+    """Found by a review: a 16 KiB read of a .zst file was decompressed whole, and zstd's RLE blocks turn 4 bytes
+    into 128 KiB: 32 KB of .json.zst holding 1 GiB of spaces took 1.1 GB to validate. gzip's deflate stops
+    at about 1000:1, which still made 16 MB of one read."""
+    small = validate_peak(with_spaces(tmp_path / f"0-{name}", 0))
+    large = validate_peak(with_spaces(tmp_path / f"64-{name}", 64))
+    assert (tmp_path / f"64-{name}").stat().st_size < 200_000       # zstd: 8 kB, gzip: 182 kB
+    assert large < small + (4 << 20), (small, large)     # was 67 MB more for zstd, 25 MB for gzip; now 1 MB
