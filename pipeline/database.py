@@ -7,7 +7,7 @@ import os
 import shlex
 import shutil
 import sqlite3
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator
@@ -274,7 +274,7 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool 
     try:
         yield conn
     except BaseException:
-        conn.rollback()
+        _rolled_back(conn)
         raise
     if not commit:
         conn.rollback()
@@ -285,8 +285,18 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE", commit: bool 
             if (changed() if changed else conn.total_changes != changes) and id(conn) not in _UNSEEN:
                 portable.DONE.set(COMMITTED)
     except sqlite3.OperationalError as exc:
-        conn.rollback()
+        _rolled_back(conn)
         raise DatabaseProblem(f"cannot commit: {exc}{_room(conn, exc)}; nothing was changed") from exc
+
+
+def _rolled_back(conn: sqlite3.Connection) -> None:
+    """ROLLBACK, and the database file as it was. Found: a write failing on a full disk in rollback-journal mode
+    ends the transaction only in name; the file stays grown and half written beside a hot -journal, till a
+    connection next reads it (closing does not), so a copy of the file alone was corrupt. Reading plays the
+    journal back now; if that fails too, the next connection to open the database does."""
+    conn.rollback()
+    with suppress(sqlite3.Error):
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
 
 @contextmanager

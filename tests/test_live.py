@@ -103,6 +103,25 @@ def test_import_onto_a_full_disk_rolls_back(tmp_path, sample_db):
     assert snapshot(sample_db) == before
 
 
+def test_import_onto_a_full_disk_in_rollback_journal_mode_leaves_the_file_as_it_was(tmp_path, sample_db):
+    """Found by review: SQLite rolls a failed write's transaction back only in name; the database file stayed
+    grown and half written, with a hot -journal that the next connection would roll back. Said "nothing was
+    imported", it was so only for SQLite: a copy of the file alone (cp, rsync, a disk backup) was corrupt."""
+    big = make_database(tmp_path / "big.db", sessions=10, messages_per_session=4000)    # more than the import's page cache holds
+    memory("export", "--db", big, tmp_path / "big.json")
+    with sqlite3.connect(sample_db) as conn:
+        assert conn.execute("PRAGMA journal_mode = DELETE").fetchone() == ("delete",)
+    conn.close()
+    before = sample_db.read_bytes()
+    run = subprocess.run([sys.executable, "-m", "pipeline", "import", "--db", str(sample_db), "--clear",
+                          str(tmp_path / "big.json")], cwd=ROOT, capture_output=True, text=True,
+                         preexec_fn=limited(len(before) + 300_000))
+    assert (run.returncode, run.stdout, run.stderr) == (1, "", "Error: after topics: disk I/O error; nothing was "
+                                                               "imported\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.db", "big.json", "sample.db"]
+    assert sample_db.read_bytes() == before
+
+
 READER = textwrap.dedent("""
     import sqlite3, sys, time
     conn = sqlite3.connect(sys.argv[1], isolation_level=None)
