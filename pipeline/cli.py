@@ -89,8 +89,7 @@ def _ended() -> Iterator[None]:
     with 141, saying nothing."""
     try:
         yield
-    except BrokenPipeError:
-        _quiet_stdout()
+    except BrokenPipeError:     # what stdout still holds is let go in main
         raise click.exceptions.Exit(Exit.BROKEN_PIPE) from None
     except click.ClickException as exc:
         _said(exc)
@@ -564,15 +563,36 @@ def _warn_slow_parser() -> None:
 
 
 def main() -> None:
-    cli(prog_name="memory")
+    try:
+        cli(prog_name="memory")
+    except SystemExit as end:
+        failed = _let_go_of_standard_streams()
+        if failed is not None and end.code in (0, None):     # not seen: each report is flushed as it is said
+            if isinstance(failed, BrokenPipeError):
+                raise SystemExit(Exit.BROKEN_PIPE) from None
+            with suppress(OSError, ValueError, AttributeError):
+                click.echo(f"Error: stdout: {failed.strerror}", err=True)
+            raise SystemExit(Exit.FAILURE) from None
+        raise
 
 
-def _quiet_stdout() -> None:
-    """After the reader of stdout has gone: point it at /dev/null, so that flushing what is still buffered
-    (at exit) does not fail a second time and print a traceback."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+def _let_go_of_standard_streams() -> OSError | None:
+    """What stdout and stderr still hold, written now; where it cannot be (a full disk, a reader gone away: the
+    error said already), the stream pointed at /dev/null, else Python's own flush at exit fails again, prints
+    'Exception ignored' and exits 120 (found: `memory stats > /dev/full` without PYTHONUNBUFFERED)."""
+    failed = None
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:      # closed when the command started
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError) as exc:
+            failed = failed or (exc if isinstance(exc, OSError) else None)
+            with suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+    return failed
 
 
 def _terminal_stdin() -> bool:

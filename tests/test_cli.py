@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import COMPAT_DB, SAMPLE, SAMPLE_TABLE, make_database, memory, needs_compat, snapshot
+from conftest import COMPAT_DB, ROOT, SAMPLE, SAMPLE_TABLE, make_database, memory, needs_compat, snapshot
 
 from pipeline import cli as cli_module
 from pipeline.output import atomic_file
@@ -235,20 +235,37 @@ def test_a_pure_python_ijson_is_warned_about_once(tmp_path, monkeypatch):
     (["export", "-", "--db", "DB"], ""),
     (["import", "--db", "NEW", "SAMPLE"], "; the changes were committed before it"),
 ], ids=["stats", "stats-json", "validate", "list", "export", "import"])
-def test_a_stdout_that_cannot_be_written_is_named(tmp_path, sample_db, args, stands):
+@pytest.mark.parametrize("unbuffered", [{}, {"PYTHONUNBUFFERED": "1"}], ids=["buffered", "unbuffered"])
+def test_a_stdout_that_cannot_be_written_is_named(tmp_path, sample_db, args, stands, unbuffered):
     """Found: `memory stats > /dev/full` said "Error: No space left on device", not where (export said
     "stdout: ..."). An import's summary comes after its commit: the error says the data is in. (--help and
-    --version: test_click_s_own_output_to_a_full_stdout_is_named.)"""
+    --version: test_click_s_own_output_to_a_full_stdout_is_named.) And, found once the tests ran without the
+    PYTHONUNBUFFERED this machine sets: buffered, Python's own flush at exit failed again: 'Exception ignored'
+    and exit 120."""
     (tmp_path / "dir").mkdir()
     memory("backup", "--db", sample_db, "-q", tmp_path / "dir")
     names = {"SAMPLE": str(SAMPLE), "DIR": str(tmp_path / "dir"), "DB": str(sample_db), "NEW": str(tmp_path / "n.db")}
     args = [names.get(a, a) for a in args]
     with open("/dev/full", "w") as full:
         run = subprocess.run([sys.executable, "-m", "pipeline", *args, *(["--db", str(sample_db)] * (args[0] == "stats"))],
-                             stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+                             stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+                             env=os.environ | unbuffered)
     assert (run.returncode, run.stderr) == (1, f"Error: stdout: No space left on device{stands}\n")
     if args[0] == "import":
         assert sqlite3.connect(tmp_path / "n.db").execute("SELECT count(*) FROM messages_meta").fetchone() == (5,)
+
+
+def test_output_still_held_at_the_end_that_cannot_be_written_fails_the_run(tmp_path):
+    """The last flush, of what stdout still holds as the command ends, is made by main: where it fails on a status
+    of 0, that is a failure, said, not Python's 'Exception ignored' and 120 (each report is flushed as it is said,
+    so this stands in for one that was not)."""
+    unflushed = ("import sys, pipeline.cli as cli\n"
+                 "def command(**kwargs):\n    sys.stdout.write('a report')\n    sys.exit(0)\n"
+                 "cli.cli = command\ncli.main()\n")
+    with open("/dev/full", "w") as full:
+        run = subprocess.run([sys.executable, "-c", unflushed], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=full,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    assert (run.returncode, run.stderr) == (1, "Error: stdout: No space left on device\n")
 
 
 # what click prints itself, as it parses: the group's help and version, every command's help (restore's too)
