@@ -220,8 +220,16 @@ class Counted(io.RawIOBase):
 
     def write(self, data) -> int:  # type: ignore[override]
         if self.raw is not None:
-            self.raw.write(data)
-            self.bytes += len(data)
+            # Till all of it is written: stdout may be a raw file (PYTHONUNBUFFERED), which can take part of a
+            # write and say so only by its count (found: a cut export on a full disk, exit 0).
+            view = memoryview(data).cast("B")
+            size = len(view)
+            while view:
+                written = self.raw.write(view)
+                if written is None:     # a non-blocking stdout that is full
+                    raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+                view = view[written:]
+            self.bytes += size
         return len(data)
 
 

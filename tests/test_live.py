@@ -90,6 +90,22 @@ def test_export_onto_a_full_disk_keeps_the_old_backup_and_leaves_nothing(tmp_pat
     assert [p.name for p in folder.iterdir()] == ["b.json"]
 
 
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_export_to_stdout_onto_a_full_disk_fails(tmp_path, unbuffered):
+    """Found by review: with PYTHONUNBUFFERED set (cron jobs, containers, this machine), stdout is a raw file that
+    may take part of a write and say so by its count; the count was not read, so `memory export - > f.json` on a
+    full disk left a cut backup, printed its summary and exited 0."""
+    db = make_database(tmp_path / "db.db", sessions=10, messages_per_session=500)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | (
+        {"PYTHONUNBUFFERED": unbuffered} if unbuffered else {})
+    whole = len(memory("export", "-q", "--db", db, "-").stdout_bytes)
+    assert whole > 1 << 20      # more than one write (of the 1 MiB buffer): the last is the one cut
+    with open(tmp_path / "b.json", "wb") as out:
+        run = subprocess.run([sys.executable, "-m", "pipeline", "export", "--db", str(db), "-"], cwd=ROOT, env=env,
+                             stdout=out, stderr=subprocess.PIPE, text=True, preexec_fn=limited(whole - 1000))
+    assert (run.returncode, run.stderr) == (1, "Error: stdout: File too large\n")
+
+
 def test_import_onto_a_full_disk_rolls_back(tmp_path, sample_db):
     big = make_database(tmp_path / "big.db", sessions=10, messages_per_session=2000)
     memory("export", "--db", big, tmp_path / "big.json")
