@@ -276,11 +276,13 @@ def summed(out: IO[bytes], fmt: str) -> Iterator[IO[bytes]]:
     body = io.BufferedWriter(checksummed, buffer_size=1 << 20)
     try:
         yield body
+        body.flush()
+        out.write(trailer(fmt, checksummed.value()))
     except BaseException:
-        checksummed.out = None      # what the buffer still holds, flushed when it is collected, goes nowhere
+        checksummed.out = None      # the file is given up: what the buffer still holds goes nowhere, now, not
+        with contextlib.suppress(Exception):    # when it is collected (found: a full disk at the last flush)
+            body.close()
         raise
-    body.flush()
-    out.write(trailer(fmt, checksummed.value()))
 
 
 def _write_each(out: IO[bytes], chunks: Iterable[bytes], progress: Callable[[int], None]) -> int:
