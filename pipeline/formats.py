@@ -33,6 +33,7 @@ FORMATS = ("json", "jsonl")
 COMPRESSIONS = ("gzip", "zstd", "none")
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_SKIPPABLE = b"\x2a\x4d\x18"     # after a byte 0x50-0x5F: a skippable frame, which pzstd starts its files with
 
 # Imports are several times slower on a pure-Python backend; the CLI warns when this is not "yajl2_c".
 IJSON_BACKEND = ijson.backend
@@ -151,7 +152,7 @@ def decompressed_reader(raw: IO[bytes]) -> IO[bytes]:
         raise BadBackup("the file is empty")
     if magic.startswith(GZIP_MAGIC):
         return io.BufferedReader(Decompressed(raw, lambda: zlib.decompressobj(wbits=31), padding=b"\0"), 1 << 16)
-    if magic == ZSTD_MAGIC:
+    if magic == ZSTD_MAGIC or magic[1:] == ZSTD_SKIPPABLE and magic[0] >> 4 == 0x5:
         return io.BufferedReader(Decompressed(raw, zstd_reading().ZstdDecompressor), 1 << 16)
     return raw
 

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import zstandard as zstd
 from conftest import SAMPLE, SAMPLE_TABLE, memory, snapshot
 from platforms import command, lock_state
 
@@ -113,6 +115,29 @@ def test_zstd_round_trip_through_export_validate_import(tmp_path, sample_db, nam
     assert (tmp_path / name).read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
     assert memory("validate", tmp_path / name).exit_code == 0
     assert memory("import", "--db", tmp_path / "r.db", tmp_path / name).exit_code == 0
+    assert snapshot(tmp_path / "r.db") == snapshot(sample_db)
+
+
+@pytest.mark.parametrize("name", ["b.json.zst", "b.jsonl.zst"])
+@pytest.mark.parametrize("how", ["skippable-frame", "pzstd"])
+def test_a_zstd_file_that_starts_with_a_skippable_frame_is_read(tmp_path, sample_db, name, how):
+    """Found by review: pzstd (zstd's parallel tool) starts every file with a skippable frame (magic 0x184D2A50 to
+    0x184D2A5F), which zstd -t and zstd -d read past; we looked only for the zstd frame's magic, read the file as
+    plain JSON and refused it as corrupt."""
+    plain = tmp_path / name.removesuffix(".zst")
+    assert memory("export", "--db", sample_db, plain).exit_code == 0
+    packed = tmp_path / name
+    if how == "pzstd":
+        if not shutil.which("pzstd"):
+            pytest.skip("no pzstd here")
+        subprocess.run(["pzstd", "-q", str(plain), "-o", str(packed)], check=True)
+    else:
+        frame = zstd.ZstdCompressor(write_checksum=True).compress(plain.read_bytes())
+        packed.write_bytes(b"\x5e\x2a\x4d\x18" + (5).to_bytes(4, "little") + b"notes" + frame)
+    assert packed.read_bytes()[1:4] == b"\x2a\x4d\x18"
+    assert memory("validate", "-q", packed).exit_code == 0
+    result = memory("import", "-q", "--db", tmp_path / "r.db", packed)
+    assert (result.exit_code, result.output) == (0, "")
     assert snapshot(tmp_path / "r.db") == snapshot(sample_db)
 
 
