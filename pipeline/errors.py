@@ -60,5 +60,9 @@ def stream_errors() -> tuple[type[BaseException], ...]:
     import jsonlines
 
     from .formats import CutShort, zstd_reading
-    return (ijson.JSONError, jsonlines.InvalidLineError, EOFError, CutShort, gzip.BadGzipFile, zlib.error,
-            UnicodeDecodeError, zstd_reading().ZstdError)
+    errors = (ijson.JSONError, jsonlines.InvalidLineError, EOFError, CutShort, gzip.BadGzipFile, zlib.error,
+              UnicodeDecodeError)
+    try:
+        return errors + (zstd_reading().ZstdError,)
+    except PipelineError:       # no zstd reader here: a plain or gzip file still reads, and fails, as it is
+        return errors

@@ -19,7 +19,7 @@ import orjson
 from ijson.utils import sendable_list
 
 from . import records
-from .errors import BadBackup, stream_errors
+from .errors import BadBackup, PipelineError, stream_errors
 from .integrity import Summed, trailer
 from .tables import Record
 from .values import tagged
@@ -164,7 +164,11 @@ def zstd_reading() -> Any:
     try:
         from compression import zstd  # type: ignore[import-not-found]
     except ImportError:
-        from backports import zstd  # type: ignore[no-redef]
+        try:
+            from backports import zstd  # type: ignore[no-redef]
+        except ImportError as exc:     # an install older than this requirement (setup.cfg), not reinstalled
+            raise PipelineError("cannot read zstd here: the backports.zstd package is missing (pip install "
+                                "backports.zstd, or pip install . again)") from exc
     return zstd
 
 

@@ -141,6 +141,25 @@ def test_a_zstd_file_that_starts_with_a_skippable_frame_is_read(tmp_path, sample
     assert snapshot(tmp_path / "r.db") == snapshot(sample_db)
 
 
+def test_without_a_zstd_reader_plain_files_still_read_and_a_zst_is_one_line(tmp_path, sample_db, monkeypatch):
+    """Found by review: once zstd was read with backports.zstd, every reading error (a cut plain .json) first
+    imported it, and an install that predates the requirement failed with a traceback, zstd or not."""
+    for name in ("backports.zstd", "compression.zstd"):
+        monkeypatch.setitem(sys.modules, name, None)      # import fails, as where it is not installed
+    memory("export", "--db", sample_db, tmp_path / "b.json")
+    memory("export", "--db", sample_db, tmp_path / "b.json.zst")
+    data = (tmp_path / "b.json").read_bytes()
+    (tmp_path / "cut.json").write_bytes(data[: len(data) // 2])
+    assert memory("validate", "-q", tmp_path / "b.json").exit_code == 0
+    cut = memory("validate", tmp_path / "cut.json")
+    assert (cut.exit_code, cut.stdout, cut.stderr) == (1, "", "Error: toolUses[0]: the file is cut short or corrupt "
+                                                             "(parse error: premature EOF)\n")
+    zst = memory("validate", tmp_path / "b.json.zst")
+    assert (zst.exit_code, zst.stdout, zst.stderr) == (1, "", "Error: cannot read zstd here: the backports.zstd "
+                                                             "package is missing (pip install backports.zstd, or "
+                                                             "pip install . again)\n")
+
+
 def test_zstd_piped_through_stdin(tmp_path, sample_db):
     memory("export", "--db", sample_db, tmp_path / "b.json.zst")
     result = memory("import", "--db", tmp_path / "r.db", "--format", "json", "-",
