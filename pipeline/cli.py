@@ -563,6 +563,7 @@ def _warn_slow_parser() -> None:
 
 
 def main() -> None:
+    _closed_standard_fds_held()
     try:
         cli(prog_name="memory")
     except SystemExit as end:
@@ -574,6 +575,23 @@ def main() -> None:
                 click.echo(f"Error: stdout: {failed.strerror}", err=True)
             raise SystemExit(Exit.FAILURE) from None
         raise
+
+
+def _closed_standard_fds_held() -> None:
+    """A standard stream closed as the command starts (`2>&-`), which Python leaves None: its fd is opened on
+    /dev/null, so no file opened later takes that number (a backup opened as fd 2 would take whatever anything
+    writes to stderr: the worker's, SQLite's). stderr then writes nothing (found: with it None, every command that
+    reports there failed, saying nothing); stdin and stdout stay None, which `import -` and `export -` refuse, and
+    a report to stdout fails, as cat does (report.say)."""
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        if getattr(sys, name) is None:
+            with suppress(OSError):
+                devnull = os.open(os.devnull, os.O_RDWR)
+                if devnull != fd:
+                    os.dup2(devnull, fd)
+                    os.close(devnull)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
 
 
 def _let_go_of_standard_streams() -> OSError | None:
@@ -596,5 +614,5 @@ def _let_go_of_standard_streams() -> OSError | None:
 
 
 def _terminal_stdin() -> bool:
-    """Whether a person can answer a question; cron and pipes cannot."""
-    return sys.stdin.isatty()
+    """Whether a person can answer a question; cron, pipes and a closed stdin cannot."""
+    return sys.stdin is not None and sys.stdin.isatty()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -118,6 +120,8 @@ def say(text: str, err: bool = False) -> None:
     """Lines to stdout (or stderr); one that cannot be written (a full disk, /dev/full) is named as the
     place, as a file would be. A reader gone away (BrokenPipeError) is left as it is: it has its own exit."""
     try:
+        if (sys.stderr if err else sys.stdout) is None:      # closed as the command started (>&-)
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         click.echo(text, err=err)
     except BrokenPipeError:
         raise

@@ -435,6 +435,28 @@ def test_a_closed_stdin_or_stdout_is_one_line_not_a_traceback(tmp_path, sample_d
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample.db"]
 
 
+@pytest.mark.parametrize("args, closed, status, out, err", [
+    (("validate", "{sample}"), "2>&-", 0, "Validated", ""),
+    (("validate", "-q", "{tmp}/nothing.json"), "2>&-", 1, "", ""),
+    (("export", "--db", "{db}", "{tmp}/b.json"), "2>&-", 0, "Exported", ""),
+    (("import", "--db", "{db}", "{sample}"), "<&-", 1, "",
+     "Error: {db} already has 2 sessions and 5 messages; pass --yes to merge into it or --clear to replace it\n"),
+    (("stats", "--db", "{db}"), ">&-", 1, "", "Error: stdout: Bad file descriptor\n"),
+    (("--version",), ">&-", 1, "", "Error: stdout: Bad file descriptor\n"),
+])
+def test_a_closed_standard_stream_changes_no_verdict(tmp_path, sample_db, args, closed, status, out, err):
+    """Found by review: with stderr closed (2>&-) every command that reports on it (validate, export, import)
+    exited 1 saying nothing, its work done; with stdin closed, an import into a database that holds data ended in
+    a traceback (is it a terminal?); with stdout closed, a report went nowhere with exit 0, where cat fails."""
+    command = " ".join(f"'{a.format(db=sample_db, tmp=tmp_path, sample=SAMPLE)}'" for a in args)
+    done = subprocess.run(["/bin/sh", "-c", f"'{sys.executable}' -m pipeline {command} {closed}"], capture_output=True,
+                          text=True, timeout=120)
+    assert (done.returncode, done.stdout.split(" ")[0] if done.stdout else "", done.stderr) == (
+        status, out, err.format(db=sample_db))
+    made = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("sample.db"))    # its -wal: the fixture's
+    assert made == ["b.json"] * (args[0] == "export")
+
+
 @pytest.mark.parametrize("args", [("export", "-"), ("export", "--compress", "zstd", "-"), ("stats",)])
 def test_a_closed_pipe_ends_quietly_with_the_status_of_a_tool_killed_by_sigpipe(tmp_path, sample_db, args):
     read_end, write_end = os.pipe()
