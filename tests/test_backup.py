@@ -144,7 +144,7 @@ def test_a_zstd_file_that_starts_with_a_skippable_frame_is_read(tmp_path, sample
 def test_without_a_zstd_reader_plain_files_still_read_and_a_zst_is_one_line(tmp_path, sample_db, monkeypatch):
     """Found by review: once zstd was read with backports.zstd, every reading error (a cut plain .json) first
     imported it, and an install that predates the requirement failed with a traceback, zstd or not."""
-    for name in ("backports.zstd", "compression.zstd"):
+    for name in ("backports", "backports.zstd", "compression", "compression.zstd"):
         monkeypatch.setitem(sys.modules, name, None)      # import fails, as where it is not installed
     memory("export", "--db", sample_db, tmp_path / "b.json")
     memory("export", "--db", sample_db, tmp_path / "b.json.zst")
