@@ -220,17 +220,21 @@ class Counted(io.RawIOBase):
 
     def write(self, data) -> int:  # type: ignore[override]
         if self.raw is not None:
-            # Till all of it is written: stdout may be a raw file (PYTHONUNBUFFERED), which can take part of a
-            # write and say so only by its count (found: a cut export on a full disk, exit 0).
-            view = memoryview(data).cast("B")
-            size = len(view)
-            while view:
-                written = self.raw.write(view)
-                if written is None:     # a non-blocking stdout that is full
-                    raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-                view = view[written:]
-            self.bytes += size
+            self.bytes += written_whole(self.raw, data)
         return len(data)
+
+
+def written_whole(raw: IO[bytes], data) -> int:
+    """Write all of `data` (its size returned): stdout may be a raw file (PYTHONUNBUFFERED), which can take part
+    of a write and say so only by its count (found: a cut export, and a cut report, on a full disk, exit 0)."""
+    view = memoryview(data).cast("B")
+    size = len(view)
+    while view:
+        written = raw.write(view)
+        if written is None:     # a non-blocking stdout that is full
+            raise BlockingIOError(errno.EAGAIN, "write could not complete without blocking")
+        view = view[written:]
+    return size
 
 
 @contextmanager

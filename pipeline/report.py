@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Iterator
 
 import click
 
+from .output import written_whole
+
 if TYPE_CHECKING:
     from .backup import Listed
 
@@ -119,10 +121,19 @@ def progress(total: int, label: str, name: str, shown: Shown) -> Iterator[Progre
 def say(text: str, err: bool = False) -> None:
     """Lines to stdout (or stderr); one that cannot be written (a full disk, /dev/full) is named as the
     place, as a file would be. A reader gone away (BrokenPipeError) is left as it is: it has its own exit."""
+    stream = sys.stderr if err else sys.stdout
     try:
-        if (sys.stderr if err else sys.stdout) is None:      # closed as the command started (>&-)
+        if stream is None:      # closed as the command started (>&-)
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        click.echo(text, err=err)
+        binary = getattr(stream, "buffer", None)
+        if binary is None:      # a stream of text only (an IDE's)
+            click.echo(text, err=err)
+            return
+        # Bytes, written whole: under PYTHONUNBUFFERED the text layer does not read how much a write took, and a
+        # report cut on a full disk exited 0 (found by review).
+        stream.flush()
+        written_whole(binary, (text + "\n").encode(stream.encoding or "utf-8", stream.errors or "strict"))
+        binary.flush()
     except BrokenPipeError:
         raise
     except OSError as exc:

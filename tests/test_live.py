@@ -109,6 +109,24 @@ def test_export_to_stdout_onto_a_full_disk_fails(tmp_path, unbuffered):
     assert (run.returncode, run.stderr) == (1, "Error: stdout: File too large\n")
 
 
+@pytest.mark.parametrize("args", [["validate", "--json", str(SAMPLE)], ["validate", str(SAMPLE)], ["--help"]],
+                         ids=["validate-json", "validate", "help"])
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_a_report_to_stdout_onto_a_full_disk_fails(tmp_path, args, unbuffered):
+    """Found by review, after the export's own writes were fixed: a report goes through click.echo, whose text
+    layer, over a raw stdout (PYTHONUNBUFFERED), does not read how much a write took: `stats --json > s.json` on a
+    full disk wrote half of it and exited 0. (Commands that open no database: the limit stands for a full disk
+    for every file, SQLite's -shm too.)"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | (
+        {"PYTHONUNBUFFERED": unbuffered} if unbuffered else {})
+    whole = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True)
+    assert (whole.returncode, whole.stderr) == (0, b"") and len(whole.stdout) > 200
+    with open(tmp_path / "report", "wb") as out:
+        run = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, stdout=out,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=limited(len(whole.stdout) // 2))
+    assert (run.returncode, run.stderr) == (1, "Error: stdout: File too large\n")
+
+
 def test_import_onto_a_full_disk_rolls_back(tmp_path, sample_db):
     big = make_database(tmp_path / "big.db", sessions=10, messages_per_session=2000)
     memory("export", "--db", big, tmp_path / "big.json")
