@@ -293,10 +293,12 @@ def _rolled_back(conn: sqlite3.Connection) -> None:
     """ROLLBACK, and the database file as it was. Found: a write failing on a full disk in rollback-journal mode
     ends the transaction only in name; the file stays grown and half written beside a hot -journal, till a
     connection next reads it (closing does not), so a copy of the file alone was corrupt. Reading plays the
-    journal back now; if that fails too, the next connection to open the database does."""
+    journal back now; where that keeps failing, the next connection to open the database does."""
     conn.rollback()
-    with suppress(sqlite3.Error):
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    for _ in range(3):      # the first read after a full disk gives its error again; the next plays back (seen)
+        with suppress(sqlite3.Error):
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return
 
 
 @contextmanager

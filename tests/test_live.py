@@ -4,12 +4,14 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+from contextlib import closing
 
 import pytest
 from conftest import ROOT, SAMPLE, make_database, memory, snapshot
@@ -157,6 +159,38 @@ def test_import_onto_a_full_disk_in_rollback_journal_mode_leaves_the_file_as_it_
                                                                "imported\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.db", "big.json", "sample.db"]
     assert sample_db.read_bytes() == before
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs, where the tests may mount one (as root): a disk that really fills. ENOSPC is SQLite's
+    SQLITE_FULL, which it handles otherwise than RLIMIT_FSIZE's EFBIG (an I/O error)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield where
+    subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.mark.parametrize("how", ["--yes", "--clear"], ids=["merge", "clear"])
+def test_an_import_filling_a_real_disk_in_rollback_journal_mode_leaves_the_file_as_it_was(tmp_path, small_disk,
+                                                                                          how):
+    """Found by review, after the read that plays a hot journal back: on a disk really full (not RLIMIT_FSIZE), that
+    read gave the disk's error again, and a merge left the file grown beside a hot -journal."""
+    big = make_database(tmp_path / "big.db", sessions=10, messages_per_session=4000)   # beyond the page cache
+    memory("export", "--db", big, tmp_path / "big.json")
+    db = make_database(small_disk / "t.db", sessions=4, messages_per_session=200)
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA journal_mode = DELETE").fetchone() == ("delete",)
+    (small_disk / "filler").write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 500_000))
+    before = db.read_bytes()
+    run = subprocess.run([sys.executable, "-m", "pipeline", "import", how, "--db", str(db), str(tmp_path / "big.json")],
+                         cwd=ROOT, capture_output=True, text=True, env=os.environ | {"SQLITE_TMPDIR": str(tmp_path)})
+    assert run.returncode == 1 and re.fullmatch(r"Error: after \w+: database or disk is full \(free: .*\); nothing "
+                                                r"was imported\n", run.stderr), run.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "t.db"]
+    assert db.read_bytes() == before
 
 
 READER = textwrap.dedent("""
