@@ -569,10 +569,11 @@ def main() -> None:
     except SystemExit as end:
         failed = _let_go_of_standard_streams()
         if failed is not None and end.code in (0, None):     # not seen: each report is flushed as it is said
-            if isinstance(failed, BrokenPipeError):
+            name, error = failed
+            if name == "stdout" and isinstance(error, BrokenPipeError):
                 raise SystemExit(Exit.BROKEN_PIPE) from None
             with suppress(OSError, ValueError, AttributeError):
-                click.echo(f"Error: stdout: {failed.strerror}", err=True)
+                click.echo(f"Error: {name}: {error.strerror}", err=True)
             raise SystemExit(Exit.FAILURE) from None
         raise
 
@@ -594,18 +595,18 @@ def _closed_standard_fds_held() -> None:
         sys.stderr = open(os.devnull, "w")
 
 
-def _let_go_of_standard_streams() -> OSError | None:
+def _let_go_of_standard_streams() -> tuple[str, OSError] | None:
     """What stdout and stderr still hold, written now; where it cannot be (a full disk, a reader gone away: the
     error said already), the stream pointed at /dev/null, else Python's own flush at exit fails again, prints
     'Exception ignored' and exits 120 (found: `memory stats > /dev/full` without PYTHONUNBUFFERED)."""
     failed = None
-    for stream in (sys.stdout, sys.stderr):
+    for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
         if stream is None:      # closed when the command started
             continue
         try:
             stream.flush()
         except (OSError, ValueError) as exc:
-            failed = failed or (exc if isinstance(exc, OSError) else None)
+            failed = failed or ((name, exc) if isinstance(exc, OSError) else None)
             with suppress(OSError, ValueError):
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, stream.fileno())
