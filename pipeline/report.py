@@ -132,12 +132,21 @@ def say(text: str, err: bool = False) -> None:
         # Bytes, written whole: under PYTHONUNBUFFERED the text layer does not read how much a write took, and a
         # report cut on a full disk exited 0 (found by review).
         stream.flush()
-        written_whole(binary, (text + "\n").encode(stream.encoding or "utf-8", stream.errors or "strict"))
+        written_whole(binary, _encoded(text + "\n", stream))
         binary.flush()
     except BrokenPipeError:
         raise
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, "stderr" if err else "stdout") from exc
+
+
+def _encoded(text: str, stream) -> bytes:
+    """The text as the stream's codec writes it; where that cannot (a stream that says ASCII: PYTHONIOENCODING=ascii,
+    an old C locale), UTF-8, as click.echo writes there (found: a path holding 'é' ended in a traceback)."""
+    try:
+        return text.encode(stream.encoding or "utf-8", stream.errors or "strict")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
 
 
 def report(*, err: bool, quiet: bool, as_json: bool, shown: Shown, data: dict, lines: list[str]) -> None:

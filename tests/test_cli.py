@@ -255,6 +255,18 @@ def test_a_stdout_that_cannot_be_written_is_named(tmp_path, sample_db, args, sta
         assert sqlite3.connect(tmp_path / "n.db").execute("SELECT count(*) FROM messages_meta").fetchone() == (5,)
 
 
+def test_a_report_to_a_stdout_that_says_ascii_is_written_as_click_writes_it(tmp_path):
+    """Found before it landed: report.say encoding its text with the stream's own codec failed with a traceback on
+    a path holding 'é' where stdout says ASCII (PYTHONIOENCODING=ascii, an old C locale, a Windows code page);
+    click.echo, used before, writes UTF-8 there."""
+    backup = tmp_path / "é.json"
+    backup.write_bytes(SAMPLE.read_bytes())
+    run = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(backup)], cwd=ROOT, capture_output=True,
+                         env=os.environ | {"PYTHONIOENCODING": "ascii"}, timeout=60)
+    assert (run.returncode, run.stderr) == (0, b"")
+    assert run.stdout.splitlines()[1] == b"from " + str(backup).encode()
+
+
 def test_output_still_held_at_the_end_that_cannot_be_written_fails_the_run(tmp_path):
     """The last flush, of what stdout still holds as the command ends, is made by main: where it fails on a status
     of 0, that is a failure, said, not Python's 'Exception ignored' and 120 (each report is flushed as it is said,
