@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import io
 import json
 import os
 import sys
@@ -564,6 +565,7 @@ def _warn_slow_parser() -> None:
 
 def main() -> None:
     _closed_standard_fds_held()
+    _standard_streams_written_whole()
     try:
         cli(prog_name="memory")
     except SystemExit as end:
@@ -593,6 +595,19 @@ def _closed_standard_fds_held() -> None:
                     os.close(devnull)
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w")
+
+
+def _standard_streams_written_whole() -> None:
+    """Under PYTHONUNBUFFERED (python -u) stdout and stderr are text over the raw file, and a raw file may take
+    part of a write and say so only by its count, which the text layer does not read (found: a report, and an
+    export, cut on a full disk, exit 0; to a full non-blocking pipe, dropped). A buffer is put between them,
+    which writes all or fails; every report is flushed as it is said (click.echo), so none waits in it."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and isinstance(getattr(stream, "buffer", None), io.FileIO):
+            setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(stream.buffer), encoding=stream.encoding,
+                                                errors=stream.errors, newline=None if os.name == "nt" else "\n",
+                                                write_through=True))
 
 
 def _let_go_of_standard_streams() -> tuple[str, OSError] | None:

@@ -225,8 +225,8 @@ class Counted(io.RawIOBase):
 
 
 def written_whole(raw: IO[bytes], data) -> int:
-    """Write all of `data` (its size returned): stdout may be a raw file (PYTHONUNBUFFERED), which can take part
-    of a write and say so only by its count (found: a cut export, and a cut report, on a full disk, exit 0)."""
+    """Write all of `data` (its size returned): a raw file (stdout under PYTHONUNBUFFERED, as a library caller may
+    pass it) can take part of a write and say so only by its count (found: a cut export on a full disk, exit 0)."""
     view = memoryview(data).cast("B")
     size = len(view)
     while view:

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Iterator
 
 import click
 
-from .output import written_whole
-
 if TYPE_CHECKING:
     from .backup import Listed
 
@@ -120,33 +118,16 @@ def progress(total: int, label: str, name: str, shown: Shown) -> Iterator[Progre
 
 def say(text: str, err: bool = False) -> None:
     """Lines to stdout (or stderr); one that cannot be written (a full disk, /dev/full) is named as the
-    place, as a file would be. A reader gone away (BrokenPipeError) is left as it is: it has its own exit."""
-    stream = sys.stderr if err else sys.stdout
+    place, as a file would be. A reader gone away (BrokenPipeError) is left as it is: it has its own exit.
+    (Under PYTHONUNBUFFERED, cli.main puts a buffer under the streams, which writes all or fails.)"""
     try:
-        if stream is None:      # closed as the command started (>&-)
+        if (sys.stderr if err else sys.stdout) is None:      # closed as the command started (>&-)
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        binary = getattr(stream, "buffer", None)
-        if binary is None:      # a stream of text only (an IDE's)
-            click.echo(text, err=err)
-            return
-        # Bytes, written whole: under PYTHONUNBUFFERED the text layer does not read how much a write took, and a
-        # report cut on a full disk exited 0 (found by review).
-        stream.flush()
-        written_whole(binary, _encoded(text + "\n", stream))
-        binary.flush()
+        click.echo(text, err=err)
     except BrokenPipeError:
         raise
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, "stderr" if err else "stdout") from exc
-
-
-def _encoded(text: str, stream) -> bytes:
-    """The text as the stream's codec writes it; where that cannot (a stream that says ASCII: PYTHONIOENCODING=ascii,
-    an old C locale), UTF-8, as click.echo writes there (found: a path holding 'é' ended in a traceback)."""
-    try:
-        return text.encode(stream.encoding or "utf-8", stream.errors or "strict")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace")
 
 
 def report(*, err: bool, quiet: bool, as_json: bool, shown: Shown, data: dict, lines: list[str]) -> None:
