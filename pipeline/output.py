@@ -131,7 +131,7 @@ def standard_stream(path: str) -> int | None:
             other = os.fstat(fd)
         except OSError:
             continue
-        if (found.st_dev, found.st_ino) == (other.st_dev, other.st_ino):
+        if os.path.samestat(found, other):
             return fd
     return None
 
@@ -147,7 +147,7 @@ def refuse_database_stdout(database: Path) -> None:
             other = os.stat(f"{database}{suffix}")
         except OSError:
             continue
-        if (out.st_dev, out.st_ino) == (other.st_dev, other.st_ino):
+        if os.path.samestat(out, other):
             what = "the database" if not suffix else f"the database's {suffix[1:]} file"
             raise Refused(f"stdout: is {what} ({database}{suffix}); writing the backup there would destroy it, "
                           "so nothing was written: give another path")
@@ -162,7 +162,7 @@ def _same_file(a: Path, b: Path) -> bool:
         first, second = os.stat(a), os.stat(b)
     except OSError:
         return False
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+    return os.path.samestat(first, second)
 
 
 def _kind(path: Path) -> str:
