@@ -588,11 +588,7 @@ def _closed_standard_fds_held() -> None:
     a report to stdout fails, as cat does (report.say)."""
     for fd, name in enumerate(("stdin", "stdout", "stderr")):
         if getattr(sys, name) is None:
-            with suppress(OSError):
-                devnull = os.open(os.devnull, os.O_RDWR)
-                if devnull != fd:
-                    os.dup2(devnull, fd)
-                    os.close(devnull)
+            _on_devnull(fd)
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w")
 
@@ -622,11 +618,18 @@ def _let_go_of_standard_streams() -> tuple[str, OSError] | None:
             stream.flush()
         except (OSError, ValueError) as exc:
             failed = failed or ((name, exc) if isinstance(exc, OSError) else None)
-            with suppress(OSError, ValueError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, stream.fileno())
-                os.close(devnull)
+            with suppress(ValueError):      # a stream with no fd
+                _on_devnull(stream.fileno())
     return failed
+
+
+def _on_devnull(fd: int) -> None:
+    """File descriptor `fd` pointed at /dev/null (opened there, where it was closed)."""
+    with suppress(OSError):
+        devnull = os.open(os.devnull, os.O_RDWR)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
 
 
 def _terminal_stdin() -> bool:
