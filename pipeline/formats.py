@@ -248,29 +248,33 @@ class Decompressed(io.RawIOBase):
 
 # ---- writing ----------------------------------------------------------------------------------------------
 
-def write_json(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Iterable[Record]]],
+def write_json(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Iterable[list[Record]]]],
                progress: Callable[[int], None]) -> None:
     """One JSON document in memory-nexus's key order: the header first, then one array per table,
     one record per line so the file reads and diffs well, and last the checksum of all that."""
     with summed(out, "json") as out:
         out.write(b"{" + b",".join(encode(k) + b":" + encode(header[k]) for k in HEADER_KEYS))
-        for key, table_records in sections:
+        for key, batches in sections:
             out.write(b",\n" + encode(key) + b":[")
-            separators = itertools.chain((b"\n",), itertools.repeat(b",\n"))
-            count = _write_each(out, (s + encode(r) for s, r in zip(separators, table_records)), progress)
+            count = 0
+            for batch in batches:
+                separators = itertools.chain((b",\n" if count else b"\n",), itertools.repeat(b",\n"))
+                _write_batch(out, zip(separators, map(_ENCODE, batch)), progress, len(batch))
+                count += len(batch)
             out.write(b"\n]" if count else b"]")
 
 
-def write_jsonl(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Iterable[Record]]],
+def write_jsonl(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Iterable[list[Record]]]],
                 progress: Callable[[int], None]) -> None:
     """JSON Lines: the header, then {"table": key, "record": {...}} per record, then {"end": true} with the
     checksum of all that, so a file cut anywhere, or changed, is told from a whole one."""
     with summed(out, "jsonl") as out:
         out.write(encode({k: header[k] for k in HEADER_KEYS}, orjson.OPT_APPEND_NEWLINE))
-        for key, table_records in sections:
-            lines = (encode({"table": key, "record": r}, orjson.OPT_APPEND_NEWLINE)
-                     for r in table_records)
-            _write_each(out, lines, progress)
+        for key, batches in sections:
+            start = b'{"table":' + encode(key) + b',"record":'       # as orjson writes {"table":, "record":}
+            for batch in batches:
+                _write_batch(out, zip(itertools.repeat(start), map(_ENCODE, batch), itertools.repeat(b"}\n")),
+                             progress, len(batch))
 
 
 @contextlib.contextmanager
@@ -290,16 +294,15 @@ def summed(out: IO[bytes], fmt: str) -> Iterator[IO[bytes]]:
         raise
 
 
-def _write_each(out: IO[bytes], chunks: Iterable[bytes], progress: Callable[[int], None]) -> int:
-    """Write each encoded record at once: orjson's result holds a 4 KiB buffer, so keeping a batch of them
-    would cost 8 MB. Progress is told once a batch."""
-    count, batch = 0, records.BATCH
-    for count, chunk in enumerate(chunks, 1):
-        out.write(chunk)
-        if count % batch == 0:
-            progress(batch)
-    progress(count % batch)
-    return count
+_ENCODE = functools.partial(orjson.dumps, default=tagged)      # encode(), without a Python call per record
+
+
+def _write_batch(out: IO[bytes], pieces: Iterable[tuple[bytes, ...]], progress: Callable[[int], None],
+                 count: int) -> None:
+    """Write a batch's records, each as soon as it is encoded (orjson's result holds a 4 KiB buffer: a batch
+    of them kept would cost 8 MB), in pieces the buffer above the file gathers; then tell progress."""
+    out.writelines(itertools.chain.from_iterable(pieces))
+    progress(count)
 
 
 WRITERS = {"json": write_json, "jsonl": write_jsonl}

@@ -6,7 +6,7 @@ import functools
 import math
 import sys
 from decimal import Decimal
-from itertools import islice
+from itertools import islice, repeat
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -191,10 +191,12 @@ def rows_of(table: Table, minor: int, records: Iterable[Record]) -> Iterator[tup
     return map(pick, records)
 
 
-def records_of(table: Table, rows: Iterable[Sequence[Any]]) -> Iterator[Record]:
-    """Rows from the database as records keyed by the file's field names."""
+def records_of(table: Table, batches: Iterable[Sequence[Sequence[Any]]]) -> Iterator[list[Record]]:
+    """Batches of rows from the database as batches of records keyed by the file's field names. A row may
+    hold more values than the table has columns (its rowid, last): those are left out."""
     fields = [c.field for c in table.columns]
-    return (dict(zip(fields, row)) for row in rows)
+    for rows in batches:
+        yield list(map(dict, map(zip, repeat(fields), rows)))
 
 
 def batches(items: Iterable[Any], size: int | None = None) -> Iterator[list]:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from pipeline import export
 from conftest import COMPAT_DB, ROOT, SAMPLE, make_database, memory, needs_compat
 
 HINT = "the database is damaged; check it with sqlite3 {db} 'PRAGMA integrity_check' and save what can be read " \
@@ -87,6 +88,20 @@ def test_export_of_a_damaged_database_fails_and_leaves_the_old_backup(tmp_path, 
     new = memory("export", "--db", db, tmp_path / "new.json")
     assert new.exit_code == 1 and not (tmp_path / "new.json").exists()
     assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize("rows", [1, 53, 54, 55])
+@pytest.mark.parametrize("name, btree, pick, seen", DAMAGE[:3], ids=[d[0] for d in DAMAGE[:3]])
+def test_damage_is_seen_where_it_falls_between_two_batches(tmp_path, source, monkeypatch, rows, name, btree, pick,
+                                                           seen):
+    """Export reads a batch of rows at a time (export.ROWS) and checks each batch's rowids in one go: the step
+    back is seen as well where it falls between two batches (rowid 54 the last of one, rowid 1 the first of the
+    next) as within one."""
+    monkeypatch.setattr(export, "ROWS", rows)
+    db = damage(source, tmp_path / "x.db", btree, pick)
+    result = memory("export", "--db", db, tmp_path / "b.json")
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {seen}: {HINT.format(db=db)}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.db"]
 
 
 @pytest.mark.parametrize("name", ["b.json", "b.json.gz", "b.jsonl.zst"])
