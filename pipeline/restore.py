@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import io
-import itertools
 import re
 import sqlite3
 from contextlib import contextmanager, nullcontext
@@ -227,7 +226,7 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
             for table, records in checked_sections(backup, progress):
                 report.records[table.key] = 0
                 sql = functools.partial(insert_sql, table, backup.minor, into=merge.stage(table) if merge else None)
-                for batch in batches(rows_of(table, backup.minor, itertools.chain.from_iterable(records))):
+                for batch in batches(rows_of(table, backup.minor, records)):
                     _insert(conn, table, sql, batch, report.records[table.key])
                     report.records[table.key] += len(batch)
                     if search and not merge and table.name == TABLE:     # a merge stages rows: rowids come later
