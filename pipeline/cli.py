@@ -32,7 +32,8 @@ from .export import export_to
 from .formats import (COMPRESSIONS, FORMATS, IJSON_BACKEND, contradiction, decompressed_reader, format_from_name,
                       looked_ahead)
 from .output import not_a_file, refuse_database_stdout, stdout_by_another_name
-from .report import Shown, imported, left_out, listed_data, listed_row, records, say, size, table
+from .report import (Shown, imported, left_out, listed_data, listed_row, one_line, records, say, say_lines, size,
+                     table, warn)
 from .report import progress as _progress
 from .report import report as _report
 from .portable import DONE, Terminated, is_terminal, signals_as_interrupts
@@ -102,10 +103,10 @@ def _ended() -> Iterator[None]:
         where = f"{exc.filename}: " if exc.filename else ""
         _said(click.ClickException(f"{where}{exc.strerror}{_and_what_stands()}"))
     except Terminated as exc:
-        click.echo(f"Terminated by {exc.name}: {_what_stands()}", err=True)
+        warn(f"Terminated by {exc.name}: {_what_stands()}")
         raise click.exceptions.Exit(exc.status) from None
     except KeyboardInterrupt:
-        click.echo(f"Interrupted: {_what_stands()}", err=True)
+        warn(f"Interrupted: {_what_stands()}")
         raise click.exceptions.Exit(Exit.INTERRUPTED) from None
 
 
@@ -113,6 +114,7 @@ def _said(error: click.ClickException) -> NoReturn:
     """An error said here, not left to click's main: there a stderr that takes nothing (a full disk, a reader
     gone away) ends in a traceback and status 1. Nothing can be said then, but the status still tells a usage
     error (2) from a failure (1)."""
+    error.message = one_line(error.message)      # a name it holds may hold a newline
     with suppress(OSError):
         error.show()
     raise click.exceptions.Exit(error.exit_code)
@@ -365,26 +367,26 @@ def backup(directory: Path, db_path: Path, keep: int | None, keep_daily: int | N
             new_backup(conn, directory, retention, fmt, compress, functools.partial(_progress, shown=shown),
                        database=db_path, skip_unknown=skip_unknown) as done:
         for warning in done.warnings:    # the folder stays locked while this reports
-            click.echo(f"warning: {warning}", err=True)
+            warn(f"warning: {warning}")
         removed = len(done.removed)
         _report(err=False, quiet=quiet, as_json=as_json, shown=shown,
                 data={"path": str(done.path), "database": str(db_path), "bytes": done.bytes, "counts": done.counts,
                       "leftOut": done.left_out, "removed": [str(p) for p in done.removed]},
                 lines=[f"Backed up {records(sum(done.counts.values()))} ({size(done.bytes)})", f"to {done.path}",
                        f"from database {db_path}", *table({"records": done.counts}), *left_out(done.left_out),
-                       f"removed {removed} old backup{'' if removed == 1 else 's'} ({retention})"
-                       + "".join(f"\n  {p}" for p in done.removed)])
+                       f"removed {removed} old backup{'' if removed == 1 else 's'} ({retention})",
+                       *(f"  {p}" for p in done.removed)])
 
 
 def _backup_dry_run(directory: Path, retention: Retention, fmt: str, compress: str, quiet: bool,
                     as_json: bool) -> None:
     removed, warnings = dry_run(directory, retention, fmt, compress)
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        warn(f"warning: {warning}")
     if as_json:
         say(json.dumps({"dryRun": True, "wouldRemove": [str(p) for p in removed]}))
     elif not quiet:
-        say("\n".join([f"would remove {p}" for p in removed] or ["would remove nothing"]))
+        say_lines([f"would remove {p}" for p in removed] or ["would remove nothing"])
 
 
 @cli.command(name="list", short_help="List a folder's backups, newest first.")
@@ -417,7 +419,7 @@ def list_(directory: Path, check: bool, ignore_checksum: bool, as_json: bool) ->
                      for i, (cell, width) in enumerate(zip(row, widths))]
             say("  ".join(cells).rstrip())
         if not rows:
-            click.echo(f"{directory} holds no backup of memory's", err=True)
+            warn(f"{directory} holds no backup of memory's")
     bad = sum(1 for e in entries if e.fault)
     if bad:
         raise click.ClickException(f"{directory}: {bad} of its {len(entries)} backups "
@@ -439,9 +441,8 @@ def stats(db_path: Path, as_json: bool) -> None:
     if as_json:
         say(json.dumps(summary))
         return
-    say(f"{db_path} ({size(summary['bytes'])})")
-    say("\n".join(table({"rows": summary["counts"]})))
-    say(f"newest session: {summary['newestSession'] or 'none'}")
+    say_lines([f"{db_path} ({size(summary['bytes'])})", *table({"rows": summary["counts"]}),
+               f"newest session: {summary['newestSession'] or 'none'}"])
 
 
 # ---- helpers of the commands ------------------------------------------------------------------------------
@@ -509,7 +510,7 @@ def _source(name: str, fmt: str | None, ignore_checksum: bool, shown: Shown) -> 
         raise click.UsageError("--format does not apply to a folder: its backups' names say theirs")
 
     def passed_over(path: Path, fault: str) -> None:
-        click.echo(f"passed over {path}: {fault}", err=True)
+        warn(f"passed over {path}: {fault}")
 
     with newest_whole(Path(name), passed_over, ignore_checksum, functools.partial(_progress, shown=shown)) \
             as chosen:
@@ -546,7 +547,7 @@ def _confirm_merge(conn, db_path: Path, allowed: bool, stdin_is_data: bool) -> N
     question = (f"The database {db_path} has {have['sessions']:,} sessions and {have['messages']:,} messages. "
                 "Merge into it?")
     if not stdin_is_data and _terminal_stdin():
-        if click.confirm(question, default=False, err=True):
+        if click.confirm(one_line(question), default=False, err=True):
             return
         raise Refused("nothing imported: the merge was declined")
     raise Refused(f"{db_path} already has {have['sessions']:,} sessions and {have['messages']:,} messages; "

@@ -81,9 +81,23 @@ class _Lines(Progress):
         log(f"{self.label} {self.name}: {self.done:,} of {self.total:,} records{share}")
 
 
+def one_line(text: str) -> str:
+    """`text` with each character that is not printable (a newline, a tab, an escape, a line separator, a
+    byte of a name that is not UTF-8) as Python writes it in a string literal (\\n, \\x1b, \\u2028, \\udcff):
+    a file may be named with any of them, and a name is not to break a message in two, or drive a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def warn(text: str) -> None:
+    """One line on stderr: a warning, or what a signal left."""
+    click.echo(one_line(text), err=True)
+
+
 def log(text: str) -> None:
     """One line of a log on stderr, stamped with the time."""
-    click.echo(f"{utc_now()} {text}", err=True)
+    warn(f"{utc_now()} {text}")
 
 
 class Shown:
@@ -116,6 +130,11 @@ def progress(total: int, label: str, name: str, shown: Shown) -> Iterator[Progre
 
 # ---- reports ----------------------------------------------------------------------------------------------
 
+def say_lines(lines: list[str], err: bool = False) -> None:
+    """Lines to stdout (or stderr), each one line whatever names it holds (one_line)."""
+    say("\n".join(map(one_line, lines)), err=err)
+
+
 def say(text: str, err: bool = False) -> None:
     """Lines to stdout (or stderr); one that cannot be written (a full disk, /dev/full) is named as the
     place, as a file would be. A reader gone away (BrokenPipeError) is left as it is: it has its own exit.
@@ -136,9 +155,9 @@ def report(*, err: bool, quiet: bool, as_json: bool, shown: Shown, data: dict, l
     if as_json:
         say(json.dumps(data), err=err)
     elif not quiet:
-        say("\n".join(lines), err=err)
+        say_lines(lines, err=err)
     if shown.logging:
-        log("; ".join(line for text in lines for line in text.splitlines() if not line.startswith(" ")))
+        log("; ".join(line for line in lines if not line.startswith(" ")))
 
 
 def table(columns: dict[str, dict[str, int]]) -> list[str]:
@@ -204,7 +223,7 @@ def listed_row(entry: Listed, check: bool) -> list[str]:
     stats = (entry.header or {}).get("stats", {})
     counted = [f"{stats[key]:,}" if key in stats else "?" for key in ("sessions", "messages")]
     mark = f"BAD: {entry.fault}" if entry.fault else ("ok" if check else "")
-    return [entry.path.name, size(entry.bytes), *counted, mark]
+    return [one_line(entry.path.name), size(entry.bytes), *counted, one_line(mark)]     # aligned as shown
 
 
 def listed_data(entry: Listed) -> dict:

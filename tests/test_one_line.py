@@ -158,3 +158,46 @@ def test_a_line_of_exactly_the_longest_length_is_read(tmp_path, monkeypatch):
         assert result.exit_code == code, result.output
         if code:
             assert result.stderr == "Error: line 1: longer than 1,000 bytes, the most a line may hold\n"
+
+
+# ---- names that hold a line break or a control character -------------------------------------------------
+# A file may be named with any byte but '/' and NUL: a name holding a newline printed as it is broke a message
+# in two (and one holding an escape sequence could drive the terminal). Such characters are written as Python
+# writes them in a string literal, wherever a message or a report line shows them.
+
+ODD = "odd\nname\x1b[2J\u2028.json"
+ODD_SHOWN = "odd\\nname\\x1b[2J\\u2028.json"
+
+
+def test_an_error_naming_a_file_with_a_newline_is_one_line(tmp_path):
+    result = memory("validate", tmp_path / ODD)
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        1, "", f"Error: {tmp_path}/{ODD_SHOWN}: No such file or directory\n")
+
+
+def test_a_usage_error_naming_such_a_file_keeps_its_message_on_one_line(tmp_path):
+    (tmp_path / ODD).mkdir()
+    result = memory("export", "--db", tmp_path / "none.db", tmp_path / ODD)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: {tmp_path}/{ODD_SHOWN} is a directory; export writes one file (`memory backup "
+        f"{tmp_path}/{ODD_SHOWN}` writes a new dated backup into a folder)")
+
+
+def test_reports_and_progress_lines_show_such_names_on_one_line(tmp_path):
+    db = tmp_path / f"db-{ODD}"
+    assert memory("import", "--quiet", "--db", db, SAMPLE).exit_code == 0
+    exported = memory("export", "--progress", "--db", db, tmp_path / ODD)
+    assert exported.exit_code == 0
+    assert exported.stdout.splitlines()[1:3] == [f"to {tmp_path}/{ODD_SHOWN}",
+                                                 f"from database {tmp_path}/db-{ODD_SHOWN}"]
+    assert exported.stdout.count("\n") == 12        # the first line, to, from, nine tables
+    stamped = exported.stderr.splitlines()
+    assert stamped and all(line[:2] == "20" and f"{tmp_path}/{ODD_SHOWN}" in line for line in stamped), stamped
+    validated = memory("validate", tmp_path / ODD)
+    assert validated.stdout.splitlines()[1] == f"from {tmp_path}/{ODD_SHOWN}"
+    stats = memory("stats", "--db", db)
+    assert stats.stdout.splitlines()[0].startswith(f"{tmp_path}/db-{ODD_SHOWN} (")
+    again = memory("import", "--db", db, tmp_path / ODD)     # into a database with rows: refused, not asked
+    assert (again.exit_code, again.stderr.count("\n")) == (1, 1), again.stderr
+    assert f"{tmp_path}/db-{ODD_SHOWN} already has 2 sessions" in again.stderr
