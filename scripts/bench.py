@@ -171,6 +171,8 @@ def bench(db: Path, work: Path, rounds: int, formats: list[str]) -> dict[str, li
             steps.append((f"validate {fmt}", lambda b=backup: run(MEMORY + ["validate", "--quiet", str(b)])))
         for name, step in steps:
             results.setdefault(name, []).append(step())
+            wall, cpu, _, _ = results[name][-1]
+            print(f"  {name}: {wall:.2f} s, CPU {cpu:.2f} s", file=sys.stderr)     # each round's, beside the medians
     clean(restored_a, restored_b)
     return results
 
