@@ -110,11 +110,15 @@ def _ended() -> Iterator[None]:
         raise click.exceptions.Exit(Exit.INTERRUPTED) from None
 
 
+_HELP_AS_ERROR = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def _said(error: click.ClickException) -> NoReturn:
     """An error said here, not left to click's main: there a stderr that takes nothing (a full disk, a reader
     gone away) ends in a traceback and status 1. Nothing can be said then, but the status still tells a usage
     error (2) from a failure (1)."""
-    error.message = one_line(error.message)      # a name it holds may hold a newline
+    if not isinstance(error, _HELP_AS_ERROR):      # click 8.2's help for a bare `memory` is many lines
+        error.message = one_line(error.message)      # a name it holds may hold a newline
     with suppress(OSError):
         error.show()
     raise click.exceptions.Exit(error.exit_code)

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import unicodedata
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,12 +83,16 @@ class _Lines(Progress):
 
 
 def one_line(text: str) -> str:
-    """`text` with each character that is not printable (a newline, a tab, an escape, a line separator, a
-    byte of a name that is not UTF-8) as Python writes it in a string literal (\\n, \\x1b, \\u2028, \\udcff):
-    a file may be named with any of them, and a name is not to break a message in two, or drive a terminal."""
+    """`text` with each control character (a newline, a tab, an escape, DEL and C1's) and each line or
+    paragraph separator written as Python writes it in a string literal (\\n, \\x1b, \\u2028): a file may be
+    named with any of them, and a name is not to break a message in two, or drive a terminal. Every other
+    character is left as it is (a narrow no-break space in a macOS screenshot's name, a joiner in an emoji)."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _BREAKING else c for c in text)
+
+
+_BREAKING = {"Cc", "Zl", "Zp"}
 
 
 def warn(text: str) -> None:

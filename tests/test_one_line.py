@@ -11,7 +11,7 @@ import tracemalloc
 import pytest
 from conftest import ROOT, SAMPLE, memory
 
-from pipeline import formats
+from pipeline import formats, report
 from pipeline.errors import BadBackup
 from pipeline.formats import read_jsonl
 from test_bad_input import as_jsonl
@@ -201,3 +201,22 @@ def test_reports_and_progress_lines_show_such_names_on_one_line(tmp_path):
     again = memory("import", "--db", db, tmp_path / ODD)     # into a database with rows: refused, not asked
     assert (again.exit_code, again.stderr.count("\n")) == (1, 1), again.stderr
     assert f"{tmp_path}/db-{ODD_SHOWN} already has 2 sessions" in again.stderr
+
+
+def test_only_characters_that_break_a_line_or_drive_a_terminal_are_escaped():
+    """Found by review: escaping all that str.isprintable refuses also escaped the narrow no-break space of a
+    macOS screenshot's name, a no-break space, the joiners of an emoji and of Persian words, and a byte of a
+    name that is not UTF-8 (shown before as the byte itself)."""
+    kept = "Screenshot 10.00.00\u202fAM \u00a0\U0001F469\u200d\U0001F4BB \u0645\u200c\u06cc \udcff.png"
+    assert report.one_line(kept) == kept
+    assert report.one_line("a\tb\rc\x00d\x7fe\x85f\u2029g") == "a\\tb\\rc\\x00d\\x7fe\\x85f\\u2029g"
+
+
+def test_the_bare_command_still_prints_its_help_on_many_lines(tmp_path):
+    """Found by review: click (from 8.2) shows the help of a bare `memory` as a usage error whose message is the
+    help itself; escaping it as one line printed the whole help on one line of '\\n's."""
+    run = subprocess.run([sys.executable, "-m", "pipeline"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode in (0, 2)          # click 8.1 exits 0 there, 8.2 and later 2
+    shown = run.stdout + run.stderr
+    assert shown.startswith("Usage: memory [OPTIONS] COMMAND [ARGS]...\n\n")
+    assert "\\n" not in shown and shown.count("\n") > 10 and "  export " in shown
