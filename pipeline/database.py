@@ -70,7 +70,7 @@ def open_for_reading(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise DatabaseProblem(f"no database at {path}")
     _roll_back_hot_journal(path)
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    uri = f"file:{quote(os.fsencode(path.resolve()))}?mode=ro"      # the bytes of the name, not UTF-8 text
     try:
         conn = _configure(sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False))
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -95,7 +95,7 @@ def _roll_back_hot_journal(path: Path) -> None:
     journal = Path(f"{path}-journal")
     if not journal.is_file() or journal.stat().st_size == 0:
         return
-    uri = f"file:{quote(str(path.resolve()))}?mode=rw"
+    uri = f"file:{quote(os.fsencode(path.resolve()))}?mode=rw"
     try:
         with closing(_configure(sqlite3.connect(uri, uri=True, isolation_level=None))) as conn:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()

@@ -3,6 +3,7 @@
 import io
 import itertools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -220,3 +221,24 @@ def test_the_bare_command_still_prints_its_help_on_many_lines(tmp_path):
     shown = run.stdout + run.stderr
     assert shown.startswith("Usage: memory [OPTIONS] COMMAND [ARGS]...\n\n")
     assert "\\n" not in shown and shown.count("\n") > 10 and "  export " in shown
+
+
+def test_a_database_whose_name_is_not_utf8_is_read_as_it_is_written(tmp_path):
+    """Found by review: `import` made such a database, but `stats`, `export` and `backup` failed on it with a
+    traceback (UnicodeEncodeError in the URI made to open it read-only): history that went in could not come out."""
+    db = os.fsencode(tmp_path) + b"/memory-\xff.db"
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True,
+                              timeout=60)
+    assert run("import", "--quiet", "--db", db, str(SAMPLE)).returncode == 0
+    stats = run("stats", "--db", db)
+    assert (stats.returncode, stats.stderr) == (0, b""), stats.stderr
+    assert stats.stdout.startswith(db + b" (")          # the name's byte as it is, as before
+    exported = run("export", "--quiet", "--db", db, str(tmp_path / "b.json"))
+    assert (exported.returncode, exported.stderr) == (0, b"")
+    backed = run("backup", "--quiet", "--db", db, str(tmp_path / "set"))
+    assert (backed.returncode, backed.stderr) == (0, b"")
+    again = run("import", "--quiet", "--db", str(tmp_path / "again.db"), str(tmp_path / "b.json"))
+    assert again.returncode == 0
+    assert len(json.loads((tmp_path / "b.json").read_bytes())["messages"]) == 5
