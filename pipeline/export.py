@@ -72,8 +72,9 @@ def _decoded(conn: sqlite3.Connection, sql: str, texts: Callable[[tuple], tuple]
 
 def _sized(cursor: sqlite3.Cursor, texts: Callable[[tuple], tuple]) -> Iterator[list[tuple]]:
     """The cursor's rows, ROWS at a time where they are short; where they are long (a table of large tool
-    results), as many as hold about HELD bytes of text and BLOBs, as every eighth row of the last batch says
-    (measuring every row cost 7% of an export). The first batch is FIRST rows, before their length is known."""
+    results), as many as hold about HELD bytes of their text columns' values, as every eighth row of the batch
+    before says (measuring every row cost 7% of an export). The first batch is FIRST rows, before their length
+    is known. A run of long rows right after short ones can still fill one batch of ROWS."""
     size = FIRST
     while rows := cursor.fetchmany(size):
         yield rows
