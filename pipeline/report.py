@@ -83,16 +83,17 @@ class _Lines(Progress):
 
 
 def one_line(text: str) -> str:
-    """`text` with each control character (a newline, a tab, an escape, DEL and C1's) and each line or
-    paragraph separator written as Python writes it in a string literal (\\n, \\x1b, \\u2028): a file may be
-    named with any of them, and a name is not to break a message in two, or drive a terminal. Every other
-    character is left as it is (a narrow no-break space in a macOS screenshot's name, a joiner in an emoji)."""
+    """`text` with each control character (a newline, a tab, an escape, DEL and C1's), each line or paragraph
+    separator, and each byte of a name that is not UTF-8 (a lone surrogate in Python, which a stdout that
+    encodes strictly cannot write) as Python writes it in a string literal (\\n, \\x1b, \\u2028, \\udcff): a file
+    may be named with any of them, and a name is not to break a message in two, drive a terminal or fail the
+    report. Every other character is left as it is (a narrow no-break space in a macOS screenshot's name)."""
     if text.isprintable():
         return text
     return "".join(repr(c)[1:-1] if unicodedata.category(c) in _BREAKING else c for c in text)
 
 
-_BREAKING = {"Cc", "Zl", "Zp"}
+_BREAKING = {"Cc", "Zl", "Zp", "Cs"}
 
 
 def warn(text: str) -> None:
