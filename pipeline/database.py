@@ -165,9 +165,23 @@ def new_database(path: Path) -> Iterator[sqlite3.Connection]:
         remove_database(temp)
 
 
+def database_file(conn: sqlite3.Connection) -> str:
+    """The main database's file name ("" for one in memory), as the system names it: read as bytes, since
+    sqlite3 cannot decode a name that is not UTF-8 as text."""
+    factory, conn.text_factory = conn.text_factory, bytes      # (a SELECT from pragma_database_list would read,
+    try:                                                        # which a full disk can fail again)
+        name = conn.execute("PRAGMA database_list").fetchone()[2]
+    finally:
+        conn.text_factory = factory
+    return os.fsdecode(name or b"")
+
+
 def damaged(conn: sqlite3.Connection, what: str) -> DatabaseProblem:
     """The one message for a database found damaged: what was seen, and what to run on it."""
-    path = shlex.quote(conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:")
+    try:
+        path = shlex.quote(database_file(conn) or ":memory:")
+    except sqlite3.Error:       # never a second fault in place of the first
+        path = "DB"
     return DatabaseProblem(f"{what}: the database is damaged; check it with sqlite3 {path} 'PRAGMA integrity_check' "
                            f"and save what can be read with sqlite3 {path} .recover")
 
@@ -198,7 +212,7 @@ def _room(conn: sqlite3.Connection, exc: sqlite3.Error) -> str:
     from .report import size
     temp, variable = portable.sqlite_temp_directory()
     try:       # never a second fault in place of the first
-        folder = os.path.dirname(conn.execute("PRAGMA database_list").fetchone()[2] or "") or "."
+        folder = os.path.dirname(database_file(conn)) or "."
         beside, there = shutil.disk_usage(folder).free, shutil.disk_usage(temp).free
     except (OSError, sqlite3.Error):
         return ""

@@ -1,9 +1,12 @@
 """A damaged database: never an exit-0 export, never a traceback; one line that says what to run on it."""
 
+import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pipeline import export
@@ -102,6 +105,18 @@ def test_damage_is_seen_where_it_falls_between_two_batches(tmp_path, source, mon
     result = memory("export", "--db", db, tmp_path / "b.json")
     assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {seen}: {HINT.format(db=db)}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.db"]
+
+
+def test_a_damaged_database_whose_name_is_not_utf8_is_named_in_one_line(tmp_path, source):
+    """Found by review: the message read the database's name back from SQLite (PRAGMA database_list), which
+    sqlite3 could not decode: a traceback in place of the one line saying what to run."""
+    db = Path(os.fsdecode(os.fsencode(tmp_path) + b"/x\xff.db"))
+    damage(source, db, "messages_meta", garbage)
+    result = memory("export", "--db", db, tmp_path / "b.json")
+    shown = shlex.quote(str(db)).replace("\udcff", "\\udcff")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        1, "", f"Error: messages: database disk image is malformed: {HINT.format(db=shown)}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [db.name]
 
 
 @pytest.mark.parametrize("name", ["b.json", "b.json.gz", "b.jsonl.zst"])
