@@ -356,14 +356,15 @@ def work(layout: str, key: str, minor: int, keep: bool, run: bytes) -> Any:
     """What a run of lines holds (see parallel.Work): None if it is not as memory writes it; else, if its
     records pass the fast checks (records.Checker.fast), them checked and made rows (records.Checked), or
     with `keep` false only their count (records.Counted); else the records, made as the strict reader makes
-    them, for the reader to check one by one, which words what is wrong (records that pass hold no float outside a real
-    column and no object or array, so none needs making so)."""
+    them, for the reader to check one by one, which words what is wrong (records that pass hold no float
+    outside a real column and no object or array, so none needs making so)."""
     parse, strictly = _RUNS[layout]
     records = parse(run, key)
     if records is None:
         return None
-    if key in BY_KEY and checker(key, minor).fast(records):
-        return Checked(map(checker(key, minor).row, records)) if keep else Counted(len(records))
+    check = checker(key, minor) if key in BY_KEY else None
+    if check is not None and check.fast(records):
+        return Checked(map(check.row, records)) if keep else Counted(len(records))
     return strictly(records)
 
 

@@ -25,6 +25,8 @@ ROWS = 256      # rows read, checked, made records and written as one: 2,000 (re
 HELD = 8 << 20  # but about this many bytes of long rows (see _sized)
 FIRST = 16      # rows of a table's first batch
 SAMPLE = 8      # every eighth row of a batch is measured
+_ROWID = operator.itemgetter(-1)
+_NONE = type(None)
 
 
 @dataclass
@@ -104,10 +106,6 @@ def intact(conn: sqlite3.Connection, table: Table, expected: int, batches: Itera
         yield rows
     if read != expected:
         raise damaged(conn, f"{table.key}: {read:,} rows read but the table counts {expected:,}")
-
-
-_ROWID = operator.itemgetter(-1)
-_NONE = type(None)
 
 
 def typed(table: Table, batches: Iterable[list[tuple]]) -> Iterator[list[tuple]]:

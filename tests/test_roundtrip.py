@@ -107,7 +107,8 @@ def test_export_writes_the_same_bytes_whatever_its_batches_hold(tmp_path, sample
                        if b"exportedAt" not in line]
     assert files[1] == files[2] == files[3] == files[256]
     assert b"".join(files[1]).count(b'{"$') == len(ODD_VALUES)
-    assert sum(line.startswith(b"{\"") for line in files[1]) == 19 + (fmt == "jsonl")  # the sample's records (and the end line)
+    # the sample's 19 records (and the end line)
+    assert sum(line.startswith(b"{\"") for line in files[1]) == 19 + (fmt == "jsonl")
 
 
 def test_a_batch_is_typed_as_its_rows_would_be_one_by_one():
