@@ -257,8 +257,16 @@ def _records(reader: _Ahead, key: str, handed: list[formats.Events], parser: Par
         last = None        # the array's last run, once read
         slow = b""         # a run not as memory writes it, or none: the next line is not a run's
         for run, records in parser.parsed(next_run, reader.unread, "json", key):
-            if records is None:
-                slow = run
+            if records is None:     # the reader stands at its start. Where the array ends in it (its last
+                end = run.find(b"}\n") + 2      # record's line, no comma), the lines up to there are one run
+                records = work("json", key, parser.minor, parser.keep, run[:end]) if 2 <= end < len(run) else None
+                if records is not None:
+                    reader.take(end)
+                    index += len(records)
+                    yield records
+                    last = run[:end]
+                else:
+                    slow = run
                 break
             index += len(records)
             yield records

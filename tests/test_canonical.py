@@ -304,3 +304,22 @@ def test_a_mutated_file_gets_the_same_answer_from_both_readers(tmp_path_factory,
             del os.environ[STRICT_ENV]
         results.append((result.exit_code, result.stdout, result.stderr))
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_a_file_memory_wrote_is_read_in_runs_of_lines_not_a_line_at_a_time(tmp_path, monkeypatch, sample_db, fmt):
+    """Each array's last run (which holds its end, and what follows it) too: up to the array's end its lines
+    are read as one run, as JSON Lines reads a table's lines up to the next table's."""
+    from pipeline import canonical
+    assert memory("export", "--db", sample_db, tmp_path / f"out.{fmt}").exit_code == 0
+
+    def one_at_a_time(line):
+        raise AssertionError(f"a line read alone: {line[:40]!r}")
+    monkeypatch.setattr(canonical, "_record", one_at_a_time)
+    monkeypatch.setattr(canonical, "parsed_line", lambda line: one_at_a_time(line) if not line.startswith(
+        b'{"end"') else json.loads(line))
+    monkeypatch.setenv(STRICT_ENV, "0")
+    result = memory("validate", tmp_path / f"out.{fmt}")
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert memory("import", "--db", tmp_path / "new.db", tmp_path / f"out.{fmt}").exit_code == 0
+    assert snapshot(tmp_path / "new.db") == snapshot(sample_db)
