@@ -12,7 +12,7 @@ import signal
 from typing import Any, Callable, Iterator
 
 ENV = "MEMORY_PARALLEL_PARSE"   # "0": never start a worker; "1": from the first run (the tests use it)
-START = 16 << 20                # bytes read before a worker is started: a small file does not wait for one
+START = 4 << 20                 # bytes read before a worker is started (a fork, 9-11 ms here): not for a small file
 AHEAD = 2                       # runs the worker may hold at once, where the pipes hold PIPE (else one)
 PIPE = 1 << 20                  # bytes a pipe to the worker holds, where it can be made to: AHEAD runs
 PENDING = 6                     # runs read and not yet handed on: parsed here while the worker is busy
