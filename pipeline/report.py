@@ -84,16 +84,18 @@ class _Lines(Progress):
 
 def one_line(text: str) -> str:
     """`text` with each control character (a newline, a tab, an escape, DEL and C1's), each line or paragraph
-    separator, and each byte of a name that is not UTF-8 (a lone surrogate in Python, which a stdout that
-    encodes strictly cannot write) as Python writes it in a string literal (\\n, \\x1b, \\u2028, \\udcff): a file
-    may be named with any of them, and a name is not to break a message in two, drive a terminal or fail the
-    report. Every other character is left as it is (a narrow no-break space in a macOS screenshot's name)."""
+    separator, each bidi control (a right-to-left override) and each byte of a name that is not UTF-8 (a lone
+    surrogate in Python, which a stdout that encodes strictly cannot write) as Python writes it in a string
+    literal (\\n, \\x1b, \\u2028, \\u202e, \\udcff): a file may be named with any of them, and a name is not to
+    break a message in two, drive a terminal, show as another name or fail the report. Every other character is
+    left as it is (a narrow no-break space in a macOS screenshot's name, the joiner in an emoji)."""
     if text.isprintable():
         return text
-    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _BREAKING else c for c in text)
+    return "".join(repr(c)[1:-1] if c in _BIDI or unicodedata.category(c) in _BREAKING else c for c in text)
 
 
 _BREAKING = {"Cc", "Zl", "Zp", "Cs"}
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")   # Bidi_Control
 
 
 def warn(text: str) -> None:

@@ -214,6 +214,19 @@ def test_only_characters_that_break_a_line_or_drive_a_terminal_are_escaped():
     assert report.one_line("x\udcff.db") == "x\\udcff.db"
 
 
+def test_a_name_cannot_reorder_how_a_message_reads(tmp_path):
+    """A right-to-left override in a name ("invoice\u202efdp.json" shows as "invoicenosj.pdf") would make an
+    error name another file than the one it is about: the Unicode bidi controls are escaped, and the Arabic
+    and Hebrew letters they would reorder are not."""
+    controls = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    assert report.one_line(f"a{controls}b") == "a" + "".join(f"\\u{ord(c):04x}" for c in controls) + "b"
+    assert report.one_line("\u05e9\u05dc\u05d5\u05dd \u0645\u0631\u062d\u0628\u0627.json") == \
+        "\u05e9\u05dc\u05d5\u05dd \u0645\u0631\u062d\u0628\u0627.json"
+    result = memory("validate", tmp_path / "invoice\u202efdp.json")
+    assert (result.exit_code, result.stderr) == (1, f"Error: {tmp_path}/invoice\\u202efdp.json: No such file or "
+                                                    "directory\n")
+
+
 def test_the_bare_command_still_prints_its_help_on_many_lines(tmp_path):
     """Found by review: click (from 8.2) shows the help of a bare `memory` as a usage error whose message is the
     help itself; escaping it as one line printed the whole help on one line of '\\n's."""
