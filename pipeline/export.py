@@ -23,8 +23,8 @@ from .writeback import EarlyWriteback
 
 ROWS = 256      # rows read, checked, made records and written as one: 2,000 (records.BATCH) was 10% slower
 HELD = 8 << 20  # but about this many bytes of long rows (see _sized)
-FIRST = 16      # rows of a table's first batch
-SAMPLE = 8      # every eighth row of a batch is measured
+CHUNK = 16      # rows fetched at a time, a batch's worth
+SAMPLE = 8      # every eighth row of a chunk is measured
 _ROWID = operator.itemgetter(-1)
 _NONE = type(None)
 
@@ -74,18 +74,32 @@ def _decoded(conn: sqlite3.Connection, sql: str, texts: Callable[[tuple], tuple]
 
 def _sized(cursor: sqlite3.Cursor, texts: Callable[[tuple], tuple]) -> Iterator[list[tuple]]:
     """The cursor's rows, ROWS at a time where they are short; where they are long (a table of large tool
-    results), as many as hold about HELD bytes of their text columns' values, as every eighth row of the batch
-    before says (measuring every row cost 7% of an export). The first batch is FIRST rows, before their length
-    is known. A run of long rows right after short ones can still fill one batch of ROWS."""
-    size = FIRST
-    while rows := cursor.fetchmany(size):
+    results), as many as hold about HELD bytes of their text columns' values. They are fetched CHUNK at a
+    time, every eighth row measured (measuring every row cost 7% of an export), so a batch ends within a chunk
+    of holding HELD, however short the rows before it were (when the rows of one batch sized the next, 256
+    long rows could follow 256 short ones)."""
+    while True:
+        rows: list[tuple] = []
+        held = 0
+        while len(rows) < ROWS and held < HELD:
+            chunk = cursor.fetchmany(min(CHUNK, ROWS - len(rows)))
+            if not chunk:
+                break
+            rows += chunk
+            held += _length(itertools.chain.from_iterable(map(texts, chunk[::SAMPLE]))) * SAMPLE
+        if not rows:
+            return
         yield rows
-        sample = rows[::SAMPLE]
-        try:
-            held = sum(map(len, filter(None, itertools.chain.from_iterable(map(texts, sample))))) / len(sample)
-        except TypeError:       # a number in a column of text (a drifted schema): a short value
-            held = 0
-        size = max(1, min(ROWS, int(HELD // held))) if held else ROWS
+
+
+def _length(values: Iterable) -> int:
+    """The length of the text and bytes among `values` (a number in a column of text, in a drifted schema,
+    counts for nothing)."""
+    values = list(filter(None, values))
+    try:
+        return sum(map(len, values))
+    except TypeError:
+        return sum(len(v) for v in values if isinstance(v, (str, bytes)))
 
 
 def intact(conn: sqlite3.Connection, table: Table, expected: int, batches: Iterable[list[tuple]]

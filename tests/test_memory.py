@@ -129,15 +129,17 @@ def test_what_a_small_file_expands_to_is_read_a_step_at_a_time(tmp_path, name):
     assert large < small + (4 << 20), (small, large)     # was 67 MB more for zstd, 25 MB for gzip; now 1 MB
 
 
-def export_peak_of_long_messages(tmp_path, count: int) -> int:
-    """The traced peak of exporting a database whose `count` messages each hold 64 KiB of text."""
-    db = make_database(tmp_path / f"long-{count}.db", sessions=1, messages_per_session=count)
+def export_peak_of_long_messages(tmp_path, count: int, short: int = 0) -> int:
+    """The traced peak of exporting a database whose `count` messages each hold 64 KiB of text, after `short`
+    short ones."""
+    db = make_database(tmp_path / f"long-{count}-{short}.db", sessions=1, messages_per_session=short + count)
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE messages_meta SET content = replace(hex(zeroblob(32768)), '0', 'a') || rowid")
+        conn.execute("UPDATE messages_meta SET content = replace(hex(zeroblob(32768)), '0', 'a') || rowid "
+                     "WHERE rowid > ?", (short,))
     conn.close()
     conn = open_for_reading(db)
     tracemalloc.start()
-    with open(tmp_path / f"long-{count}.json", "wb") as out:
+    with open(tmp_path / f"long-{count}-{short}.json", "wb") as out:
         export(conn, out, "json")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -154,3 +156,34 @@ def test_export_holds_about_a_batch_s_bytes_of_long_rows_not_a_batch_s_count(tmp
     large = export_peak_of_long_messages(tmp_path, 400)
     assert large < small * 1.3, (small, large)
     assert large < 8 << 20, large       # a batch of 256 such messages would be 16 MiB of text alone
+
+
+def test_long_rows_right_after_short_ones_are_not_read_a_short_batch_s_count_at_once(tmp_path, monkeypatch):
+    """Found in session 10's notes: the length of the rows of one batch sized the next, so after ROWS short rows
+    the next ROWS were read at once however long they were (256 tool results of 2 MiB: 512 MB)."""
+    monkeypatch.setattr(export_module, "HELD", 256 << 10)
+    small = export_peak_of_long_messages(tmp_path, 20, short=600)
+    large = export_peak_of_long_messages(tmp_path, 400, short=600)
+    assert large < small * 1.3, (small, large)
+    assert large < 8 << 20, large
+
+
+def test_a_batch_of_long_rows_is_bounded_where_a_text_column_holds_a_number_too(monkeypatch):
+    """A drifted schema can leave a number in a column of text: it counted the batch's rows as short (session
+    10's notes), so long ones beside it filled a batch of ROWS."""
+    monkeypatch.setattr(export_module, "HELD", 1 << 20)
+    rows = [(7 if i % 2 else "x" * (64 << 10), "y") for i in range(1000)]
+    batches = list(export_module._sized(_Rows(rows), lambda row: row))
+    assert sum(map(len, batches)) == 1000 and [r for b in batches for r in b] == rows
+    assert max(map(len, batches)) <= 32, list(map(len, batches))      # 1 MiB: 16 long rows, a chunk more
+
+
+class _Rows:
+    """A cursor's fetchmany over a list."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def fetchmany(self, size):
+        taken, self.rows = self.rows[:size], self.rows[size:]
+        return taken
