@@ -15,16 +15,15 @@ from typing import IO, Callable, Iterable, Iterator
 from .database import counts, damaged, database_faults, quick_check, transaction
 from .formats import WRITERS
 from .output import atomic_file, output_stack
+from . import records
 from .records import records_of
 from .schema_check import check_for_export
 from .tables import FORMAT_VERSION, TABLES, Table
 from .values import INFINITIES, PLAIN, tagged, text_or_raw
 from .writeback import EarlyWriteback
 
-ROWS = 256      # rows read, checked, made records and written as one: 2,000 (records.BATCH) was 10% slower
-HELD = 8 << 20  # but about this many bytes of long rows (see _sized)
-CHUNK = 16      # rows fetched at a time, a batch's worth
-SAMPLE = 8      # every eighth row of a chunk is measured
+ROWS = 256      # rows read, checked, made records and written as one (or records.HELD bytes of long rows):
+                # 2,000 (records.BATCH) was 10% slower
 _ROWID = operator.itemgetter(-1)
 _NONE = type(None)
 
@@ -44,8 +43,8 @@ def select_sql(table: Table) -> str:
 
 def rows_from(conn: sqlite3.Connection, table: Table) -> Iterator[list[tuple]]:
     """The table's rows, each ending with its rowid, in rowid order (so a restore into an empty table gives
-    them the same rowids), a batch at a time (see `_sized`): every later stage works a batch at a time too,
-    its loops in C, none per row in Python.
+    them the same rowids), a batch at a time (see records.batches): every later stage works a batch at a time
+    too, its loops in C, none per row in Python.
 
     sqlite3 fails on TEXT whose bytes are not UTF-8. From the row where it does, the rest of the table is read
     again, in the same read transaction, with a text factory that keeps such values as RawText."""
@@ -58,7 +57,7 @@ def rows_from(conn: sqlite3.Connection, table: Table) -> Iterator[list[tuple]]:
 def _decoded(conn: sqlite3.Connection, sql: str, texts: Callable[[tuple], tuple]) -> Iterator[list[tuple]]:
     read = 0
     try:
-        for rows in _sized(conn.execute(sql), texts):   # a batch that fails is dropped whole: read again below
+        for rows in records.batches(conn.execute(sql), ROWS, texts):    # one that fails is read again below
             yield rows
             read += len(rows)
         return
@@ -67,39 +66,9 @@ def _decoded(conn: sqlite3.Connection, sql: str, texts: Callable[[tuple], tuple]
             raise
     conn.text_factory = text_or_raw
     try:
-        yield from _sized(conn.execute(sql + " LIMIT -1 OFFSET ?", (read,)), texts)
+        yield from records.batches(conn.execute(sql + " LIMIT -1 OFFSET ?", (read,)), ROWS, texts)
     finally:
         conn.text_factory = str
-
-
-def _sized(cursor: sqlite3.Cursor, texts: Callable[[tuple], tuple]) -> Iterator[list[tuple]]:
-    """The cursor's rows, ROWS at a time where they are short; where they are long (a table of large tool
-    results), as many as hold about HELD bytes of their text columns' values. They are fetched CHUNK at a
-    time, every eighth row measured (measuring every row cost 7% of an export), so a batch ends within a chunk
-    of holding HELD, however short the rows before it were (when the rows of one batch sized the next, 256
-    long rows could follow 256 short ones)."""
-    while True:
-        rows: list[tuple] = []
-        held = 0
-        while len(rows) < ROWS and held < HELD:
-            chunk = cursor.fetchmany(min(CHUNK, ROWS - len(rows)))
-            if not chunk:
-                break
-            rows += chunk
-            held += _length(itertools.chain.from_iterable(map(texts, chunk[::SAMPLE]))) * SAMPLE
-        if not rows:
-            return
-        yield rows
-
-
-def _length(values: Iterable) -> int:
-    """The length of the text and bytes among `values` (a number in a column of text, in a drifted schema,
-    counts for nothing)."""
-    values = list(filter(None, values))
-    try:
-        return sum(map(len, values))
-    except TypeError:
-        return sum(len(v) for v in values if isinstance(v, (str, bytes)))
 
 
 def intact(conn: sqlite3.Connection, table: Table, expected: int, batches: Iterable[list[tuple]]

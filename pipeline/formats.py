@@ -408,6 +408,7 @@ class _Growing:
         self.ask = 0
         self.fault: BaseException | None = None
         self.ended = False          # the document has ended: at the end of the file, a newline is read (below)
+        self.taken = 0              # bytes handed to the parser
 
     def read(self, size: int) -> bytes:
         if self.fault is not None:
@@ -421,6 +422,7 @@ class _Growing:
                 raise
             self.fault = exc
         data = b"".join(pieces)
+        self.taken += len(data)
         inside_a_string = b"\n" not in data and data.count(b'"') == data.count(b'\\"')
         self.ask = min(size * 2, self.GROW_TO) if inside_a_string else 0
         # yajl takes a document followed by a string that never closes ('}\n"x}') as if nothing followed it:
@@ -443,6 +445,7 @@ def _json_end(events: Events, checksum: Any, end: Ended) -> Iterator[Section]:
     yield from ()
 
 
+_PART = 128         # events taken at a time (8 records or so), between which the bytes read are counted
 _DEPTH = {"start_map": 1, "start_array": 1, "end_map": -1, "end_array": -1}.get
 _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 _NOT_END = functools.partial(operator.ne, ("end_array", None))
@@ -455,14 +458,14 @@ def _array_items(events: Iterator[tuple], key: str) -> Iterator[Any]:
     return array_rest(events, key)
 
 
-def array_rest(events: Iterator[tuple], key: str, done: int = 0) -> Iterator[Any]:
+def array_rest(events: Events, key: str, done: int = 0) -> Iterator[Any]:
     """The items of the array `key` from its item number `done` on, the events standing just before it."""
     # Records are flat, so in a good file the first end_array is the array's own end: takewhile stops
     # there in C, with no Python frame per event. `_built` checks that every container it saw was closed,
     # which tells a record holding an array apart. Each event gets the prefix "item": ijson's builder reads
     # prefixes only between objects, where "item" is right.
     inside = itertools.takewhile(_NOT_END, events)
-    return _built(map(operator.add, itertools.repeat(("item",)), inside), key, done)
+    return _built(map(operator.add, itertools.repeat(("item",)), inside), key, done, events.source)
 
 
 class DuplicateField(ValueError):
@@ -495,12 +498,13 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _built(events: Iterator[tuple], key: str, done: int = 0) -> Iterator[Any]:
+def _built(events: Iterator[tuple], key: str, done: int, source: _Growing) -> Iterator[Any]:
     """The items of the array `key`, built by ijson's C items coroutine. Events are fed a chunk at a time
     through map() and a zero-length deque, so no Python frame runs per event (ijson.items over an event
-    iterable runs one): 125 MB/s instead of 89 here. Memory: one chunk of events (a batch of them) and the
-    records built from it. A fault in the bytes is raised once the records before it are handed on, so it
-    is placed at the record it is in, not at the start of its chunk."""
+    iterable runs one): 125 MB/s instead of 89 here. Memory: one chunk of events, a batch of them or those of
+    about records.HELD bytes of the file (long records: a chunk of 16,000 events held 1,000 tool results),
+    and the records built from it. A fault in the bytes is raised once the records before it are handed on,
+    so it is placed at the record it is in, not at the start of its chunk."""
     chunk = records.BATCH * 8
     built = sendable_list()
     send = _YAJL.items_basecoro(built, "item").send
@@ -509,11 +513,17 @@ def _built(events: Iterator[tuple], key: str, done: int = 0) -> Iterator[Any]:
     while True:
         events_chunk: list[tuple] = []
         fault = None
+        whole = True
+        start = source.taken
         try:
-            events_chunk.extend(itertools.islice(events, chunk))   # keeps the events before a fault
+            while len(events_chunk) < chunk and source.taken - start < records.HELD:
+                asked, before = min(_PART, chunk - len(events_chunk)), len(events_chunk)
+                events_chunk.extend(itertools.islice(events, asked))   # keeps the events before a fault
+                if len(events_chunk) - before < asked:
+                    whole = False       # the array's end
+                    break
         except stream_errors() as exc:
             fault = exc
-        whole = len(events_chunk) == chunk
         collections.deque(map(send, events_chunk), maxlen=0)
         opened += sum(map(_DEPTH, map(_SECOND, events_chunk), itertools.repeat(0)))
         try:

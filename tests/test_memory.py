@@ -129,6 +129,18 @@ def test_what_a_small_file_expands_to_is_read_a_step_at_a_time(tmp_path, name):
     assert large < small + (4 << 20), (small, large)     # was 67 MB more for zstd, 25 MB for gzip; now 1 MB
 
 
+def import_peak_of_long_messages(tmp_path, count: int, short: int = 0) -> int:
+    """The traced peak of importing the export of export_peak_of_long_messages's database."""
+    export_peak_of_long_messages(tmp_path, count, short)
+    with new_database(tmp_path / f"imported-{count}-{short}.db") as target:
+        tracemalloc.start()
+        with open(tmp_path / f"long-{count}-{short}.json", "rb") as raw:
+            load(target, open_backup(decompressed_reader(raw), "json"), create=True)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
 def export_peak_of_long_messages(tmp_path, count: int, short: int = 0) -> int:
     """The traced peak of exporting a database whose `count` messages each hold 64 KiB of text, after `short`
     short ones."""
@@ -151,7 +163,7 @@ def test_export_holds_about_a_batch_s_bytes_of_long_rows_not_a_batch_s_count(tmp
     """Export reads a batch of rows at a time: of short rows, ROWS; of long ones (a table of large tool results,
     found by review: 300 of 2 MiB held 640 MB, where reading a row at a time held 38 MB), as many as hold about
     HELD bytes. Here HELD is 256 KiB, four messages: 400 long messages take no more than 20."""
-    monkeypatch.setattr(export_module, "HELD", 256 << 10)
+    monkeypatch.setattr(records, "HELD", 256 << 10)
     small = export_peak_of_long_messages(tmp_path, 20)
     large = export_peak_of_long_messages(tmp_path, 400)
     assert large < small * 1.3, (small, large)
@@ -161,9 +173,24 @@ def test_export_holds_about_a_batch_s_bytes_of_long_rows_not_a_batch_s_count(tmp
 def test_long_rows_right_after_short_ones_are_not_read_a_short_batch_s_count_at_once(tmp_path, monkeypatch):
     """Found in session 10's notes: the length of the rows of one batch sized the next, so after ROWS short rows
     the next ROWS were read at once however long they were (256 tool results of 2 MiB: 512 MB)."""
-    monkeypatch.setattr(export_module, "HELD", 256 << 10)
+    monkeypatch.setattr(records, "HELD", 256 << 10)
     small = export_peak_of_long_messages(tmp_path, 20, short=600)
     large = export_peak_of_long_messages(tmp_path, 400, short=600)
+    assert large < small * 1.3, (small, large)
+    assert large < 8 << 20, large
+
+
+@pytest.mark.parametrize("strict", ["0", "1"])
+def test_import_holds_about_a_batch_s_bytes_of_long_rows_not_a_batch_s_count(tmp_path, monkeypatch, strict):
+    """Import inserts rows a batch at a time: of short rows, BATCH; of long ones, as many as hold about HELD
+    bytes (session 10's notes: 300 tool results of 2 MiB, 651 MB), on the fast reader and the strict one."""
+    from pipeline import parallel, search_index
+    monkeypatch.setenv(parallel.ENV, "0")
+    monkeypatch.setenv(search_index.ENV, "0")
+    monkeypatch.setenv(canonical.STRICT_ENV, strict)
+    monkeypatch.setattr(records, "HELD", 256 << 10)
+    small = import_peak_of_long_messages(tmp_path, 20, short=600)
+    large = import_peak_of_long_messages(tmp_path, 400, short=600)
     assert large < small * 1.3, (small, large)
     assert large < 8 << 20, large
 
@@ -171,19 +198,9 @@ def test_long_rows_right_after_short_ones_are_not_read_a_short_batch_s_count_at_
 def test_a_batch_of_long_rows_is_bounded_where_a_text_column_holds_a_number_too(monkeypatch):
     """A drifted schema can leave a number in a column of text: it counted the batch's rows as short (session
     10's notes), so long ones beside it filled a batch of ROWS."""
-    monkeypatch.setattr(export_module, "HELD", 1 << 20)
+    monkeypatch.setattr(records, "HELD", 1 << 20)
     rows = [(7 if i % 2 else "x" * (64 << 10), "y") for i in range(1000)]
-    batches = list(export_module._sized(_Rows(rows), lambda row: row))
+    batches = list(records.batches(rows, 256, lambda row: row))
     assert sum(map(len, batches)) == 1000 and [r for b in batches for r in b] == rows
     assert max(map(len, batches)) <= 32, list(map(len, batches))      # 1 MiB: 16 long rows, a chunk more
 
-
-class _Rows:
-    """A cursor's fetchmany over a list."""
-
-    def __init__(self, rows):
-        self.rows = rows
-
-    def fetchmany(self, size):
-        taken, self.rows = self.rows[:size], self.rows[size:]
-        return taken
