@@ -459,15 +459,9 @@ class _Ahead:
         """Read ahead, unless RUN bytes are held already or a fault below was met."""
         if len(self.held) - self.at >= RUN or self.fault is not None:
             return
-        rest = self.rest()
-        pieces, got = [rest], len(rest)
+        pieces = [self.rest()]
         try:
-            while got < RUN:
-                piece = self.read_below(min(RUN - got, PIECE))
-                if not piece:
-                    break
-                pieces.append(piece)
-                got += len(piece)
+            formats._filled(pieces, lambda size: self.read_below(min(size, PIECE)), RUN - len(pieces[0]))
         except stream_errors() as exc:
             self.fault = exc
         self.held = b"".join(pieces)
