@@ -48,10 +48,8 @@ def rows_from(conn: sqlite3.Connection, table: Table) -> Iterator[list[tuple]]:
 
     sqlite3 fails on TEXT whose bytes are not UTF-8. From the row where it does, the rest of the table is read
     again, in the same read transaction, with a text factory that keeps such values as RawText."""
-    at = [i for i, c in enumerate(table.columns) if c.type == "text"]
-    texts = operator.itemgetter(*at) if len(at) > 1 else lambda row: tuple(row[i] for i in at)
     with database_faults(conn, table.key):
-        yield from _decoded(conn, select_sql(table), texts)
+        yield from _decoded(conn, select_sql(table), records.texts_of(table.columns))
 
 
 def _decoded(conn: sqlite3.Connection, sql: str, texts: Callable[[tuple], tuple]) -> Iterator[list[tuple]]:

@@ -28,7 +28,7 @@ from .integrity import SINCE as CHECKSUM_SINCE
 from .integrity import Summing
 from .merge import Merge
 from .parallel import Parser
-from .records import batches, checker, rows_of, shown
+from .records import batches, checker, rows_of, shown, texts_of
 from .search_index import TABLE, SideIndex
 from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
 from .values import NeedsCast, RawText
@@ -226,7 +226,8 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
             for table, records in checked_sections(backup, progress):
                 report.records[table.key] = 0
                 sql = functools.partial(insert_sql, table, backup.minor, into=merge.stage(table) if merge else None)
-                for batch in batches(rows_of(table, backup.minor, records)):
+                texts = texts_of(table.columns_in(backup.minor))       # what a batch of long rows is sized by
+                for batch in batches(rows_of(table, backup.minor, records), values=texts):
                     _insert(conn, table, sql, batch, report.records[table.key])
                     report.records[table.key] += len(batch)
                     if search and not merge and table.name == TABLE:     # a merge stages rows: rowids come later
