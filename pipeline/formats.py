@@ -527,7 +527,7 @@ def _built(events: Iterator[tuple], key: str, done: int, source: _Growing) -> It
         collections.deque(map(send, events_chunk), maxlen=0)
         opened += sum(map(_DEPTH, map(_SECOND, events_chunk), itertools.repeat(0)))
         try:
-            tail = _no_field_twice(key, done, built, tail, events_chunk)
+            tail = _no_field_twice(key, done, built, tail, events_chunk, opened)
         except _Twice as twice:      # the records before it are handed on first, to be checked, as a fault is
             if twice.before:
                 yield built[: twice.before]
@@ -553,13 +553,21 @@ class _Twice(BadBackup):
         self.before = before
 
 
-def _no_field_twice(key: str, done: int, built: list, tail: list[tuple], chunk: list[tuple]) -> list[tuple]:
+def _no_field_twice(key: str, done: int, built: list, tail: list[tuple], chunk: list[tuple], opened: int
+                    ) -> list[tuple]:
     """ijson's builder keeps the last of a field named twice. Catch it by counting: the map_key events of
     the records completed in this chunk must equal the fields they hold (counted in C), and those of the
     typed values in them (counted in Python, only then). Where they do not, the chunk is built again with
     FieldsOnce, which names the record; if it finds no field twice, the difference was deeper nesting,
-    which `checked` refuses. Returns the events of the record left open."""
-    last_end = next((i for i in range(len(chunk) - 1, -1, -1) if chunk[i][1] == "end_map"), -1)
+    which `checked` refuses. `opened`: the containers open at the chunk's end. Returns the events of the
+    record left open."""
+    # The last record completed ends where, going back from the chunk's end, no container is open: not at the
+    # chunk's last end_map, which may close a typed value in the record still open (found by review: a field
+    # named twice after one was then not counted, and its last value imported).
+    last_end = len(chunk) - 1
+    while opened and last_end >= 0:
+        opened -= _DEPTH(chunk[last_end][1], 0)
+        last_end -= 1
     closed = tail + chunk[: last_end + 1]
     keys = sum(map(operator.eq, map(_SECOND, closed), itertools.repeat("map_key")))
     if keys != sum(len(r) for r in built if type(r) is dict) and keys != sum(map(_fields, built)):

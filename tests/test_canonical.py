@@ -323,3 +323,26 @@ def test_a_file_memory_wrote_is_read_in_runs_of_lines_not_a_line_at_a_time(tmp_p
     assert (result.exit_code, result.stderr) == (0, "")
     assert memory("import", "--db", tmp_path / "new.db", tmp_path / f"out.{fmt}").exit_code == 0
     assert snapshot(tmp_path / "new.db") == snapshot(sample_db)
+
+
+@pytest.mark.parametrize("part", [1, 2, 3])
+def test_a_field_named_twice_after_a_typed_value_is_refused_wherever_a_chunk_of_events_ends(tmp_path, monkeypatch,
+                                                                                            part):
+    """Found by review (older than chunks that end by the bytes read, which made it likelier: any 128 events
+    once 8 MiB were read): the strict reader took a chunk's records to end at its last end_map, which can close
+    a typed value inside the record still open; counting the fields of those records then missed one named
+    twice after it, and the last value was imported. Here a chunk ends every `part` events once a read was
+    made, and reads are 1 to 39 bytes."""
+    from pipeline import records
+    monkeypatch.setenv(STRICT_ENV, "1")
+    monkeypatch.setattr(records, "HELD", 1)
+    monkeypatch.setattr(formats, "_PART", part)
+    twice = JSON.replace(b'"messageCount":3,', b'"messageCount":{"$real":3},"endTime":null,', 1)
+    (tmp_path / "in.json").write_bytes(twice)
+    read = formats._Growing.read
+    outcomes = set()
+    for cap in range(1, 40):
+        monkeypatch.setattr(formats._Growing, "read", lambda self, size, cap=cap: read(self, min(size, cap)))
+        result = memory("validate", tmp_path / "in.json")
+        outcomes.add((result.exit_code, result.stderr))
+    assert outcomes == {(1, "Error: sessions[0]: field 'endTime' appears twice\n")}
