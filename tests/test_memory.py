@@ -204,3 +204,16 @@ def test_a_batch_of_long_rows_is_bounded_where_a_text_column_holds_a_number_too(
     assert sum(map(len, batches)) == 1000 and [r for b in batches for r in b] == rows
     assert max(map(len, batches)) <= 32, list(map(len, batches))      # 1 MiB: 16 long rows, a chunk more
 
+
+
+@pytest.mark.parametrize("period", [2, 3, 4, 8])
+@pytest.mark.parametrize("phase", [0, 1])
+def test_a_batch_of_long_rows_is_bounded_where_long_and_short_rows_take_turns(monkeypatch, period, phase):
+    """Found by review: the first row of each chunk of 8 was the one measured, so where every other row was
+    long (a short message, then a long answer) none was ever measured: batches of 256 rows of 1 MiB."""
+    monkeypatch.setattr(records, "HELD", 1 << 20)
+    rows = [("x" * (64 << 10) if i % period == phase else "y",) for i in range(4000)]
+    batches = list(records.batches(rows, 256, lambda row: row))
+    assert [r for b in batches for r in b] == rows
+    held = [sum(len(r[0]) for r in b) for b in batches]
+    assert max(held) <= 3 << 20, (period, phase, max(held) >> 10, list(map(len, batches))[:5])
