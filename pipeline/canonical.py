@@ -178,8 +178,9 @@ def _jsonl_strictly(records: list[dict]) -> list | None:
 # places every fault exactly as it would have from the start.
 _AFTER_COMMA = (b'{"":0,', 3)          # (bytes, events they make): start_map, map_key, number
 _ARRAY_START = (b'{"":[', 3)           # start_map, map_key, start_array
-_ARRAY_COMMA = (b'{"":[0,', 4)         # ... and an item
-_ARRAY_ITEM = (b'{"":[0', 4)
+_ARRAY_COMMA = (b'{"":[0,', 4)         # ... an item and a comma
+_ARRAY_ITEM = (b'{"":[{}', 5)          # ... an item that ends as a record does: a 0 ran into a number's tail
+                                        # ('.5', 'e1') on the line after (found by review)
 
 
 def read_json(stream: IO[bytes], end: Ended = formats._nothing, parser: Parser | None = None

@@ -240,6 +240,18 @@ def test_a_fault_deep_in_a_big_array_is_placed_at_its_record_on_both_readers(tmp
     ("an empty array, then one that is not", lambda text: text.replace(b'"entityLinks":[\n', b'"topics":[],\n'
                                                                        b'"entityLinks":[\n', 1)
      .replace(b'"extractionStates":2}', b'"extractionStates":2,"topics":0}', 1), None),
+    # Found by review: the strict reader was handed the line after an array's last record behind '{"":[0', whose
+    # 0 ran into '.5' or 'e1' there: a number, and the file was taken.
+    ("a number's tail after an array's last record", lambda text: text.replace(b'"related_to","weight":0}\n],',
+                                                                               b'"related_to","weight":0}\n.5],', 1),
+     "links[2]: the file is cut short or corrupt (lexical error: invalid char in json text.)"),
+    ("an exponent after an array's last record", lambda text: text.replace(b'"related_to","weight":0}\n],',
+                                                                           b'"related_to","weight":0}\ne1],', 1),
+     "links[2]: the file is cut short or corrupt (lexical error: invalid char in json text.)"),
+    ("a record over two lines, then a number's tail", lambda text: text.replace(
+        b'"weight":1.0},\n{"sourceType":"topic"', b'"weight":1.0},{"sourceType":\n"topic"', 1)
+     .replace(b'"related_to","weight":0}\n],', b'"related_to","weight":0}\n.5],', 1),
+     "links[2]: the file is cut short or corrupt (lexical error: invalid char in json text.)"),
 ])
 def test_a_layout_a_line_away_from_memory_s_gets_the_strict_answer(tmp_path, monkeypatch, what, edit, message):
     text = as_written(DOC, "json")
