@@ -223,7 +223,7 @@ def _sections(reader: _Ahead, end: Ended, key: str, empty: bool, parser: Parser)
             if handed:
                 yield from formats.json_rest(handed[0], end)
                 return
-        line = reader.line(OTHER_LINE)
+        line = _line(reader, OTHER_LINE)
         key, empty = _array_opening(line)
         if key is None:
             yield from formats.json_rest(_strict(_AFTER_COMMA, line, reader), end)
@@ -278,7 +278,7 @@ def _records(reader: _Ahead, key: str, handed: list[formats.Events], parser: Par
         else:
             records = []
             for _ in range(slow.count(b"\n") or 1):
-                line = reader.line(FAST_LINE)
+                line = _line(reader, FAST_LINE)
                 record = _record(line)
                 if record is None:
                     if records:
@@ -292,11 +292,24 @@ def _records(reader: _Ahead, key: str, handed: list[formats.Events], parser: Par
                     break
             yield records
         if not line.endswith(b",\n"):
-            closing = reader.line(OTHER_LINE)
+            closing = _line(reader, OTHER_LINE)
             if closing != b"],\n":
                 handed.append(_strict(_ARRAY_ITEM, closing, reader))
                 yield from formats.array_rest(handed[0], key, index)
             return
+
+
+def _line(reader: _Ahead, longest: int) -> bytes:
+    """The next line; or, where the stream fails before the line ends (a cut gzip stream), b"", which is
+    nothing the fast reader takes: the strict reader is handed the rest, meets the fault where it is and
+    names the place as it would have from the start (found by review: cut just after a record's brace, it
+    names the next record, where a line reader named the record cut)."""
+    try:
+        return reader.line(longest)
+    except stream_errors():
+        if reader.fault is None:        # not a fault held back: one the line's own read met
+            raise
+        return b""
 
 
 def _record(line: bytes) -> dict | None:

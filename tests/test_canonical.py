@@ -358,3 +358,27 @@ def test_a_field_named_twice_after_a_typed_value_is_refused_wherever_a_chunk_of_
         result = memory("validate", tmp_path / "in.json")
         outcomes.add((result.exit_code, result.stderr))
     assert outcomes == {(1, "Error: sessions[0]: field 'endTime' appears twice\n")}
+
+
+def _cut_gzip(text: bytes, at: int) -> bytes:
+    """A gzip stream of `text` that decompresses to exactly text[:at], then is cut short."""
+    import zlib
+    compressor = zlib.compressobj(wbits=31)
+    return compressor.compress(text[:at]) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+@pytest.mark.parametrize("where", ["after a record's brace", "after an array's last brace", "after an array's end",
+                                   "after a whole line", "after the document's end", "after a header's brace"])
+def test_a_stream_cut_right_after_a_brace_is_placed_alike_by_both_readers(tmp_path, monkeypatch, where):
+    """Found by review: cut where a record's (or the document's) last brace was read but not the line's end, the
+    strict reader names the next record ('after extractionStates'), the fast one, reading lines, named the
+    record whose line was cut ('extractionStates[2]')."""
+    text = as_written(_many_messages(50), "json")
+    at = {"after a record's brace": text.index(b'"m-20"'), "after an array's last brace": text.index(b"\n],") - 1,
+          "after an array's end": text.index(b"\n],") + 2, "after a whole line": text.index(b'{"id":"m-20"'),
+          "after the document's end": len(text), "after a header's brace": text.index(b"\n") - 1}[where]
+    at = text.index(b"}", at) + 1 if where == "after a record's brace" else at
+    (tmp_path / "cut.json.gz").write_bytes(_cut_gzip(text, at))
+    fast, strict = both(monkeypatch, "validate", tmp_path / "cut.json.gz")
+    assert fast == strict
+    assert strict[2].endswith(": the file is cut short or corrupt (the compressed stream is cut short)\n")
