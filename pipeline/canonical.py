@@ -326,9 +326,10 @@ def _run(run: bytes, key: str) -> list | None:
     `canonical`), read and checked as one: one orjson call for all of them, none per line. Else None.
 
     The lines are read as one JSON array; written again without their newlines they must be those bytes.
-    Only whitespace can stand for a newline in JSON, so the records are those the lines hold, and being
-    objects (no object is the start of another), one to a line as their count says. They are not yet made
-    as the strict reader makes them (see `work`)."""
+    Only whitespace can stand for a newline in JSON, so the records are exactly those the lines hold, as many
+    as there are lines. (Not quite one to a line: '{...},{"a":' then '1}' pass too, found by review; the
+    records, and the places named after them, are the same.) They are not yet made as the strict reader makes
+    them (see `work`)."""
     if not run:
         return None
     text = _bracketed(run, 0, 2 if run.endswith(b",\n") else 1)
