@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
+from . import records
 from .database import counts, damaged, database_faults, quick_check, transaction
 from .formats import WRITERS
 from .output import atomic_file, output_stack
-from . import records
 from .records import records_of
 from .schema_check import check_for_export
 from .tables import FORMAT_VERSION, TABLES, Table

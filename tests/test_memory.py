@@ -9,7 +9,6 @@ import pytest
 from conftest import SAMPLE, make_database, memory
 
 from pipeline import canonical, records
-from pipeline import export as export_module
 from pipeline.database import new_database, open_for_reading, open_for_writing
 from pipeline.errors import Refused
 from pipeline.export import export
