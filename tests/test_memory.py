@@ -204,7 +204,6 @@ def test_a_batch_of_long_rows_is_bounded_where_a_text_column_holds_a_number_too(
     assert max(map(len, batches)) <= 32, list(map(len, batches))      # 1 MiB: 16 long rows, a chunk more
 
 
-
 @pytest.mark.parametrize("period", [2, 3, 4, 8])
 @pytest.mark.parametrize("phase", [0, 1])
 def test_a_batch_of_long_rows_is_bounded_where_long_and_short_rows_take_turns(monkeypatch, period, phase):
