@@ -55,7 +55,7 @@ def rows_from(conn: sqlite3.Connection, table: Table) -> Iterator[list[tuple]]:
 def _decoded(conn: sqlite3.Connection, sql: str, texts: Callable[[tuple], tuple]) -> Iterator[list[tuple]]:
     read = 0
     try:
-        for rows in records.batches(conn.execute(sql), ROWS, texts):    # one that fails is read again below
+        for rows in records.batches(conn.execute(sql), texts, ROWS):    # one that fails is read again below
             yield rows
             read += len(rows)
         return
@@ -64,7 +64,7 @@ def _decoded(conn: sqlite3.Connection, sql: str, texts: Callable[[tuple], tuple]
             raise
     conn.text_factory = text_or_raw
     try:
-        yield from records.batches(conn.execute(sql + " LIMIT -1 OFFSET ?", (read,)), ROWS, texts)
+        yield from records.batches(conn.execute(sql + " LIMIT -1 OFFSET ?", (read,)), texts, ROWS)
     finally:
         conn.text_factory = str
 

@@ -204,14 +204,13 @@ def records_of(table: Table, batches: Iterable[Sequence[Sequence[Any]]]) -> Iter
         yield list(map(dict, map(zip, repeat(fields), rows)))
 
 
-def batches(items: Iterable[Any], size: int | None = None, values: Callable[[Any], Iterable] | None = None
-            ) -> Iterator[list]:
+def batches(items: Iterable[Any], values: Callable[[Any], Iterable], size: int | None = None) -> Iterator[list]:
     """Lists of at most `size` (BATCH) items: the unit of memory, of executemany and of progress. Where items are
     long (a table of large tool results), of about HELD bytes of them: items are taken CHUNK at a time and one
-    of each is measured, by the text and bytes among values(item) (the item's own by default), so a list
-    ends within a chunk of HELD however short the items before them were (when one list's items sized the
-    next, 256 rows of 2 MiB could follow 256 short ones). Items taken before a fault are dropped with it."""
-    return _batches(iter(items), size or BATCH, values or _itself, hand_on=False)
+    of each is measured, by the text and bytes among values(item), so a list ends within a chunk of HELD
+    however short the items before them were (when one list's items sized the next, 256 rows of 2 MiB could
+    follow 256 short ones). Items taken before a fault are dropped with it."""
+    return _batches(iter(items), size or BATCH, values, hand_on=False)
 
 
 def read_in_batches(items: Iterable[Any], size: int | None = None) -> Iterator[list]:
@@ -257,10 +256,6 @@ def texts_of(columns: Sequence[Column]) -> Callable[[tuple], tuple]:
     """A row's values in the columns of text (by their places): what `batches` measures of a row."""
     at = [i for i, c in enumerate(columns) if c.type == "text"]
     return itemgetter(*at) if len(at) > 1 else lambda row: tuple(row[i] for i in at)
-
-
-def _itself(item: Any) -> Any:
-    return item
 
 
 def _record_values(record: Any) -> Iterable:

@@ -227,7 +227,7 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
                 report.records[table.key] = 0
                 sql = functools.partial(insert_sql, table, backup.minor, into=merge.stage(table) if merge else None)
                 texts = texts_of(table.columns_in(backup.minor))       # what a batch of long rows is sized by
-                for batch in batches(rows_of(table, backup.minor, records), values=texts):
+                for batch in batches(rows_of(table, backup.minor, records), texts):
                     _insert(conn, table, sql, batch, report.records[table.key])
                     report.records[table.key] += len(batch)
                     if search and not merge and table.name == TABLE:     # a merge stages rows: rowids come later

@@ -199,7 +199,7 @@ def test_a_batch_of_long_rows_is_bounded_where_a_text_column_holds_a_number_too(
     10's notes), so long ones beside it filled a batch of ROWS."""
     monkeypatch.setattr(records, "HELD", 1 << 20)
     rows = [(7 if i % 2 else "x" * (64 << 10), "y") for i in range(1000)]
-    batches = list(records.batches(rows, 256, lambda row: row))
+    batches = list(records.batches(rows, lambda row: row, 256))
     assert sum(map(len, batches)) == 1000 and [r for b in batches for r in b] == rows
     assert max(map(len, batches)) <= 32, list(map(len, batches))      # 1 MiB: 16 long rows, a chunk more
 
@@ -211,7 +211,7 @@ def test_a_batch_of_long_rows_is_bounded_where_long_and_short_rows_take_turns(mo
     long (a short message, then a long answer) none was ever measured: batches of 256 rows of 1 MiB."""
     monkeypatch.setattr(records, "HELD", 1 << 20)
     rows = [("x" * (64 << 10) if i % period == phase else "y",) for i in range(4000)]
-    batches = list(records.batches(rows, 256, lambda row: row))
+    batches = list(records.batches(rows, lambda row: row, 256))
     assert [r for b in batches for r in b] == rows
     held = [sum(len(r[0]) for r in b) for b in batches]
     assert max(held) <= 3 << 20, (period, phase, max(held) >> 10, list(map(len, batches))[:5])
