@@ -89,8 +89,8 @@ def read_jsonl(stream: IO[bytes], end: Ended = formats._nothing, parser: Parser 
 
 def _jsonl_pieces(reader: _Ahead, end: Ended, parser: Parser) -> Iterator[tuple[str, list]]:
     """(table, batch of its records), runs of lines at a time; a run that is not all as memory writes it is
-    read a line at a time; from the first line that is not a record's as memory writes it (the end line), or
-    that is longer than a run holds, the line loop reads the rest of the file."""
+    read a line at a time, as is a line longer than a run holds; from the first line that is not a record's as
+    memory writes it (the end line), the line loop reads the rest of the file."""
     lineno = 1
     while (prefix := reader.jsonl_prefix()) is not None:
         try:
@@ -116,8 +116,14 @@ def _jsonl_pieces(reader: _Ahead, end: Ended, parser: Parser) -> Iterator[tuple[
             lineno += len(records)
             yield key, records
         else:
-            if reader.starts(prefix):       # a line longer than a run holds: the line loop reads it, and the
-                break                       # rest, holding one line at a time
+            if reader.starts(prefix):       # a line longer than a run holds: read alone (as JSON's are), then
+                line = _line(reader, FAST_LINE)     # runs again; one not as memory writes it, or longer than
+                records = work("jsonl", key, parser.minor, parser.keep, line) if line.endswith(b"\n") else None
+                if records is None:                 # FAST_LINE, and the rest go to the line loop
+                    reader.unread(line)
+                    break
+                lineno += 1
+                yield key, records
             continue                        # another table's lines, or the end line
         if slow:
             lines = formats.jsonl_lines(io.BytesIO(slow), parsed_line, lineno + 1)

@@ -382,3 +382,31 @@ def test_a_stream_cut_right_after_a_brace_is_placed_alike_by_both_readers(tmp_pa
     fast, strict = both(monkeypatch, "validate", tmp_path / "cut.json.gz")
     assert fast == strict
     assert strict[2].endswith(": the file is cut short or corrupt (the compressed stream is cut short)\n")
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_after_a_line_longer_than_a_run_the_lines_are_read_in_runs_again(tmp_path, monkeypatch, sample_db, fmt):
+    """A record line longer than a run of lines holds (a tool result of 600 KB) is read alone; the lines
+    after it are runs again. JSON Lines sent the rest of the file to the line loop: one such line early in a
+    452 MB file made validate 2.7 times as slow (3.49 s against 1.30 s)."""
+    import sqlite3
+
+    from pipeline import canonical
+    conn = sqlite3.connect(sample_db)
+    with conn:
+        conn.execute("UPDATE messages_meta SET content = ? WHERE rowid = (SELECT min(rowid) FROM messages_meta)",
+                     ("long " * 120_000,))
+    conn.close()
+    assert memory("export", "--db", sample_db, tmp_path / f"out.{fmt}").exit_code == 0
+    alone = []
+
+    def one_at_a_time(line):
+        alone.append(line[:40])
+        return json.loads(line)
+    monkeypatch.setattr(canonical, "parsed_line", one_at_a_time)
+    monkeypatch.setenv(STRICT_ENV, "0")
+    result = memory("validate", tmp_path / f"out.{fmt}")
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert [line[:7] for line in alone] == ([b'{"end":'] if fmt == "jsonl" else [])
+    assert memory("import", "--db", tmp_path / "new.db", tmp_path / f"out.{fmt}").exit_code == 0
+    assert snapshot(tmp_path / "new.db") == snapshot(sample_db)
