@@ -108,6 +108,9 @@ def _line_edited(fmt: str, table: str, index: int, edit: bytes) -> bytes:
                         else new)
 
 
+_SESSION = (b'{"id":"9f0c1d2e-0000-4000-8000-000000000002","projectPathEncoded":"e","projectPathDecoded":"d",'
+            b'"projectName":"n","startTime":"t","endTime":null,')
+
 # Records the strict reader refuses, each on a line of its own, canonical but for what makes it bad.
 REFUSED = [
     ("twice", "messages", 2, b'{{},"role":"user"}', "field 'role' appears twice"),
@@ -140,6 +143,19 @@ REFUSED = [
     ("weight out of range", "links", 1, b'{"sourceType":"topic","sourceId":"1","targetType":"session",'
      b'"targetId":"x","relationship":"mentions","weight":1.0000000000000002}',
      "weight must be between 0 and 1, got 1.0000000000000002"),
+    # Tables with no real column are read by simdjson (canonical._objects), not written again by orjson.
+    ("twice, the second escaped", "messages", 2, b'{{},"r\\u006fle":"user"}', "field 'role' appears twice"),
+    ("twice, the same value", "messages", 2, b'{{},"role":"user"}', "field 'role' appears twice"),
+    ("twice, spaced", "sessions", 1, b'{{} , "summary" : null}', "field 'summary' appears twice"),
+    ("a float in an integer column", "sessions", 1, _SESSION + b'"messageCount":1.50,"summary":null}',
+     "messageCount must be an integer, got 1.50"),
+    ("a whole float in an integer column", "sessions", 1, _SESSION + b'"messageCount":1E2,"summary":null}',
+     "messageCount must be an integer, got 1E+2"),
+    ("true in an integer column", "sessions", 1, _SESSION + b'"messageCount":true,"summary":null}',
+     "messageCount must be an integer, got true"),
+    ("below 64 bits", "sessions", 1, _SESSION + b'"messageCount":-9223372036854775809,"summary":null}',
+     "messageCount must fit in 64 bits, got -9223372036854775809"),
+    ("a string for a record", "messages", 2, b'"{}"', "expected an object, got a string"),
 ]
 
 
@@ -157,6 +173,34 @@ def test_a_record_the_strict_reader_refuses_does_not_get_in_through_the_fast_one
     if problem and fmt == "json":
         assert strict[2] == f"Error: {table}[{index}]: {problem}\n"
     assert snapshot(sample_db) == before
+
+
+# Records both readers take, not as orjson writes them: the fast reader takes some through simdjson and must
+# store what the strict one stores.
+TAKEN = [
+    ("spaced", "messages", 2, b'{ "id" : "m-3" , "sessionId":"9f0c1d2e-0000-4000-8000-000000000001",'
+     b'"role":"user","content":"c","timestamp":"t", "toolUseIds" : null }'),
+    ("escaped", "messages", 2, b'{"id":"m-3","sessionId":"9f0c1d2e-0000-4000-8000-000000000001","r\\u006fle":"user",'
+     b'"content":"\\/\\u0041\\u00e9\\ud83d\\ude80\\u0000\\b\\f","timestamp":"t","toolUseIds":null}'),
+    ("minus zero", "sessions", 1, _SESSION + b'"messageCount":-0,"summary":null}'),
+    ("the least integer", "sessions", 1, _SESSION + b'"messageCount":-9223372036854775808,"summary":null}'),
+    ("raw DEL and a line separator", "messages", 2, b'{"id":"m-3","sessionId":"9f0c1d2e-0000-4000-8000-000000000001",'
+     b'"role":"user","content":"a\x7fb\xe2\x80\xa8c","timestamp":"t","toolUseIds":null}'),
+    ("fields in another order", "toolUses", 0, b'{"status":"success","id":"t","sessionId":'
+     b'"9f0c1d2e-0000-4000-8000-000000000001","name":"n","input":"x","timestamp":"t","result":null}'),
+]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+@pytest.mark.parametrize("what, table, index, edit", TAKEN, ids=[c[0] for c in TAKEN])
+def test_a_record_both_readers_take_is_stored_alike(tmp_path, monkeypatch, fmt, what, table, index, edit):
+    path = tmp_path / f"in.{fmt}"
+    path.write_bytes(_line_edited(fmt, table, index, edit))
+    for strict in ("0", "1"):
+        monkeypatch.setenv(STRICT_ENV, strict)
+        result = memory("import", "--db", tmp_path / f"{strict}.db", path)
+        assert (result.exit_code, result.stderr) == (0, ""), (strict, result.stderr)
+    assert snapshot(tmp_path / "0.db") == snapshot(tmp_path / "1.db")
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl"])
