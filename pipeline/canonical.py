@@ -7,13 +7,13 @@ from __future__ import annotations
 import functools
 import io
 import itertools
+import multiprocessing
 import os
 import re
 from decimal import Decimal
 from typing import IO, Any, Callable, Iterator
 
 import orjson
-import simdjson
 
 from . import formats
 from .errors import stream_errors
@@ -40,9 +40,11 @@ _OTHER_TABLE: dict[bytes, re.Pattern] = {}            # per prefix: a line that 
 _STATS_TYPES = {int}
 _ODD = frozenset({float, list, dict})     # in a record: what the strict reader builds or words otherwise
 # simdjson reads a run's records in about two thirds of the time orjson takes to read and write them again, and
-# counts every field as written. Reusable, it keeps what it needs for the longest document read (a run), and
-# refuses a longer one (a line read alone), which orjson reads instead.
-_SIMDJSON = simdjson.Parser(max_capacity=4 * (1 << 18))
+# counts every field as written. Made at first use and used again (a new one for each run faults its memory in
+# anew: validate took 30% longer), it keeps what the longest document read needed, about four times a run; a
+# longer document (a line read alone) it refuses, and orjson reads.
+SIMDJSON_MOST = 1 << 20
+_simdjson: Any = None
 
 
 def strict_only() -> bool:
@@ -361,12 +363,17 @@ def _written_as(text: bytes, written: bytes) -> Any:
 def _objects(text: bytes) -> list | None:
     """The items of JSON array `text` as simdjson reads them, if each is an object with no field named twice:
     simdjson counts a field as often as it is written, where orjson and json keep the last. Else None. Its
-    strings, integers, true, false and null are those the strict reader reads; not so a float (that reader
-    keeps a Decimal, as written), nor an object's own objects (their fields are not counted here): `work`
-    takes records read so only where they hold none."""
+    strings, integers, true, false and null are those the strict reader reads, and its floats the floats a
+    real column makes of that reader's Decimals (each the nearest to the number written); not so an object's
+    own objects (their fields are not counted here), nor a number's text (which that reader's messages show):
+    `work` takes records read so only where they pass the fast checks, which take neither."""
+    global _simdjson
+    if _simdjson is None:
+        import simdjson
+        _simdjson = simdjson.Parser(max_capacity=SIMDJSON_MOST)
     document = None
     try:
-        document = _SIMDJSON.parse(text)
+        document = _simdjson.parse(text)
         fields = list(map(len, document))
         items = document.as_list()
     except (ValueError, RuntimeError, TypeError, AttributeError):   # not JSON, too long, not an array
@@ -414,11 +421,13 @@ def work(layout: str, key: str, minor: int, keep: bool, run: bytes) -> Any:
     them, for the reader to check one by one, which words what is wrong (records that pass hold no float
     outside a real column and no object or array, so none needs making so).
 
-    A table with no real column is read by simdjson (see `_objects`): records that pass the fast checks hold
-    no float, object or array. Those that do not are read again by orjson, exactly."""
+    Runs are read by simdjson (see `_objects`): records that pass the fast checks hold no object or array, and
+    a float only in a real column. Those that do not are read again by orjson, exactly. Not so in an import's
+    own process (its first runs, read before a worker pays): it holds SQLite's cache and sorter, at its peak of
+    memory, which simdjson, its module and what it keeps, would raise by 3.5 MB (found: 63.3 MB of 64)."""
     parse, strictly = _RUNS[layout]
     check = checker(key, minor) if key in BY_KEY else None
-    quick = check is not None and not check.reals
+    quick = check is not None and (not keep or multiprocessing.parent_process() is not None)
     records = parse(run, key, quick)
     if records is None:
         return None
