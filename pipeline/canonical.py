@@ -363,10 +363,10 @@ def _written_as(text: bytes, written: bytes) -> Any:
 def _objects(text: bytes) -> list | None:
     """The items of JSON array `text` as simdjson reads them, if each is an object with no field named twice:
     simdjson counts a field as often as it is written, where orjson and json keep the last. Else None. Its
-    strings, integers, true, false and null are those the strict reader reads, and its floats the floats a
-    real column makes of that reader's Decimals (each the nearest to the number written); not so an object's
-    own objects (their fields are not counted here), nor a number's text (which that reader's messages show):
-    `work` takes records read so only where they pass the fast checks, which take neither."""
+    strings, integers, true, false and null are those the strict reader reads; not so a float (that reader
+    keeps a Decimal, as written, and checks a real's range on it: 1.0000000000000001 is out of 0 to 1, its
+    float is not), nor an object's own objects (their fields are not counted here): `work` takes records read
+    so only where they hold none."""
     global _simdjson
     if _simdjson is None:
         import simdjson
@@ -421,13 +421,13 @@ def work(layout: str, key: str, minor: int, keep: bool, run: bytes) -> Any:
     them, for the reader to check one by one, which words what is wrong (records that pass hold no float
     outside a real column and no object or array, so none needs making so).
 
-    Runs are read by simdjson (see `_objects`): records that pass the fast checks hold no object or array, and
-    a float only in a real column. Those that do not are read again by orjson, exactly. Not so in an import's
-    own process (its first runs, read before a worker pays): it holds SQLite's cache and sorter, at its peak of
+    A table with no real column is read by simdjson (see `_objects`): records that pass the fast checks hold
+    no float, object or array. Those that do not are read again by orjson, exactly. Not so in an import's own
+    process (its first runs, read before a worker pays): it holds SQLite's cache and sorter, at its peak of
     memory, which simdjson, its module and what it keeps, would raise by 3.5 MB (found: 63.3 MB of 64)."""
     parse, strictly = _RUNS[layout]
     check = checker(key, minor) if key in BY_KEY else None
-    quick = check is not None and (not keep or multiprocessing.parent_process() is not None)
+    quick = check is not None and not check.reals and (not keep or multiprocessing.parent_process() is not None)
     records = parse(run, key, quick)
     if records is None:
         return None
