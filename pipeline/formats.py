@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import operator
+import re
 import zlib
 from typing import IO, Any, Callable, Iterable, Iterator, Tuple
 
@@ -642,7 +643,27 @@ def jsonl_pieces(lines: Iterator[tuple[int, Any]], end: Ended, whole: bool = Tru
 
 def strict_line(line: bytes) -> Any:
     # json, not orjson: its object_pairs_hook lets a field named twice be refused (orjson keeps the last).
-    return _LOADS(line.decode("utf-8"))
+    value = _LOADS(line.decode("utf-8"))
+    if _SURROGATE.search(line):     # json.loads keeps "\ud800" alone, which no UTF-8 text can hold
+        lone = _lone_surrogate(value)
+        if lone:
+            raise ValueError(f"a lone surrogate, \\u{ord(lone):04x}, is not text")
+    return value
+
+
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")      # an escaped surrogate, paired or alone
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in the strings of a value json.loads made, or None."""
+    if type(value) is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return value[exc.start]
+        return None
+    items = itertools.chain.from_iterable(value.items()) if type(value) is dict else value if type(value) is list else ()
+    return next(filter(None, map(_lone_surrogate, items)), None)
 
 
 def jsonl_lines(stream: IO[bytes], parse: Callable[[bytes], Any], first: int = 1) -> Iterator[tuple[int, Any]]:

@@ -36,7 +36,10 @@ def _encoded(value) -> bytes:
         return b"{" + b",".join(_encoded(k) + b":" + _encoded(v) for k, v in value[1]) + b"}"
     if isinstance(value, list):
         return b"[" + b",".join(map(_encoded, value)) + b"]"
-    return orjson.dumps(value)
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:      # a lone surrogate: escaped, as the bad file has it
+        return json.dumps(value).encode()
 
 
 def rewritten(name: str, data: bytes) -> bytes:
