@@ -338,9 +338,9 @@ def _run(run: bytes, key: str, quick: bool) -> list | None:
 
     The lines are read as one JSON array; written again by orjson without their newlines they must be those
     bytes (`quick`: or simdjson reads it with no field named twice, see `_objects`). Only whitespace can stand
-    for a newline in JSON, so the records are exactly those the lines hold, as many as there are lines. (Not quite one to a line: '{...},{"a":' then '1}' pass too, found by review; the
-    records, and the places named after them, are the same.) They are not yet made as the strict reader makes
-    them (see `work`)."""
+    for a newline in JSON, so the records are exactly those the lines hold, as many as there are lines. (Not
+    quite one to a line: '{...},{"a":' then '1}' pass too, found by review; the records, and the places named
+    after them, are the same.) They are not yet made as the strict reader makes them (see `work`)."""
     if not run:
         return None
     text = _bracketed(run, 0, 2 if run.endswith(b",\n") else 1)
