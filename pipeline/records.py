@@ -34,9 +34,7 @@ def shown(value: Any) -> str:
         return "an object"
     if isinstance(value, list):
         return "an array"
-    if isinstance(value, Decimal):
-        return str(value)
-    text = repr(value)
+    text = str(value) if isinstance(value, Decimal) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -56,13 +54,13 @@ def _problem(column: Column, value: Any) -> str | None:
     if type(value) not in _ACCEPTS[column.type]:
         return f"{column.field} must be {_WANTS[column.type]}, got {shown(value)}"
     if type(value) is int and not INT64[0] <= value <= INT64[1]:
-        return f"{column.field} must fit in 64 bits, got {value}"
+        return f"{column.field} must fit in 64 bits, got {shown(value)}"
     if column.choices and value not in column.choices:
         allowed = " or ".join(repr(c) for c in column.choices) if len(column.choices) == 2 else \
             "one of " + ", ".join(repr(c) for c in column.choices)
         return f"{column.field} must be {allowed}, got {shown(value)}"
     if type(value) is Decimal and not math.isfinite(float(value)):
-        return f"{column.field} must be a finite number, got {value}"
+        return f"{column.field} must be a finite number, got {shown(value)}"
     if column.between and not column.between[0] <= value <= column.between[1]:
         return f"{column.field} must be between {column.between[0]:g} and {column.between[1]:g}, got {shown(value)}"
     return None

@@ -30,7 +30,7 @@ from .merge import Merge
 from .parallel import Parser
 from .records import batches, checker, rows_of, shown, texts_of
 from .search_index import TABLE, SideIndex
-from .tables import BY_KEY, FORMAT_MAJOR, TABLES, Record, Table
+from .tables import BY_KEY, FORMAT_MAJOR, INT64, TABLES, Record, Table
 from .values import NeedsCast, RawText
 
 CONFLICT_MODES = ("skip", "replace", "fail")
@@ -130,7 +130,7 @@ def check_header(header: dict) -> int:
     for key, count in stats.items():
         if key not in BY_KEY:
             raise BadBackup(f"stats: unknown table {key!r}")
-        if type(count) is not int or count < 0:
+        if type(count) is not int or not 0 <= count <= INT64[1]:
             raise BadBackup(f"stats.{key} must be a count, got {shown(count)}")
     return minor
 

@@ -78,7 +78,7 @@ def untagged(column: Column, value: dict) -> Any:
         return inner
     if tag == "$real":
         number = INFINITIES_BACK.get(inner) if type(inner) is str else \
-            float(inner) if type(inner) in (int, float, Decimal) else None
+            _float(inner) if type(inner) in (int, float, Decimal) else None
         if number is None or (math.isinf(number) and type(inner) is not str):    # 1e400 is not "Infinity"
             raise ValueError(f"{column.field}: $real must hold a finite number, \"Infinity\" or \"-Infinity\"")
         return number
@@ -89,6 +89,14 @@ def untagged(column: Column, value: dict) -> Any:
     if data is None:
         raise ValueError(f"{column.field}: {tag} must hold base64")
     return data if tag == "$blob" else text_or_raw(data)
+
+
+def _float(number: int | float | Decimal) -> float:
+    """The number as a float; one past a float's range as an infinity (float() of such an int raises)."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
 
 
 def tag_of(value: dict) -> str | None:

@@ -105,6 +105,20 @@ CASES = [
     ("lone-surrogate.jsonl", JSONL.replace(b'"content": "', b'"content": "\\ud800', 1),
      "sessions[2]: the file is cut short or corrupt (line contains invalid json: a lone surrogate, \\ud800, is not "
      "text (line 4))"),
+    # An integer of more digits than Python converts (4,300): ijson's C backend crashed (a segmentation fault,
+    # exit 139, nothing said) in an integer column, and raised a SystemError traceback in a real one.
+    ("huge-integer.json", TEXT.replace(b'"messageCount": 3', b'"messageCount": ' + b"7" * 5000, 1),
+     "sessions[0]: messageCount must fit in 64 bits, got " + "7" * 57 + "..."),
+    ("huge-integer-real.json", TEXT.replace(b'"weight": 0.125', b'"weight": ' + b"7" * 5000, 1),
+     "entityLinks[0]: weight must fit in 64 bits, got " + "7" * 57 + "..."),
+    ("huge-integer.jsonl", JSONL.replace(b'"messageCount": 3', b'"messageCount": ' + b"7" * 5000, 1),
+     "sessions[0]: messageCount must fit in 64 bits, got " + "7" * 57 + "..."),
+    ("huge-count.json", TEXT.replace(b'"sessions": 2,', b'"sessions": ' + b"9" * 5000 + b",", 1),
+     "stats.sessions must be a count, got " + "9" * 57 + "..."),
+    # An integer past a float's range (309 digits) as a typed real: an OverflowError traceback (found with
+    # the one above).
+    ("typed-huge-integer.json", TEXT.replace(b'"messageCount": 3', b'"messageCount": {"$real": ' + b"9" * 400 + b"}"),
+     "sessions[0]: messageCount: $real must hold a finite number, \"Infinity\" or \"-Infinity\""),
     ("deep.json", TEXT.replace(b'"weight": 0.125', b'"weight": ' + b"[" * 100_000 + b"]" * 100_000),
      "entityLinks[0]: a field holds an array; values are strings, numbers or null"),
     # The typed encoding: one-key objects for values of another storage class than their column's.
