@@ -11,6 +11,8 @@ import os
 import signal
 from typing import Any, Callable, Iterator
 
+from . import portable
+
 ENV = "MEMORY_PARALLEL_PARSE"   # "0": never start a worker; "1": from the first run (the tests use it)
 START = 4 << 20                 # bytes read before a worker is started (a fork, 9-11 ms here): not for a small file
 AHEAD = 2                       # runs the worker may hold at once, where the pipes hold PIPE (else one)
@@ -187,13 +189,21 @@ def started(serve: Callable[..., None], args: tuple, name: str, method: str | No
     answers, their_answers = context.Pipe(duplex=False)
     roomy = _roomy(jobs) and _roomy(their_answers)
     forked = context.get_start_method() == "fork"
+    process = None
     try:
         process = context.Process(target=_worker, args=(serve, their_jobs, their_answers, forked, *args),
                                   daemon=True, name=name)
-        process.start()
+        # A signal's exception raised midway through start() broke multiprocessing's bookkeeping (a Finalize
+        # made but for its key: "Exception ignored ... AttributeError" once the run had ended; seen in CI).
+        # Held by handlers, not by the signal mask: starting a spawned worker unblocks SIGINT and SIGTERM
+        # (multiprocessing's resource tracker does, whatever the mask was).
+        with portable.signals_held():
+            process.start()
     except BaseException:
         for end in (their_jobs, jobs, answers, their_answers):
             end.close()
+        if process is not None and process.pid is not None:      # started, then a signal held meanwhile came
+            stopped(process)
         raise
     their_jobs.close()
     their_answers.close()
