@@ -48,8 +48,17 @@ class corrupt_as_bad_backup:
             text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
             lines = text.strip().splitlines()
             detail = lines[0] if lines else type(exc).__name__
-            raise BadBackup(f"{self.where()}: the file is cut short or corrupt ({detail})") from exc
+            place = self.where()
+            if isinstance(exc, _invalid_line_error()):     # a JSON Lines line that does not parse: its number,
+                place = f"line {exc.lineno}"              # not the record after the last one read, whose table
+                detail = detail.removesuffix(f" (line {exc.lineno})")      # (sessions[2]) it may not be of
+            raise BadBackup(f"{place}: the file is cut short or corrupt ({detail})") from exc
         return False
+
+
+def _invalid_line_error() -> type[Exception]:
+    import jsonlines
+    return jsonlines.InvalidLineError
 
 
 def stream_errors() -> tuple[type[BaseException], ...]:

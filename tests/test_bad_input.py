@@ -103,8 +103,8 @@ CASES = [
     # json.loads keeps an escaped lone surrogate, which no UTF-8 text holds: import ended in a traceback
     # (found by review). The JSON reader (yajl) makes it '?' (README, Limits).
     ("lone-surrogate.jsonl", JSONL.replace(b'"content": "', b'"content": "\\ud800', 1),
-     "sessions[2]: the file is cut short or corrupt (line contains invalid json: a lone surrogate, \\ud800, is not "
-     "text (line 4))"),
+     "line 4: the file is cut short or corrupt (line contains invalid json: a lone surrogate, \\ud800, is not "
+     "text)"),
     # An integer of more digits than Python converts (4,300): ijson's C backend crashed (a segmentation fault,
     # exit 139, nothing said) in an integer column, and raised a SystemError traceback in a real one.
     ("huge-integer.json", TEXT.replace(b'"messageCount": 3', b'"messageCount": ' + b"7" * 5000, 1),

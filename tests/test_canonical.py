@@ -246,8 +246,8 @@ def test_a_record_over_two_lines_is_read_as_the_strict_reader_reads_it(tmp_path,
                        ("jsonl", "validate"): (1, _SPLIT), ("jsonl", "import"): (1, _SPLIT)}
 
 
-_SPLIT = ("Error: messages[2]: the file is cut short or corrupt (line contains invalid json: Expecting value: line 2 "
-          "column 1 (char 117) (line 6))\n")
+_SPLIT = ("Error: line 6: the file is cut short or corrupt (line contains invalid json: Expecting value: line 2 "
+          "column 1 (char 117))\n")
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl"])

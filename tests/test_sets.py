@@ -73,8 +73,8 @@ LINES = [   # a header, then newest first; the sizes as the fixture's files have
     "memory-20261102T031500.000000Z.jsonl.gz   2.5 kB         3       120",
     "memory-20261101T031500.000000Z.json.zst   1.4 kB         2         5",
 ]
-CUT = ("messages[81]: the file is cut short or corrupt (line contains invalid json: Unterminated string starting "
-       "at: line 1 column 110 (char 109) (line 86))")
+CUT = ("line 86: the file is cut short or corrupt (line contains invalid json: Unterminated string starting "
+       "at: line 1 column 110 (char 109))")
 
 
 def test_list_shows_exactly_our_backups_newest_first_reading_only_their_headers(folder):
