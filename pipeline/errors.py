@@ -48,6 +48,8 @@ class corrupt_as_bad_backup:
             text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
             lines = text.strip().splitlines()
             detail = lines[0] if lines else type(exc).__name__
+            if isinstance(exc, ArithmeticError):       # decimal.InvalidOperation: ijson's Decimal of 1e99999999999999999999
+                detail = "a number's exponent is out of range"
             place = self.where()
             if isinstance(exc, _invalid_line_error()):     # a JSON Lines line that does not parse: its number,
                 place = f"line {exc.lineno}"              # not the record after the last one read, whose table
@@ -62,6 +64,7 @@ def _invalid_line_error() -> type[Exception]:
 
 
 def stream_errors() -> tuple[type[BaseException], ...]:
+    import decimal
     import gzip
     import zlib
 
@@ -70,7 +73,7 @@ def stream_errors() -> tuple[type[BaseException], ...]:
 
     from .formats import CutShort, zstd_reading
     errors = (ijson.JSONError, jsonlines.InvalidLineError, EOFError, CutShort, gzip.BadGzipFile, zlib.error,
-              UnicodeDecodeError)
+              UnicodeDecodeError, decimal.InvalidOperation)
     try:
         return errors + (zstd_reading().ZstdError,)
     except PipelineError:       # no zstd reader here: a plain or gzip file still reads, and fails, as it is

@@ -339,13 +339,13 @@ def read_json(stream: IO[bytes], end: Ended = _nothing) -> tuple[Header, Iterato
         if key not in HEADER_KEYS:
             break
         if key in header:
-            raise BadBackup(f"duplicate key {key!r} in the header")
+            raise BadBackup(f"duplicate key {records.shown(key)} in the header")
         header[key] = _value(events, key)
     else:
         raise BadBackup("the file ends inside the header")
     missing = [k for k in ("version", "stats") if k not in header]
     if missing:
-        raise BadBackup(f"no {missing[0]!r} in the header before the data starts at {key!r}: a backup begins with "
+        raise BadBackup(f"no {missing[0]!r} in the header before the data starts at {records.shown(key)}: a backup begins with "
                         "version, exportedAt and stats (was it re-ordered, e.g. by jq -S?)")
     return header, _json_sections(events, key, end)
 
@@ -366,7 +366,7 @@ def json_rest(events: Events, end: Ended) -> Iterator[Section]:
             yield from _json_end(events, None, end)
             return
         if key in HEADER_KEYS:
-            raise BadBackup(f"{key!r} comes after the data; the header must come first")
+            raise BadBackup(f"{records.shown(key)} comes after the data; the header must come first")
         if key == CHECKSUM:
             yield from _json_checksum(events, key, end)
             return
@@ -377,7 +377,7 @@ def _json_checksum(events: Events, key: str, end: Ended) -> Iterator[Section]:
     checksum = _value(events, key)
     event, key = next(events)
     if event != "end_map":
-        raise BadBackup(f"{key!r} comes after the checksum; the checksum must be last")
+        raise BadBackup(f"{records.shown(key)} comes after the checksum; the checksum must be last")
     yield from _json_end(events, checksum, end)
 
 
@@ -583,7 +583,7 @@ def _no_field_twice(key: str, done: int, built: list, tail: list[tuple], chunk: 
         try:
             collections.deque(map(send, closed), maxlen=0)
         except DuplicateField as exc:
-            raise _Twice(f"{key}[{done + len(strict)}]: field {exc.args[0]!r} appears twice", len(strict)) from None
+            raise _Twice(f"{key}[{done + len(strict)}]: field {records.shown(exc.args[0])} appears twice", len(strict)) from None
     return chunk[last_end + 1:] if last_end >= 0 else tail + chunk
 
 
@@ -602,12 +602,12 @@ def _value(events: Iterator[tuple], key: str) -> Any:
         try:
             builder.event(event, value)
         except DuplicateField as exc:
-            raise BadBackup(f"{key}: field {exc.args[0]!r} appears twice") from None
+            raise BadBackup(f"{key}: field {records.shown(exc.args[0])} appears twice") from None
         depth += event in ("start_map", "start_array")
         depth -= event in ("end_map", "end_array")
         if depth == 0:
             return builder.value
-    raise BadBackup(f"the file ends inside {key!r}")
+    raise BadBackup(f"the file ends inside {records.shown(key)}")
 
 
 # The longest line a JSON Lines backup may hold (one record: SQLite's own limit on one value is 1,000,000,000
@@ -631,7 +631,7 @@ def read_jsonl(stream: IO[bytes], end: Ended = _nothing,
         raise BadBackup(NOT_A_HEADER)
     unknown = [k for k in header if k not in HEADER_KEYS]
     if unknown:
-        raise BadBackup(f"line 1: unknown header key {unknown[0]!r}")
+        raise BadBackup(f"line 1: unknown header key {records.shown(unknown[0])}")
     return header, jsonl_sections(jsonl_pieces(lines, end))
 
 
@@ -680,7 +680,7 @@ def jsonl_lines(stream: IO[bytes], parse: Callable[[bytes], Any], first: int = 1
         try:
             yield lineno, parse(line)
         except DuplicateField as exc:
-            raise BadBackup(f"line {lineno}: field {exc.args[0]!r} appears twice") from None
+            raise BadBackup(f"line {lineno}: field {records.shown(exc.args[0])} appears twice") from None
         except UnicodeDecodeError as exc:
             raise _invalid_line(f"line is not valid utf-8: {exc}", line, lineno) from exc
         except ValueError as exc:
@@ -741,5 +741,16 @@ def _tagged(lines: Iterator[tuple[int, Any]], end: Ended, whole: bool = True) ->
         raise BadBackup("the file is cut short: no end line")
 
 
-_LOADS = functools.partial(json.loads, object_pairs_hook=_unique_object, parse_constant=_no_constants)
+def _integer(text: str) -> int:
+    """int(text) as json.loads makes it, but for a number longer than Python converts by default (4,300
+    digits; see set_int_max_str_digits above), which would take time quadratic in its length: one as long, its
+    first 18 digits its own and the rest zeros, made in linear time. Every check refuses it as past 64 bits,
+    and a message gives only its number of digits (records.shown)."""
+    if len(text) <= 4300:
+        return int(text)
+    return int(text[:19]) * 10 ** (len(text) - 19)
+
+
+_LOADS = functools.partial(json.loads, object_pairs_hook=_unique_object, parse_constant=_no_constants,
+                           parse_int=_integer)
 READERS = {"json": read_json, "jsonl": read_jsonl}

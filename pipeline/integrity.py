@@ -93,7 +93,7 @@ class Summing(io.RawIOBase):
         if type(value) is not str:
             raise BadBackup(f"checksum must be a string, got {shown(value)}")
         if not _VALUE.fullmatch(value):
-            raise BadBackup(f"checksum must be '{ALGORITHM}:' and 32 hex digits, got {value!r}")
+            raise BadBackup(f"checksum must be '{ALGORITHM}:' and 32 hex digits, got {shown(value)}")
         if self.tail != trailer(self.fmt, value) or value != f"{ALGORITHM}:{self.sum.hexdigest()}":
             raise BadBackup(MISMATCH)
 

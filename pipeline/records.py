@@ -34,6 +34,8 @@ def shown(value: Any) -> str:
         return "an object"
     if isinstance(value, list):
         return "an array"
+    if type(value) is int and value.bit_length() > 256:     # repr() of it takes time quadratic in its digits
+        return f"an integer of about {value.bit_length() * 0.30103:,.0f} digits"
     text = str(value) if isinstance(value, Decimal) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -75,7 +77,7 @@ def _record_problem(columns: Sequence[Column], record: Any) -> str | None:
         return f"missing field {missing[0]!r}"
     unknown = [k for k in record if k not in fields]
     if unknown:
-        return f"unknown field {unknown[0]!r}"
+        return f"unknown field {shown(unknown[0])}"
     return next(filter(None, (_problem(c, record[c.field]) for c in columns)), None)
 
 

@@ -114,9 +114,9 @@ def check_header(header: dict) -> int:
     version = header["version"]
     if type(version) is not str:
         raise BadBackup(f"version must be a string, got {shown(version)}")
-    match = re.fullmatch(r"(\d+)\.(\d+)", version)
+    match = re.fullmatch(r"([0-9]{1,9})\.([0-9]{1,9})", version)
     if not match:
-        raise BadBackup(f"version must look like \"1.0\", got {version!r}")
+        raise BadBackup(f"version must look like \"1.0\", got {shown(version)}")
     major, minor = int(match[1]), int(match[2])
     if major > FORMAT_MAJOR:
         raise BadBackup(f"file version {version} is newer than this memory reads ({FORMAT_MAJOR}.x)")
@@ -129,7 +129,7 @@ def check_header(header: dict) -> int:
         raise BadBackup(f"stats must be an object, got {shown(stats)}")
     for key, count in stats.items():
         if key not in BY_KEY:
-            raise BadBackup(f"stats: unknown table {key!r}")
+            raise BadBackup(f"stats: unknown table {shown(key)}")
         if type(count) is not int or not 0 <= count <= INT64[1]:
             raise BadBackup(f"stats.{key} must be a count, got {shown(count)}")
     return minor
@@ -142,7 +142,7 @@ def checked_sections(backup: Backup, progress: Progress) -> Iterator[tuple[Table
     for key, records in backup.sections:
         table = BY_KEY.get(key)
         if table is None:
-            raise BadBackup(f"unknown array {key!r}")
+            raise BadBackup(f"unknown array {shown(key)}")
         if key in seen:
             raise BadBackup(f"{key} appears twice")
         seen.add(key)

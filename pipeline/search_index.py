@@ -128,7 +128,7 @@ class SideIndex:
             return
         self.gone = True
         self.process.kill()
-        if self.sender.is_alive():
+        if self.sender is not None and self.sender.is_alive():     # None: a signal came before it was made
             self.queue.put(None)
             self.sender.join()
         stopped(self.process, self.jobs, self.answers)

@@ -212,6 +212,31 @@ def test_a_signal_while_a_worker_starts_ends_the_run_cleanly(tmp_path, big, pars
     assert not target.exists()
 
 
+# SIGTERM just after the indexing worker is started, before its sender thread is made: SideIndex.stop() met
+# self.sender still None (AttributeError traceback, exit 1, found by review).
+_SIGNAL_BEFORE_SENDER = """
+import os, signal, sys, threading
+real_init = threading.Thread.__init__
+def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    if kwargs.get("name") == "memory-indexer-sender":
+        os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread.__init__ = init
+from pipeline.cli import main
+sys.argv[0] = "memory"
+main()
+"""
+
+
+def test_a_signal_before_the_indexing_workers_sender_ends_the_run_cleanly(tmp_path, big):
+    target = tmp_path / "target.db"
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_BEFORE_SENDER, "import", "--db", str(target), str(big)],
+                          cwd=ROOT, env={**os.environ, parallel.ENV: "0", search_index.ENV: "1"},
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (143, b"", b"Terminated by SIGTERM: nothing was changed\n")
+    assert not target.exists()
+
+
 def _joined(data: bytes) -> bytes:          # two records on one line
     at = data.index(b'"id":"m1001"')
     at = data.rindex(b"\n", 0, at)
