@@ -6,9 +6,11 @@ it fails), the runs it held are parsed here, as they would have been without it,
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 from typing import Any, Callable, Iterator
 
 from . import portable
@@ -190,14 +192,13 @@ def started(serve: Callable[..., None], args: tuple, name: str, method: str | No
     roomy = _roomy(jobs) and _roomy(their_answers)
     forked = context.get_start_method() == "fork"
     process = None
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
     try:
-        process = context.Process(target=_worker, args=(serve, their_jobs, their_answers, forked, *args),
+        process = context.Process(target=_worker, args=(serve, their_jobs, their_answers, forked, mask, *args),
                                   daemon=True, name=name)
         # A signal's exception raised midway through start() broke multiprocessing's bookkeeping (a Finalize
         # made but for its key: "Exception ignored ... AttributeError" once the run had ended; seen in CI).
-        # Held by handlers, not by the signal mask: starting a spawned worker unblocks SIGINT and SIGTERM
-        # (multiprocessing's resource tracker does, whatever the mask was).
-        with portable.signals_held():
+        with portable.signals_held(), _born_ignoring_ctrl_c(context):
             process.start()
     except BaseException:
         for end in (their_jobs, jobs, answers, their_answers):
@@ -219,7 +220,32 @@ def stopped(process: Any, *connections: Any) -> None:
         process.join()
 
 
-def _worker(serve: Callable[..., None], jobs: Any, answers: Any, forked: bool, *args: Any) -> None:
+@contextlib.contextmanager
+def _born_ignoring_ctrl_c(context: Any) -> Iterator[None]:
+    """For the block (a worker's start): SIGINT ignored, and blocked. Ctrl-C reaches the whole process group,
+    the worker too, which ignores it (this process unwinds), but only once _worker runs: a spawned worker first
+    starts Python and imports this package again (0.2 s), and a Ctrl-C then printed its KeyboardInterrupt
+    traceback (found by review). An ignored signal stays ignored through exec, where a handler does not. Blocked,
+    one that comes meanwhile is kept (Linux keeps a blocked signal though ignored) for the handler put back
+    after, and the worker is born with it blocked: _worker sets the mask back. Starting the resource tracker
+    unblocks SIGINT: it is started first."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if context.get_start_method() != "fork":
+        from multiprocessing import resource_tracker
+        resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _worker(serve: Callable[..., None], jobs: Any, answers: Any, forked: bool, mask: set[int] | None, *args: Any
+            ) -> None:
     if forked:      # it holds every file the parent had open: the parent's ends of its own pipes (which would
         keep = sorted({jobs.fileno(), answers.fileno()})     # never end), another worker's, the database
         for low, high in zip([3] + [fd + 1 for fd in keep], keep + [os.sysconf("SC_OPEN_MAX")]):
@@ -228,6 +254,8 @@ def _worker(serve: Callable[..., None], jobs: Any, answers: Any, forked: bool, *
     for name in ("SIGTERM", "SIGHUP", "SIGPIPE"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)    # the parent's, less what it held as this started
     serve(jobs, answers, *args)
 
 
