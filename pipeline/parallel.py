@@ -222,25 +222,26 @@ def stopped(process: Any, *connections: Any) -> None:
 
 @contextlib.contextmanager
 def _born_ignoring_ctrl_c(context: Any) -> Iterator[None]:
-    """For the block (a worker's start): SIGINT ignored, and blocked. Ctrl-C reaches the whole process group,
+    """For the block (a worker's start): SIGINT blocked in this thread. Ctrl-C reaches the whole process group,
     the worker too, which ignores it (this process unwinds), but only once _worker runs: a spawned worker first
     starts Python and imports this package again (0.2 s), and a Ctrl-C then printed its KeyboardInterrupt
-    traceback (found by review). An ignored signal stays ignored through exec, where a handler does not. Blocked,
-    one that comes meanwhile is kept (Linux keeps a blocked signal though ignored) for the handler put back
-    after, and the worker is born with it blocked: _worker sets the mask back. Starting the resource tracker
-    unblocks SIGINT: it is started first."""
+    traceback (found by review). The mask goes through fork and exec: the worker is born with SIGINT blocked,
+    one that comes meanwhile waits, and _worker, which ignores SIGINT (dropping it) before it sets the parent's
+    mask back, never sees it. Blocked, not ignored here: setting SIG_IGN drops a pending one, another thread
+    (the indexer's sender) takes one the main thread blocks and would drop it, and macOS drops an ignored signal
+    even blocked; this process's handler (signals_held's recorder) takes it when the mask is put back. Starting
+    the resource tracker unblocks SIGINT: it is started first."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
     if context.get_start_method() != "fork":
         from multiprocessing import resource_tracker
         resource_tracker.ensure_running()
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 

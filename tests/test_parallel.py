@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -245,6 +246,24 @@ def test_ctrl_c_as_a_spawned_worker_starts_says_one_line(tmp_path, big):
     while group(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert group(proc.pid) == []
+
+
+# While a worker starts, SIGINT was ignored here as well as blocked: a Ctrl-C that the kernel gave another thread
+# (the indexer's sender, when the parse worker starts after it) was dropped, and the run went on to exit 0
+# (found by review). Blocked only, it waits for this process's handler.
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_ctrl_c_as_a_worker_starts_beside_another_thread_is_not_lost(monkeypatch, method):
+    threading.Thread(target=threading.Event().wait, args=(5,), daemon=True).start()
+    real_start = multiprocessing.process.BaseProcess.start
+
+    def start(self):
+        os.kill(os.getpid(), signal.SIGINT)     # to the process: a thread not blocking SIGINT takes it
+        time.sleep(0.05)
+        return real_start(self)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start)
+    with pytest.raises(KeyboardInterrupt):
+        process, jobs, answers, _ = parallel.started(parallel._serve, (None,), "memory-parser", method)
+        parallel.stopped(process, jobs, answers)
 
 
 # SIGTERM just after the indexing worker is started, before its sender thread is made: SideIndex.stop() met
