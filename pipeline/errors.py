@@ -48,7 +48,7 @@ class corrupt_as_bad_backup:
             text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
             lines = text.strip().splitlines()
             detail = lines[0] if lines else type(exc).__name__
-            if isinstance(exc, ArithmeticError):       # decimal.InvalidOperation: ijson's Decimal of 1e99999999999999999999
+            if isinstance(exc, ArithmeticError):    # decimal.InvalidOperation: ijson's Decimal of 1e1000000000000000000
                 detail = "a number's exponent is out of range"
             place = self.where()
             if isinstance(exc, _invalid_line_error()):     # a JSON Lines line that does not parse: its number,

@@ -345,8 +345,8 @@ def read_json(stream: IO[bytes], end: Ended = _nothing) -> tuple[Header, Iterato
         raise BadBackup("the file ends inside the header")
     missing = [k for k in ("version", "stats") if k not in header]
     if missing:
-        raise BadBackup(f"no {missing[0]!r} in the header before the data starts at {records.shown(key)}: a backup begins with "
-                        "version, exportedAt and stats (was it re-ordered, e.g. by jq -S?)")
+        raise BadBackup(f"no {missing[0]!r} in the header before the data starts at {records.shown(key)}: a backup "
+                        "begins with version, exportedAt and stats (was it re-ordered, e.g. by jq -S?)")
     return header, _json_sections(events, key, end)
 
 
@@ -583,7 +583,8 @@ def _no_field_twice(key: str, done: int, built: list, tail: list[tuple], chunk: 
         try:
             collections.deque(map(send, closed), maxlen=0)
         except DuplicateField as exc:
-            raise _Twice(f"{key}[{done + len(strict)}]: field {records.shown(exc.args[0])} appears twice", len(strict)) from None
+            twice = f"{key}[{done + len(strict)}]: field {records.shown(exc.args[0])} appears twice"
+            raise _Twice(twice, len(strict)) from None
     return chunk[last_end + 1:] if last_end >= 0 else tail + chunk
 
 

@@ -198,7 +198,7 @@ def started(serve: Callable[..., None], args: tuple, name: str, method: str | No
                                   daemon=True, name=name)
         # A signal's exception raised midway through start() broke multiprocessing's bookkeeping (a Finalize
         # made but for its key: "Exception ignored ... AttributeError" once the run had ended; seen in CI).
-        with portable.signals_held(), _born_ignoring_ctrl_c(context):
+        with portable.signals_held(), _born_blocking_ctrl_c(context):
             process.start()
     except BaseException:
         for end in (their_jobs, jobs, answers, their_answers):
@@ -221,7 +221,7 @@ def stopped(process: Any, *connections: Any) -> None:
 
 
 @contextlib.contextmanager
-def _born_ignoring_ctrl_c(context: Any) -> Iterator[None]:
+def _born_blocking_ctrl_c(context: Any) -> Iterator[None]:
     """For the block (a worker's start): SIGINT blocked in this thread. Ctrl-C reaches the whole process group,
     the worker too, which ignores it (this process unwinds), but only once _worker runs: a spawned worker first
     starts Python and imports this package again (0.2 s), and a Ctrl-C then printed its KeyboardInterrupt
