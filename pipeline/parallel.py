@@ -192,13 +192,12 @@ def started(serve: Callable[..., None], args: tuple, name: str, method: str | No
     roomy = _roomy(jobs) and _roomy(their_answers)
     forked = context.get_start_method() == "fork"
     process = None
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
     try:
-        process = context.Process(target=_worker, args=(serve, their_jobs, their_answers, forked, mask, *args),
-                                  daemon=True, name=name)
         # A signal's exception raised midway through start() broke multiprocessing's bookkeeping (a Finalize
         # made but for its key: "Exception ignored ... AttributeError" once the run had ended; seen in CI).
-        with portable.signals_held(), _born_blocking_ctrl_c(context):
+        with portable.signals_held(), _born_blocking_ctrl_c(context) as mask:
+            process = context.Process(target=_worker, args=(serve, their_jobs, their_answers, forked, mask, *args),
+                                      daemon=True, name=name)
             process.start()
     except BaseException:
         for end in (their_jobs, jobs, answers, their_answers):
@@ -221,18 +220,19 @@ def stopped(process: Any, *connections: Any) -> None:
 
 
 @contextlib.contextmanager
-def _born_blocking_ctrl_c(context: Any) -> Iterator[None]:
-    """For the block (a worker's start): SIGINT blocked in this thread. Ctrl-C reaches the whole process group,
-    the worker too, which ignores it (this process unwinds), but only once _worker runs: a spawned worker first
-    starts Python and imports this package again (0.2 s), and a Ctrl-C then printed its KeyboardInterrupt
-    traceback (found by review). The mask goes through fork and exec: the worker is born with SIGINT blocked,
-    one that comes meanwhile waits, and _worker, which ignores SIGINT (dropping it) before it sets the parent's
-    mask back, never sees it. Blocked, not ignored here: setting SIG_IGN drops a pending one, another thread
-    (the indexer's sender) takes one the main thread blocks and would drop it, and macOS drops an ignored signal
-    even blocked; this process's handler (signals_held's recorder) takes it when the mask is put back. Starting
-    the resource tracker unblocks SIGINT: it is started first."""
+def _born_blocking_ctrl_c(context: Any) -> Iterator[set[int] | None]:
+    """For the block (a worker's start): SIGINT blocked in this thread; gives the mask it had before, for the worker to
+    set back (None where nothing was blocked: not the main thread, or no signal masks). Ctrl-C reaches the whole
+    process group, the worker too, which ignores it (this process unwinds), but only once _worker runs: a spawned
+    worker first starts Python and imports this package again (0.2 s), and a Ctrl-C then printed its
+    KeyboardInterrupt traceback (found by review). The mask goes through fork and exec: the worker is born with
+    SIGINT blocked, one that comes meanwhile waits, and _worker, which ignores SIGINT (dropping it) before it sets
+    the parent's mask back, never sees it. Blocked, not ignored here: setting SIG_IGN drops a pending one, another
+    thread (the indexer's sender) takes one the main thread blocks and would drop it, and macOS drops an ignored
+    signal even blocked; this process's handler (signals_held's recorder) takes it when the mask is put back.
+    Starting the resource tracker unblocks SIGINT: it is started first."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
+        yield None
         return
     if context.get_start_method() != "fork":
         from multiprocessing import resource_tracker
@@ -240,7 +240,7 @@ def _born_blocking_ctrl_c(context: Any) -> Iterator[None]:
     before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
-        yield
+        yield before
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
