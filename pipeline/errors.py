@@ -71,9 +71,9 @@ def stream_errors() -> tuple[type[BaseException], ...]:
     import ijson
     import jsonlines
 
-    from .formats import CutShort, zstd_reading
+    from .formats import CutShort, NotText, zstd_reading
     errors = (ijson.JSONError, jsonlines.InvalidLineError, EOFError, CutShort, gzip.BadGzipFile, zlib.error,
-              UnicodeDecodeError, decimal.InvalidOperation)
+              UnicodeDecodeError, decimal.InvalidOperation, NotText)
     try:
         return errors + (zstd_reading().ZstdError,)
     except PipelineError:       # no zstd reader here: a plain or gzip file still reads, and fails, as it is

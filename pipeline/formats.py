@@ -405,8 +405,9 @@ class _Growing:
     string: no newline, and every quote escaped. yajl lexes a token that spans reads again from its start at
     every read, so one string of 300 MB read 256 KiB at a time was lexed 1,200 times over (83 s); growing
     reads make that linear. Other reads, a minified file's too, stay as asked (so memory stays as it was).
-    A fault below (a cut gzip stream) is raised once the bytes before it are handed on, so that it is placed
-    at the record it cuts, as the fast reader, which reads line by line, places it."""
+    A fault below (a cut gzip stream), or an escaped surrogate that is not half of a pair (see
+    `_lone_surrogate_at`), is raised once the bytes before it are handed on, so that it is placed at the
+    record it is in, as the fast reader, which reads line by line, places it."""
 
     GROW_TO = 16 << 20
 
@@ -416,19 +417,42 @@ class _Growing:
         self.fault: BaseException | None = None
         self.ended = False          # the document has ended: at the end of the file, a newline is read (below)
         self.taken = 0              # bytes handed to the parser
+        self.held = b""             # read, not yet handed on: an escape may go on in the next read
+        self.escaping = 0           # 1: what was handed on ends in a backslash that escapes what comes next
 
     def read(self, size: int) -> bytes:
         if self.fault is not None:
             raise self.fault
         size = max(size, self.ask)
-        pieces: list[bytes] = []
+        pieces, self.held = [self.held], b""
+        whole = True            # every escape in what is handed on can be judged: nothing of it follows
         try:
-            _filled(pieces, self.read_below, size)
+            while True:
+                got = len(pieces)
+                _filled(pieces, self.read_below, size)
+                data = b"".join(pieces)
+                if sum(map(len, pieces[got:])) < size:      # fewer bytes than asked: the end
+                    break
+                cut = _unfinished_escape(data)
+                if cut == len(data):
+                    break
+                if cut > 0:
+                    data, self.held = data[:cut], data[cut:]
+                    break
+                pieces = [data]
         except stream_errors() as exc:
-            if not pieces:
+            data = b"".join(pieces)
+            if not data:
                 raise
-            self.fault = exc
-        data = b"".join(pieces)
+            self.fault, whole = exc, False
+        lone = _lone_surrogate_at(data, self.escaping, len(data) if whole else _unfinished_escape(data))
+        if lone is not None:
+            self.fault = NotText(f"a lone surrogate, \\u{int(data[lone + 2:lone + 6], 16):04x}, is not text")
+            data, self.held = data[:lone], b""
+            if not data:
+                raise self.fault
+        run = _backslashes_before(data, len(data))
+        self.escaping = (self.escaping + run) % 2 if run == len(data) else run % 2
         self.taken += len(data)
         inside_a_string = b"\n" not in data and data.count(b'"') == data.count(b'\\"')
         self.ask = min(size * 2, self.GROW_TO) if inside_a_string else 0
@@ -441,6 +465,53 @@ class _Growing:
             self.ended = False
             return b"\n"
         return data
+
+
+class NotText(ValueError):
+    """A string of the file holds what no text holds: an escaped surrogate that is not half of a pair."""
+
+
+_SURROGATE_AT = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_HIGH_AT = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
+_LOW_AT = re.compile(rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _unfinished_escape(data: bytes) -> int:
+    """Where, near the end of `data`, an escaped surrogate or a pair of them (12 bytes) may begin that the
+    bytes after `data` would finish, or len(data): from there on, it is judged with them."""
+    cut = data.find(b"\\", max(len(data) - 11, 0))
+    if cut < 0:
+        return len(data)
+    return cut - 6 if cut >= 6 and _HIGH_AT.match(data, cut - 6) else cut     # a pair is not cut in two
+
+
+def _lone_surrogate_at(data: bytes, escaping: int, until: int) -> int | None:
+    """Where `data` holds an escaped surrogate (\\ud800 to \\udfff) that is not half of a pair, a high one
+    followed at once by an escaped low one, or None; escapes from `until` on are not judged. yajl makes a
+    high one alone '?', and one followed by another escape a character of the two; a low one alone, bytes
+    that are not UTF-8. A backslash begins an escape after an even run of them (the others are escaped
+    backslashes: "\\\\ud800" is text); `escaping`: whether a backslash before `data` escapes its first byte."""
+    if b"\\u" not in data:
+        return None
+    paired = -1                 # where the last pair ends
+    for found in _SURROGATE_AT.finditer(data, 0, until + 5):
+        at = found.start()
+        run = _backslashes_before(data, at)
+        if at < paired or (run + (escaping if run == at else 0)) % 2:
+            continue            # the low half of a pair, or an escaped backslash and text
+        if _HIGH_AT.match(data, at) and _LOW_AT.match(data, at + 6):
+            paired = at + 12
+            continue
+        return at
+    return None
+
+
+def _backslashes_before(data: bytes, at: int) -> int:
+    """How many backslashes come in a row just before `at`."""
+    before = at
+    while before and data[before - 1] == 0x5C:
+        before -= 1
+    return at - before
 
 
 def _json_end(events: Events, checksum: Any, end: Ended) -> Iterator[Section]:

@@ -1,7 +1,9 @@
 """Every malformed file is refused with one line naming the place, exit 1, and the database unchanged."""
 
 import gzip
+import io
 import json
+import sqlite3
 
 import pytest
 import zstandard
@@ -101,10 +103,24 @@ CASES = [
     ("twice-field.jsonl", JSONL.replace(b'"role": "user",', b'"role": "user", "role": "user",', 1),
      "line 4: field 'role' appears twice"),
     # json.loads keeps an escaped lone surrogate, which no UTF-8 text holds: import ended in a traceback
-    # (found by review). The JSON reader (yajl) makes it '?' (README, Limits).
+    # (found by review).
     ("lone-surrogate.jsonl", JSONL.replace(b'"content": "', b'"content": "\\ud800', 1),
      "line 4: the file is cut short or corrupt (line contains invalid json: a lone surrogate, \\ud800, is not "
      "text)"),
+    # yajl made an escaped high surrogate with no low one after it '?' (and one followed by another escape, a
+    # character of the two: \ud800\u0041 as U+10041), and a low one alone bytes that are not UTF-8: the
+    # text imported was not the file's, or the fault was 'utf-8'. Refused as JSON Lines and the fast readers
+    # refuse them.
+    ("lone-surrogate.json", TEXT.replace(b'"content": "', b'"content": "\\ud800', 1),
+     "messages[0]: the file is cut short or corrupt (a lone surrogate, \\ud800, is not text)"),
+    ("surrogate-then-escape.json", TEXT.replace(b'"content": "', b'"content": "\\ud800\\u0041', 1),
+     "messages[0]: the file is cut short or corrupt (a lone surrogate, \\ud800, is not text)"),
+    ("lone-low-surrogate.json", TEXT.replace(b'"content": "', b'"content": "\\uDC00', 1),
+     "messages[0]: the file is cut short or corrupt (a lone surrogate, \\udc00, is not text)"),
+    ("surrogates-reversed.json", TEXT.replace(b'"content": "', b'"content": "\\ude00\\ud83d', 1),
+     "messages[0]: the file is cut short or corrupt (a lone surrogate, \\ude00, is not text)"),
+    ("lone-surrogate-in-header.json", TEXT.replace(b'"exportedAt": "', b'"exportedAt": "\\ud800', 1),
+     "the header: the file is cut short or corrupt (a lone surrogate, \\ud800, is not text)"),
     # An integer of more digits than Python converts (4,300): ijson's C backend crashed (a segmentation fault,
     # exit 139, nothing said) in an integer column, and raised a SystemError traceback in a real one.
     ("huge-integer.json", TEXT.replace(b'"messageCount": 3', b'"messageCount": ' + b"7" * 5000, 1),
@@ -220,6 +236,37 @@ def test_bad_file_creates_no_database(tmp_path, name, data, message):
     result = memory("import", "--db", tmp_path / "new.db", tmp_path / name)
     assert (result.exit_code, result.stderr) == (1, f"Error: {message}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+# Escapes the surrogate check must read as JSON does: a pair, an escaped backslash before "ud800" (text, not
+# an escape), an escaped backslash then a pair, an escape of another character.
+ESCAPED = [(b"\\ud83d\\ude00", "\U0001f600"), (b"\\\\ud800", "\\ud800"),
+           (b"\\\\\\ud83d\\uDE00", "\\\U0001f600"), (b"\\u00e9", "\u00e9")]
+
+
+@pytest.mark.parametrize("escaped, text", ESCAPED, ids=["pair", "escaped-backslash", "backslash-pair", "plain"])
+def test_escapes_that_are_text_import_as_the_file_has_them(tmp_path, escaped, text):
+    (tmp_path / "x.json").write_bytes(TEXT.replace(b'"content": "', b'"content": "' + escaped, 1))
+    assert memory("import", "--db", tmp_path / "x.db", "-q", tmp_path / "x.json").exit_code == 0
+    first = sqlite3.connect(tmp_path / "x.db").execute("SELECT content FROM messages_meta ORDER BY rowid").fetchone()
+    assert first[0] == text + json.loads(TEXT)["messages"][0]["content"]
+
+
+def test_surrogates_are_judged_whatever_the_reads_cut():
+    """The JSON reader's reads, cut at every place: a pair is handed on whole, the bytes before a lone one are
+    handed on, then the fault."""
+    from pipeline.formats import NotText, _Growing
+    good = b'["a\\ud83d\\ude00", "\\\\ud800", "\\\\\\ud83d\\udE00\\\\"]'
+    bad = b'["a\\ud83d\\ude00", "\\\\\\ud800\\\\ud800"]'
+    for size in range(1, len(bad) + 2):
+        growing = _Growing(io.BytesIO(good))
+        assert b"".join(iter(lambda: growing.read(size), b"")) == good
+        growing = _Growing(io.BytesIO(bad))
+        read = b""
+        with pytest.raises(NotText, match=r"^a lone surrogate, \\ud800, is not text$"):
+            while piece := growing.read(size):
+                read += piece
+        assert read == bad[:bad.index(b"\\ud800\\\\")]
 
 
 def cut_files():
