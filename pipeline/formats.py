@@ -45,6 +45,7 @@ _YAJL = ijson.get_backend(IJSON_BACKEND)
 # the digits, 0.05 s for 100,000 of them and 6 s for a million (measured, Python 3.11), before the refusal.
 if hasattr(sys, "set_int_max_str_digits"):     # Python 3.10.7 on: before it, there was no limit
     sys.set_int_max_str_digits(0)
+_DEFAULT_DIGITS = getattr(sys.int_info, "default_max_str_digits", 4300)
 
 
 def _nothing(checksum: Any) -> None:
@@ -818,7 +819,7 @@ def _integer(text: str) -> int:
     digits; see set_int_max_str_digits above), which would take time quadratic in its length: one as long, its
     first 18 digits its own and the rest zeros, made in linear time. Every check refuses it as past 64 bits,
     and a message gives only its number of digits (records.shown)."""
-    if len(text) <= 4300:
+    if len(text) <= _DEFAULT_DIGITS:
         return int(text)
     return int(text[:19]) * 10 ** (len(text) - 19)
 

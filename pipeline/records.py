@@ -37,6 +37,9 @@ def shown(value: Any) -> str:
     if type(value) is int and value.bit_length() > 256:     # repr() of it takes time quadratic in its digits
         return f"an integer of about {value.bit_length() * 0.30103:,.0f} digits"
     text = str(value) if isinstance(value, Decimal) else repr(value)
+    if len(text) > 60 and isinstance(value, Decimal) and value.is_finite():      # its exponent kept
+        mantissa, exponent = format(value, "E").split("E")
+        return f"{mantissa[:40]}...E{exponent}"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -55,8 +58,6 @@ def _problem(column: Column, value: Any) -> str | None:
         return None
     if type(value) not in _ACCEPTS[column.type]:
         return f"{column.field} must be {_WANTS[column.type]}, got {shown(value)}"
-    if type(value) is int and not INT64[0] <= value <= INT64[1]:
-        return f"{column.field} must fit in 64 bits, got {shown(value)}"
     if column.choices and value not in column.choices:
         allowed = " or ".join(repr(c) for c in column.choices) if len(column.choices) == 2 else \
             "one of " + ", ".join(repr(c) for c in column.choices)
@@ -65,6 +66,8 @@ def _problem(column: Column, value: Any) -> str | None:
         return f"{column.field} must be a finite number, got {shown(value)}"
     if column.between and not column.between[0] <= value <= column.between[1]:
         return f"{column.field} must be between {column.between[0]:g} and {column.between[1]:g}, got {shown(value)}"
+    if type(value) is int and not INT64[0] <= value <= INT64[1]:     # (a range says more, where there is one)
+        return f"{column.field} must fit in 64 bits, got {shown(value)}"
     return None
 
 

@@ -126,7 +126,12 @@ CASES = [
     ("huge-integer.json", TEXT.replace(b'"messageCount": 3', b'"messageCount": ' + b"7" * 5000, 1),
      "sessions[0]: messageCount must fit in 64 bits, got an integer of about 5,000 digits"),
     ("huge-integer-real.json", TEXT.replace(b'"weight": 0.125', b'"weight": ' + b"7" * 5000, 1),
-     "entityLinks[0]: weight must fit in 64 bits, got an integer of about 5,000 digits"),
+     "entityLinks[0]: weight must be between 0 and 1, got an integer of about 5,000 digits"),
+    # A long number's exponent was cut off the message ("got 7.7777...").
+    ("long-mantissa.json", TEXT.replace(b'"weight": 0.125', b'"weight": ' + b"7" * 100 + b"e400", 1),
+     "entityLinks[0]: weight must be a finite number, got 7." + "7" * 38 + "...E+499"),
+    ("long-mantissa-in-range.json", TEXT.replace(b'"weight": 0.125', b'"weight": 1.' + b"0" * 100 + b"1", 1),
+     "entityLinks[0]: weight must be between 0 and 1, got 1." + "0" * 38 + "...E+0"),
     ("huge-integer.jsonl", JSONL.replace(b'"messageCount": 3', b'"messageCount": ' + b"7" * 5000, 1),
      "sessions[0]: messageCount must fit in 64 bits, got an integer of about 5,000 digits"),
     ("huge-count.json", TEXT.replace(b'"sessions": 2,', b'"sessions": ' + b"9" * 5000 + b",", 1),
