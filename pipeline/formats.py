@@ -427,12 +427,14 @@ class _Growing:
         size = max(size, self.ask)
         pieces, self.held = [self.held], b""
         whole = True            # every escape in what is handed on can be judged: nothing of it follows
+        end = False             # the file ends with what is handed on
         try:
             while True:
                 got = len(pieces)
                 _filled(pieces, self.read_below, size)
                 data = b"".join(pieces)
                 if sum(map(len, pieces[got:])) < size:      # fewer bytes than asked: the end
+                    end = True
                     break
                 cut = _unfinished_escape(data)
                 if cut == len(data):
@@ -446,14 +448,14 @@ class _Growing:
             if not data:
                 raise
             self.fault, whole = exc, False
-        lone = _lone_surrogate_at(data, self.escaping, len(data) if whole else _unfinished_escape(data))
+        lone = _lone_surrogate_at(data, self.escaping, len(data) if whole else _unfinished_escape(data), end)
         if lone is not None:
             self.fault = NotText(f"a lone surrogate, \\u{int(data[lone + 2:lone + 6], 16):04x}, is not text")
             data, self.held = data[:lone], b""
             if not data:
                 raise self.fault
         run = _backslashes_before(data, len(data))
-        self.escaping = (self.escaping + run) % 2 if run == len(data) else run % 2
+        self.escaping = (run + (self.escaping if run == len(data) else 0)) % 2
         self.taken += len(data)
         inside_a_string = b"\n" not in data and data.count(b'"') == data.count(b'\\"')
         self.ask = min(size * 2, self.GROW_TO) if inside_a_string else 0
@@ -472,9 +474,14 @@ class NotText(ValueError):
     """A string of the file holds what no text holds: an escaped surrogate that is not half of a pair."""
 
 
-_SURROGATE_AT = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _HIGH_AT = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
 _LOW_AT = re.compile(rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+# What may be an escaped surrogate alone: a high one not followed by a low one, a low one not preceded by a high
+# one that follows no backslash (so surely an escape). A pair is no match: where it is most of a file (Python's
+# json.dumps escapes every emoji so), the scan stays in C (a Python step per pair made such a file 6x slower).
+_LONE = re.compile(rb"\\u[dD](?:[89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                   rb"|[c-fC-F][0-9a-fA-F]{2}(?<!(?<![\\])[\\]u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}))")
+_CUT_LOW = re.compile(rb"(?:\\(?:u(?:[dD](?:[c-fC-F][0-9a-fA-F]?)?)?)?)?")    # its start, cut by the file's end
 
 
 def _unfinished_escape(data: bytes) -> int:
@@ -486,33 +493,46 @@ def _unfinished_escape(data: bytes) -> int:
     return cut - 6 if cut >= 6 and _HIGH_AT.match(data, cut - 6) else cut     # a pair is not cut in two
 
 
-def _lone_surrogate_at(data: bytes, escaping: int, until: int) -> int | None:
+def _lone_surrogate_at(data: bytes, escaping: int, until: int, end: bool) -> int | None:
     """Where `data` holds an escaped surrogate (\\ud800 to \\udfff) that is not half of a pair, a high one
     followed at once by an escaped low one, or None; escapes from `until` on are not judged. yajl makes a
     high one alone '?', and one followed by another escape a character of the two; a low one alone, bytes
     that are not UTF-8. A backslash begins an escape after an even run of them (the others are escaped
-    backslashes: "\\\\ud800" is text); `escaping`: whether a backslash before `data` escapes its first byte."""
+    backslashes: "\\\\ud800" is text); `escaping`: whether a backslash before `data` escapes its first byte.
+    `end`: the file ends with `data`; a high one that it cuts short of its low one is left to the parser,
+    which says the file is cut short."""
     if b"\\u" not in data:
         return None
-    paired = -1                 # where the last pair ends
-    for found in _SURROGATE_AT.finditer(data, 0, until + 5):
+    for found in _LONE.finditer(data, 0, until + 5):
         at = found.start()
-        run = _backslashes_before(data, at)
-        if at < paired or (run + (escaping if run == at else 0)) % 2:
-            continue            # the low half of a pair, or an escaped backslash and text
-        if _HIGH_AT.match(data, at) and _LOW_AT.match(data, at + 6):
-            paired = at + 12
-            continue
-        return at
+        if not _escape_at(data, at, escaping):
+            continue            # an escaped backslash, then text
+        if data[at + 3] in b"89abAB":
+            if end and _CUT_LOW.fullmatch(data, at + 6):
+                continue
+            return at
+        if at < 6 or not _HIGH_AT.match(data, at - 6) or not _escape_at(data, at - 6, escaping):
+            return at           # (else the low half of a pair whose high one follows backslashes)
     return None
 
 
+def _escape_at(data: bytes, at: int, escaping: int) -> bool:
+    """Whether the backslash at `at` begins an escape: an even run of backslashes comes before it."""
+    run = _backslashes_before(data, at)
+    return (run + (escaping if run == at else 0)) % 2 == 0
+
+
 def _backslashes_before(data: bytes, at: int) -> int:
-    """How many backslashes come in a row just before `at`."""
-    before = at
-    while before and data[before - 1] == 0x5C:
-        before -= 1
-    return at - before
+    """How many backslashes come in a row just before `at` (read back in growing steps: a read of a string
+    of backslashes is 16 MiB of them)."""
+    start, step = at, 64
+    while start > 0:
+        piece = data[max(start - step, 0):start]
+        kept = len(piece.rstrip(b"\\"))
+        if kept:
+            return at - (start - len(piece) + kept)
+        start, step = start - len(piece), step * 2
+    return at
 
 
 def _json_end(events: Events, checksum: Any, end: Ended) -> Iterator[Section]:

@@ -119,6 +119,9 @@ CASES = [
      "messages[0]: the file is cut short or corrupt (a lone surrogate, \\udc00, is not text)"),
     ("surrogates-reversed.json", TEXT.replace(b'"content": "', b'"content": "\\ude00\\ud83d', 1),
      "messages[0]: the file is cut short or corrupt (a lone surrogate, \\ude00, is not text)"),
+    # A file cut inside a pair is cut short, not a lone surrogate (found by review).
+    ("cut-in-pair.json", TEXT.replace(b'"content": "', b'"content": "\\ud83d\\ude00', 1).split(b"\\ude00")[0],
+     "messages[0]: the file is cut short or corrupt (parse error: premature EOF)"),
     ("lone-surrogate-in-header.json", TEXT.replace(b'"exportedAt": "', b'"exportedAt": "\\ud800', 1),
      "the header: the file is cut short or corrupt (a lone surrogate, \\ud800, is not text)"),
     # An integer of more digits than Python converts (4,300): ijson's C backend crashed (a segmentation fault,
