@@ -480,7 +480,8 @@ _LOW_AT = re.compile(rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 # one that follows no backslash (so surely an escape). A pair is no match: where it is most of a file (Python's
 # json.dumps escapes every emoji so), the scan stays in C (a Python step per pair made such a file 6x slower).
 _LONE = re.compile(rb"\\u[dD](?:[89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-                   rb"|[c-fC-F][0-9a-fA-F]{2}(?<!(?<![\\])[\\]u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}))")
+                   rb"|[c-fC-F][0-9a-fA-F]{2}"
+                   rb"(?<!(?<![\\])[\\]u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}))")
 _CUT_LOW = re.compile(rb"(?:\\(?:u(?:[dD](?:[c-fC-F][0-9a-fA-F]?)?)?)?)?")    # its start, cut by the file's end
 
 

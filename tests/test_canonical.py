@@ -49,7 +49,8 @@ def rewritten(name: str, data: bytes) -> bytes:
         return b"".join(_encoded(_pairs(line)) + b"\n" for line in data.splitlines())
     byte_faults = {"half.json": JSON[: len(JSON) // 2], "cut-in-header.json": JSON[:40], "trailing.json": JSON + b"{}",
                    "bad-utf8.json": JSON.replace(b"loom", b"lo\xffm", 1),
-                   "cut-in-pair.json": JSON.replace(b'"content":"', b'"content":"\\ud83d\\ude00', 1).split(b"\\ude00")[0],
+                   "cut-in-pair.json": JSON.replace(b'"content":"', b'"content":"\\ud83d\\ude00', 1).split(
+                       b"\\ude00")[0],
                    "deep.json": JSON.replace(b'"weight":0.125', b'"weight":' + b"[" * 100_000 + b"]" * 100_000)}
     if name in byte_faults:
         return byte_faults[name]
