@@ -19,7 +19,7 @@ from . import formats
 from .errors import stream_errors
 from .formats import CHECKSUM, HEADER_KEYS, Ended, Header, Section
 from .parallel import Parser
-from .records import Checked, Counted, checker
+from .records import Counted, checker
 from .tables import BY_KEY
 
 # Set (to anything but "" or "0") to read every file through the strict readers alone; CI runs the
@@ -432,7 +432,7 @@ def work(layout: str, key: str, minor: int, keep: bool, run: bytes) -> Any:
     if records is None:
         return None
     if check is not None and check.fast(records):
-        return Checked(map(check.row, records)) if keep else Counted(len(records))
+        return check.rows(records) if keep else Counted(len(records))
     if quick:
         records = parse(run, key, False)
         if records is None:

@@ -28,7 +28,7 @@ from .integrity import SINCE as CHECKSUM_SINCE
 from .integrity import Summing
 from .merge import Merge
 from .parallel import Parser
-from .records import batches, checker, rows_of, shown, texts_of
+from .records import Checked, checker, row_batches, shown, texts_of
 from .search_index import TABLE, SideIndex
 from .tables import BY_KEY, FORMAT_MAJOR, INT64, TABLES, Record, Table
 from .values import NeedsCast, RawText
@@ -212,6 +212,7 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
         conn.execute(SUMMARY_ON_INSERT)
         conn.execute(SUMMARY_CLEARED)
         bulk = clear or not conn.execute("SELECT 1 FROM messages_meta LIMIT 1").fetchone()
+        utf8 = conn.execute("PRAGMA encoding").fetchone()[0] == "UTF-8"   # (CAST reads bytes in the database's)
         # Into empty tables: indexes built once at the end, the search index beside the load (search_index.py).
         search = SideIndex(conn, BY_KEY["messages"], backup.minor) if bulk else None
         derived = derived_rebuilt(conn, phase, search.written) if search else nullcontext()
@@ -227,7 +228,9 @@ def load(conn: sqlite3.Connection, backup: Backup, *, clear: bool = False, on_co
                 report.records[table.key] = 0
                 sql = functools.partial(insert_sql, table, backup.minor, into=merge.stage(table) if merge else None)
                 texts = texts_of(table.columns_in(backup.minor))       # what a batch of long rows is sized by
-                for batch in batches(rows_of(table, backup.minor, records), texts):
+                for batch in row_batches(table, backup.minor, records, texts):
+                    if not utf8 and type(batch) is Checked and batch.encoded:
+                        batch = Checked(map(_decoded, batch))   # bound as str, which SQLite stores in its encoding
                     _insert(conn, table, sql, batch, report.records[table.key])
                     report.records[table.key] += len(batch)
                     if search and not merge and table.name == TABLE:     # a merge stages rows: rowids come later
@@ -273,17 +276,20 @@ def insert_sql(table: Table, minor: int, casts: Iterable[bool] = (), into: str |
 
 def _insert(conn: sqlite3.Connection, table: Table, sql: Callable[..., str], batch: list[tuple], start: int) -> None:
     """executemany one batch. When the database rejects a row, insert them one by one to find which and say
-    so; when a row holds TEXT that is not UTF-8 (RawText refuses to be bound), to CAST its bytes."""
+    so; when a row holds TEXT that is not UTF-8 (RawText refuses to be bound), to CAST its bytes. A Checked
+    batch's long texts are UTF-8 bytes, CAST too."""
+    encoded = batch.encoded if type(batch) is Checked and batch else ()
     conn.execute("SAVEPOINT batch")
     try:
-        conn.executemany(sql(), batch)
+        conn.executemany(sql(casts=[i in encoded for i in range(len(batch[0]))]) if encoded else sql(), batch)
     except (sqlite3.IntegrityError, NeedsCast) as exc:
         conn.execute("ROLLBACK TO batch")
         for offset, row in enumerate(batch):
-            casts = [type(value) is RawText for value in row]
+            casts = [type(value) is RawText or i in encoded for i, value in enumerate(row)]
             try:
                 if any(casts):
-                    conn.execute(sql(casts=casts), [bytes(v) if cast else v for v, cast in zip(row, casts)])
+                    conn.execute(sql(casts=casts), [bytes(v) if cast and v is not None else v
+                                                    for v, cast in zip(row, casts)])
                 else:
                     conn.execute(sql(), row)
             except sqlite3.IntegrityError as error:
@@ -291,6 +297,10 @@ def _insert(conn: sqlite3.Connection, table: Table, sql: Callable[..., str], bat
         if isinstance(exc, sqlite3.IntegrityError):
             raise        # the batch failed but no row alone did: not something to paper over
     conn.execute("RELEASE batch")
+
+
+def _decoded(row: tuple) -> tuple:
+    return tuple(v.decode() if type(v) is bytes else v for v in row)
 
 
 def _clear(conn: sqlite3.Connection) -> None:

@@ -19,10 +19,11 @@ from .parallel import cores, started, stopped
 from .tables import Table
 
 ENV = "MEMORY_PARALLEL_INDEX"   # "0": always rebuild here; "1": a worker from the first batch (the tests use it)
-START = 8 << 20                 # characters of message text inserted before a worker pays for itself
+START = 8 << 20                 # message text (characters, or UTF-8 bytes, records.Checked) inserted before a
+                                # worker pays for itself
 SIDE_CACHE_KIB = 16 * 1024      # the scratch database's page cache: SQLite's 2 MiB made the build a third slower
 CHUNK = 250                     # rows per message, either way: about 250 KB of texts, or 1 MB of the index
-LONGEST = START                 # characters: a longer text is indexed by a rebuild here. Sent, it is held again
+LONGEST = START                 # a longer text is indexed by a rebuild here. Sent, it is held again
                                 # pickled, in the worker and in the index sent back, with nothing to overlap: one
                                 # message of 10 / 100 MB took 0.61 s, 120 MB / 4.5 s, 900 MB, rebuilt here 0.48 s,
                                 # 89 MB / 3.2 s, 703 MB
@@ -66,9 +67,10 @@ class SideIndex:
         if self.off:
             return
         contents = [row[self.content_at] for row in batch]
-        lengths = [len(text) for text in contents if type(text) is str]
-        if lengths and max(lengths) > LONGEST:
-            self.stop()
+        text = bytes if self.content_at in getattr(batch, "encoded", ()) else str     # (records.Checked)
+        lengths = [len(content) for content in contents if type(content) is text]
+        if len(lengths) < len(contents) or lengths and max(lengths) > LONGEST:
+            self.stop()         # not all text (a typed value), or one too long to be worth sending
             return
         if self.process is None:
             self.text += sum(lengths)
@@ -149,18 +151,16 @@ class SideIndex:
         try:
             rows = self.conn.execute(f"SELECT rowid, {COLUMN}, typeof({COLUMN}) FROM {TABLE} ORDER BY rowid")
             while (chunk := rows.fetchmany(CHUNK)) and not self.off:
-                try:
-                    contents = [text.decode() if kind == b"text" else text for _, text, kind in chunk]
-                except UnicodeDecodeError:
-                    contents = [None]
+                contents = [text if kind == b"text" and _utf8(text) else None for _, text, kind in chunk]
                 self._send([rowid for rowid, _, _ in chunk], contents)
         finally:
             self.conn.text_factory = factory
 
     def _send(self, rowids: list, contents: list) -> None:
-        # A rowid that is not an integer, or a text that is not str (a typed value, TEXT that is not UTF-8):
-        # what a rebuild makes of it is not sure to be what an insert here makes of it.
-        if self.gone or not (all(type(r) is int for r in rowids) and all(type(c) is str for c in contents)):
+        # A rowid that is not an integer, or a text that is none (None for a typed value, TEXT that is not UTF-8):
+        # what a rebuild makes of it is not sure to be what an insert here makes of it. A text is str or its
+        # UTF-8 bytes.
+        if self.gone or not (all(type(r) is int for r in rowids) and all(type(c) in (str, bytes) for c in contents)):
             self.stop()
             return
         self.queue.put(pickle.dumps((rowids, contents), pickle.HIGHEST_PROTOCOL))
@@ -173,6 +173,14 @@ class SideIndex:
                     self.jobs.send_bytes(job)
                 except (OSError, ValueError):
                     self.gone = True
+
+
+def _utf8(text: bytes) -> bool:
+    try:
+        text.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _as_memory_nexus_makes_it(conn: sqlite3.Connection) -> bool:
@@ -203,7 +211,8 @@ def _build(jobs: Any, answers: Any, sql: str, cache_kib: int) -> None:
         indexed = 0
         while (job := jobs.recv()) is not None:
             rowids, contents = job
-            side.executemany(f"INSERT INTO {INDEX}(rowid, {COLUMN}) VALUES (?, ?)", zip(rowids, contents))
+            side.executemany(f"INSERT INTO {INDEX}(rowid, {COLUMN}) VALUES (?, CAST(? AS TEXT))",    # (bytes: UTF-8)
+                             zip(rowids, contents))
             indexed += len(rowids)
         side.execute("COMMIT")          # FTS5 writes its pending terms and totals at commit
         for name, columns in SHADOWS.items():

@@ -4,12 +4,14 @@ import json
 import math
 import re
 import sqlite3
+from contextlib import closing
 
 import pytest
 from conftest import (COMPAT_DB, COMPAT_EXPORT, SAMPLE, TYPED_SAMPLE, make_database, memory, needs_compat, snapshot,
                       values, without)
 
 from pipeline import export
+from pipeline.database import create_schema
 from pipeline.tables import BY_KEY, TABLES
 
 pytestmark = pytest.mark.usefixtures("parse_path")   # every test on the fast and the strict reader
@@ -24,6 +26,22 @@ def test_export_then_import_restores_every_row_and_search_result(tmp_path, name)
     result = memory("import", "--db", tmp_path / "restored.db", tmp_path / name)
     assert result.exit_code == 0, result.output
     assert snapshot(tmp_path / "restored.db") == snapshot(source)
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["empty", "merged"])
+def test_import_into_a_utf16_database_keeps_every_text(tmp_path, sample_db, merged):
+    """The reader's worker hands long texts on as UTF-8 bytes, which SQLite's CAST would read as UTF-16 here."""
+    db = tmp_path / "utf16.db"
+    with closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("PRAGMA encoding = 'UTF-16le'")
+        create_schema(conn)
+    if merged:
+        assert memory("import", "--db", db, "-q", SAMPLE).exit_code == 0
+    assert memory("export", "--db", sample_db, "-q", tmp_path / "a.json").exit_code == 0
+    assert memory("import", "--db", db, "-q", "-y", "--on-conflict", "replace", tmp_path / "a.json").exit_code == 0
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA encoding").fetchone()[0] == "UTF-16le"
+    assert snapshot(db) == snapshot(sample_db)
 
 
 def test_sample_values_survive_two_round_trips_exactly(tmp_path, sample_db):
