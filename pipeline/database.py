@@ -46,6 +46,19 @@ BEGIN
 END"""
 
 
+def _as_it_is(value: object) -> object:
+    return value
+
+
+# The sqlite3 module binds an int, float, str or bytearray as it is; any other value (None, bytes) it first
+# offers to an adapter, and where none is registered it looks for one with getattr calls that fail: an
+# AttributeError made, its message formatted, and dropped, for each such value bound (measured with
+# scripts/instructions.py: 8% of an import's own process). Registered, these two are found at once and give
+# the value back as it is. (For every connection of this process; a program that registers its own keeps it.)
+for _type in (type(None), bytes):
+    sqlite3.adapters.setdefault((_type, sqlite3.PrepareProtocol), _as_it_is)
+
+
 # SQLite's own text for each result code told apart below (sqlite3_errstr), which its message starts with.
 _CODE_TEXT = {"SQLITE_BUSY": "database is locked", "SQLITE_FULL": "database or disk is full"}
 
