@@ -83,14 +83,19 @@ def open_for_reading(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise DatabaseProblem(f"no database at {path}")
     _roll_back_hot_journal(path)
-    uri = f"file:{quote(os.fsencode(path.resolve()))}?mode=ro"      # the bytes of the name, not UTF-8 text
     try:
-        conn = _configure(sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False))
+        conn = connect_read_only(str(path.resolve()))
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         raise DatabaseProblem(f"cannot read {path}: {exc}") from exc
     require_memory_tables(conn, path)
     return conn
+
+
+def connect_read_only(path: str) -> sqlite3.Connection:
+    """A read-only connection to the database at `path` (an absolute name), with this tool's settings."""
+    uri = f"file:{quote(os.fsencode(path))}?mode=ro"      # the bytes of the name, not UTF-8 text
+    return _configure(sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False))
 
 
 def require_memory_tables(conn: sqlite3.Connection, path: Path) -> None:

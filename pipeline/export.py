@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
@@ -12,10 +13,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
-from . import records
+from . import ranges, records
 from .database import counts, damaged, database_faults, quick_check, transaction
-from .formats import WRITERS
+from .errors import DatabaseProblem
+from .formats import WRITERS, Batches, Encoded, encoder
 from .output import atomic_file, output_stack
+from .ranges import Spread
 from .records import records_of
 from .schema_check import check_for_export
 from .tables import FORMAT_VERSION, TABLES, Table
@@ -52,10 +55,11 @@ def rows_from(conn: sqlite3.Connection, table: Table) -> Iterator[list[tuple]]:
         yield from _decoded(conn, select_sql(table), records.texts_of(table.columns))
 
 
-def _decoded(conn: sqlite3.Connection, sql: str, texts: Callable[[tuple], tuple]) -> Iterator[list[tuple]]:
+def _decoded(conn: sqlite3.Connection, sql: str, texts: Callable[[tuple], tuple], params: tuple = (),
+             size: int = ROWS) -> Iterator[list[tuple]]:
     read = 0
     try:
-        for rows in records.batches(conn.execute(sql), texts, ROWS):    # one that fails is read again below
+        for rows in records.batches(conn.execute(sql, params), texts, size):    # one that fails is read again below
             yield rows
             read += len(rows)
         return
@@ -64,9 +68,31 @@ def _decoded(conn: sqlite3.Connection, sql: str, texts: Callable[[tuple], tuple]
             raise
     conn.text_factory = text_or_raw
     try:
-        yield from records.batches(conn.execute(sql + " LIMIT -1 OFFSET ?", (read,)), texts, ROWS)
+        yield from records.batches(conn.execute(sql + " LIMIT -1 OFFSET ?", (*params, read)), texts, size)
     finally:
         conn.text_factory = str
+
+
+class OutOfPlace(Exception):
+    """Rows of a range that are not where the rowids say (a damaged b-tree): what one core reads is then told."""
+
+
+def range_batches(conn: sqlite3.Connection, index: int, fmt: str, first: int, last: int, size: int
+                  ) -> Iterator[Encoded]:
+    """The rows of TABLES[index] whose rowids are first to last, written out as the file holds them, in
+    batches of `size` rows (or of records.HELD bytes): what ranges.Spread has done here or by its worker."""
+    table = TABLES[index]
+    write = encoder(fmt, table.key)
+    sql = select_sql(table).replace(" ORDER BY", " WHERE t.rowid BETWEEN ? AND ? ORDER BY")
+    before = first - 1
+    with database_faults(conn, table.key):
+        for rows in typed(table, _decoded(conn, sql, records.texts_of(table.columns), (first, last), size)):
+            rowids = list(map(_ROWID, rows))
+            rowids.insert(0, before)
+            if not (all(itertools.starmap(operator.lt, itertools.pairwise(rowids))) and rowids[-1] <= last):
+                raise OutOfPlace(f"rows of rowids {first} to {last} read out of order or out of that range")
+            before = rowids[-1]
+            yield Encoded(write(next(records_of(table, (rows,)))), len(rows), rowids[1], before)
 
 
 def intact(conn: sqlite3.Connection, table: Table, expected: int, batches: Iterable[list[tuple]]
@@ -120,18 +146,61 @@ def export(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: Callabl
     """Write the whole database to `out`. The schema check, PRAGMA quick_check when `check` is set, the counts
     and the rows come from one read transaction, so the file is one snapshot while others write (in WAL mode
     they are not blocked). Rows that disagree with the counts raise inside the writer: the caller's atomic
-    file is then never linked in."""
-    with transaction(conn, "DEFERRED"):
-        left_out = check_for_export(conn, skip_unknown)
-        if check:
-            quick_check(conn)
-        stats = counts(conn)
-        header = {"version": FORMAT_VERSION, "exportedAt": utc_now(), "stats": stats}
-        sections = ((table.key, records_of(table, typed(table, intact(conn, table, stats[table.key],
-                                                                       rows_from(conn, table)))))
-                    for table in TABLES)
-        WRITERS[fmt](out, header, sections, progress)
+    file is then never linked in. A big table is done on two cores (ranges.Spread) where there are two."""
+    spread = Spread(conn, range_batches)        # before the read transaction: see ranges
+    try:
+        with transaction(conn, "DEFERRED"):
+            left_out = check_for_export(conn, skip_unknown)
+            if check:
+                quick_check(conn)
+            stats = counts(conn)
+            header = {"version": FORMAT_VERSION, "exportedAt": utc_now(), "stats": stats}
+            sections = ((table.key, section(conn, spread, fmt, index, stats[table.key]))
+                        for index, table in enumerate(TABLES))
+            WRITERS[fmt](out, header, sections, progress)
+    finally:
+        spread.close()
     return Exported(stats, left_out)
+
+
+def section(conn: sqlite3.Connection, spread: Spread, fmt: str, index: int, expected: int) -> Batches:
+    """A table's batches: records made here from one scan of the table, or, for a big table, Encoded
+    batches of ranges of it (see ranges)."""
+    table = TABLES[index]
+    if not spread.wanted(expected):
+        return records_of(table, typed(table, intact(conn, table, expected, rows_from(conn, table))))
+    return _spread(conn, spread, fmt, index, expected)
+
+
+def _spread(conn: sqlite3.Connection, spread: Spread, fmt: str, index: int, expected: int) -> Iterator[Encoded]:
+    table = TABLES[index]
+    last, read = None, 0
+    try:
+        with database_faults(conn, table.key):
+            low, high = conn.execute(f'SELECT min(rowid), max(rowid) FROM "{table.name}"').fetchone()
+        here = functools.partial(range_batches, conn)
+        for batch in spread.batches(index, fmt, cut(low, high, expected), ROWS, here):
+            if last is not None and batch.first <= last:
+                raise OutOfPlace(f"rowid {batch.first} read after rowid {last}")
+            last, read = batch.last, read + batch.count
+            yield batch
+        if read != expected:
+            raise OutOfPlace(f"{read:,} rows read but the table counts {expected:,}")
+    except (OutOfPlace, DatabaseProblem, sqlite3.Error) as exc:
+        # Damage: said as one core's export says it, from one scan of the whole table (found by it first).
+        for _ in intact(conn, table, expected, rows_from(conn, table)):
+            pass
+        if isinstance(exc, OutOfPlace):
+            raise damaged(conn, f"{table.key}: {exc}") from exc
+        raise
+
+
+def cut(low: int | None, high: int | None, rows: int) -> list[tuple[int, int]]:
+    """Ranges of rowids from `low` to `high` of about ranges.RANGE rows each, where `rows` are spread evenly."""
+    if low is None or high is None:
+        return []
+    width = -(-(high - low + 1) // max(1, -(-rows // ranges.RANGE)))
+    return [(first, min(first + width - 1, high)) for first in range(low, high + 1, width)]
 
 
 Progress = Callable[[int], None]

@@ -13,7 +13,7 @@ import operator
 import re
 import sys
 import zlib
-from typing import IO, Any, Callable, Iterable, Iterator, Tuple
+from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple, Tuple
 
 import ijson
 import orjson
@@ -256,7 +256,31 @@ class Decompressed(io.RawIOBase):
 
 # ---- writing ----------------------------------------------------------------------------------------------
 
-def write_json(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Iterable[list[Record]]]],
+class Encoded(NamedTuple):
+    """A batch of records already written out (by `encoder`, maybe in another process), and the rowids of the
+    first and last of them."""
+    data: bytes
+    count: int
+    first: int
+    last: int
+
+
+# A section's batches: records, or Encoded ones.
+Batches = Iterable["list[Record] | Encoded"]
+
+
+def encoder(fmt: str, key: str) -> Callable[[list[Record]], bytes]:
+    """What a batch of a section's records is in the layout, as its writer below writes them: in a .json file
+    each record after ",\n" (the writer makes the first of an array's "\n"), in a .jsonl file each a line."""
+    if fmt == "json":
+        return lambda batch: b"".join(itertools.chain.from_iterable(zip(itertools.repeat(b",\n"),
+                                                                        map(_ENCODE, batch))))
+    start = _line_start(key)
+    return lambda batch: b"".join(itertools.chain.from_iterable(zip(itertools.repeat(start), map(_ENCODE, batch),
+                                                                    itertools.repeat(b"}\n"))))
+
+
+def write_json(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Batches]],
                progress: Callable[[int], None]) -> None:
     """One JSON document in memory-nexus's key order: the header first, then one array per table,
     one record per line so the file reads and diffs well, and last the checksum of all that."""
@@ -266,23 +290,44 @@ def write_json(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Ite
             out.write(b",\n" + encode(key) + b":[")
             count = 0
             for batch in batches:
+                if type(batch) is Encoded:
+                    _write_encoded(out, batch, None if count else b"\n", progress)
+                    count += batch.count
+                    continue
                 separators = itertools.chain((b",\n" if count else b"\n",), itertools.repeat(b",\n"))
                 _write_batch(out, zip(separators, map(_ENCODE, batch)), progress, len(batch))
                 count += len(batch)
             out.write(b"\n]" if count else b"]")
 
 
-def write_jsonl(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Iterable[list[Record]]]],
+def write_jsonl(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Batches]],
                 progress: Callable[[int], None]) -> None:
     """JSON Lines: the header, then {"table": key, "record": {...}} per record, then {"end": true} with the
     checksum of all that, so a file cut anywhere, or changed, is told from a whole one."""
     with summed(out, "jsonl") as out:
         out.write(encode({k: header[k] for k in HEADER_KEYS}, orjson.OPT_APPEND_NEWLINE))
         for key, batches in sections:
-            start = b'{"table":' + encode(key) + b',"record":'       # as orjson writes {"table":, "record":}
+            start = _line_start(key)
             for batch in batches:
+                if type(batch) is Encoded:
+                    _write_encoded(out, batch, None, progress)
+                    continue
                 _write_batch(out, zip(itertools.repeat(start), map(_ENCODE, batch), itertools.repeat(b"}\n")),
                              progress, len(batch))
+
+
+def _line_start(key: str) -> bytes:
+    return b'{"table":' + encode(key) + b',"record":'       # as orjson writes {"table":, "record":}
+
+
+def _write_encoded(out: IO[bytes], batch: Encoded, first: bytes | None, progress: Callable[[int], None]) -> None:
+    """An Encoded batch; where `first` is given, in place of the separator its data starts with (",\n")."""
+    if first is None:
+        out.write(batch.data)
+    else:
+        out.write(first)
+        out.write(memoryview(batch.data)[2:])
+    progress(batch.count)
 
 
 @contextlib.contextmanager

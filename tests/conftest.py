@@ -192,14 +192,32 @@ def parse_path(request, monkeypatch):
     """Run a test through the fast reader (files as memory writes them), through it with a worker process
     parsing its runs of lines from the first (pipeline.parallel), runs made small so that a file holds many,
     and another building the search index from the first message (pipeline.search_index), and through the
-    strict readers alone (pipeline.canonical.STRICT_ENV): every check is seen to hold on each."""
+    strict readers alone (pipeline.canonical.STRICT_ENV): every check is seen to hold on each. Exports are
+    made on one core, but for "parallel": on two (see export_path)."""
     from pipeline import canonical, parallel, search_index
     monkeypatch.setenv(canonical.STRICT_ENV, "1" if request.param == "strict" else "0")
     monkeypatch.setenv(parallel.ENV, "1" if request.param == "parallel" else "0")
     monkeypatch.setenv(search_index.ENV, "1" if request.param == "parallel" else "0")
     if request.param == "parallel":
         monkeypatch.setattr(canonical, "RUN", 4096)
+    exporting_on(request.param == "parallel", monkeypatch)
     return request.param
+
+
+@pytest.fixture(params=["one core", "two cores"])
+def export_path(request, monkeypatch):
+    """Run a test with exports made on one core, and on two (pipeline.ranges): a worker for every table of two
+    rows or more, ranges of 5 rows, batches of 3, so that a table is many ranges and a range many batches."""
+    exporting_on(request.param == "two cores", monkeypatch)
+    return request.param
+
+
+def exporting_on(two_cores: bool, monkeypatch) -> None:
+    from pipeline import export, ranges
+    monkeypatch.setenv(ranges.ENV, "1" if two_cores else "0")
+    if two_cores:
+        monkeypatch.setattr(ranges, "RANGE", 5)
+        monkeypatch.setattr(export, "ROWS", 3)
 
 
 def as_written(doc: dict, fmt: str) -> bytes:

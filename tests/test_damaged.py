@@ -12,6 +12,8 @@ import pytest
 from pipeline import export
 from conftest import COMPAT_DB, ROOT, SAMPLE, make_database, memory, needs_compat
 
+pytestmark = pytest.mark.usefixtures("export_path")   # every export on one core and on two
+
 HINT = "the database is damaged; check it with sqlite3 {db} 'PRAGMA integrity_check' and save what can be read " \
        "with sqlite3 {db} .recover"
 

@@ -11,6 +11,8 @@ from pipeline.database import open_for_reading
 from pipeline.export import export, select_sql
 from pipeline.tables import TABLES
 
+pytestmark = pytest.mark.usefixtures("export_path")   # every export on one core and on two
+
 NOT_OURS = "the database's schema is not memory-nexus 0.1.2's"
 
 

@@ -16,6 +16,8 @@ from contextlib import closing
 import pytest
 from conftest import ROOT, SAMPLE, make_database, memory, snapshot
 
+pytestmark = pytest.mark.usefixtures("export_path")   # every export on one core and on two
+
 WRITER = textwrap.dedent("""
     import sqlite3, sys, time
     conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)

@@ -1,0 +1,135 @@
+"""Export on two cores (pipeline.ranges): the same file as one core writes, from one snapshot, whatever becomes
+of the worker."""
+
+import os
+import re
+import signal
+import sqlite3
+
+import pytest
+from conftest import exporting_on, make_database, memory
+
+from pipeline import export, ranges
+
+
+def body(path) -> bytes:
+    """A file's bytes but for when it was written (and the checksum, which covers that)."""
+    data = path.read_bytes()
+    return re.sub(rb'"checksum":"[^"]*"', b"", re.sub(rb'"exportedAt":"[^"]*"', b"", data))
+
+
+@pytest.fixture
+def spreads(monkeypatch) -> list:
+    """Every ranges.Spread made, to see what its worker did."""
+    made = []
+    init = ranges.Spread.__init__
+
+    def recorded(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+    monkeypatch.setattr(ranges.Spread, "__init__", recorded)
+    return made
+
+
+@pytest.fixture
+def source(tmp_path):
+    db = make_database(tmp_path / "source.db", sessions=6, messages_per_session=40)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    # Values a one-core export writes as typed values or raw text: they must come out the same from the worker.
+    conn.execute("UPDATE messages_meta SET content = CAST(x'ff00fe' AS TEXT) WHERE rowid = 7")
+    conn.execute("UPDATE messages_meta SET content = x'0102' WHERE rowid = 50")
+    conn.execute("UPDATE messages_meta SET timestamp = 12 WHERE rowid = 90")
+    conn.execute("UPDATE messages_meta SET timestamp = 1.5 WHERE rowid = 91")
+    conn.close()
+    return db
+
+
+def one_core(db, tmp_path, fmt, monkeypatch) -> bytes:
+    with monkeypatch.context() as m:
+        exporting_on(False, m)
+        out = tmp_path / f"one-core.{fmt}"
+        result = memory("export", "-q", "--db", db, out)
+        assert result.exit_code == 0, result.output
+        return body(out)
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_two_cores_write_the_file_one_core_writes(source, tmp_path, fmt, monkeypatch, spreads):
+    expected = one_core(source, tmp_path, fmt, monkeypatch)
+    exporting_on(True, monkeypatch)
+    out = tmp_path / f"two-cores.{fmt}"
+    result = memory("export", "-q", "--db", source, out)
+    assert (result.exit_code, result.output) == (0, "")
+    assert body(out) == expected
+    assert spreads[-1].answered > 10        # of 49 ranges of messages and 2 of tool uses: not all done here
+    assert memory("validate", "-q", out).exit_code == 0
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_commit_before_the_worker_reads_lets_it_go(source, tmp_path, monkeypatch, spreads):
+    """Another connection commits after this export's snapshot and before the worker's: the worker would read
+    another database, so it is let go and the file is this export's snapshot, done here."""
+    expected = one_core(source, tmp_path, "json", monkeypatch)
+    exporting_on(True, monkeypatch)
+    check = export.check_for_export         # the export's first read: its snapshot is taken
+
+    def check_then_commit(*args):
+        left_out = check(*args)
+        other = sqlite3.connect(source, isolation_level=None)
+        other.execute("INSERT INTO messages_meta (id, session_id, role, content, timestamp) "
+                      "VALUES ('late', 'session-0', 'user', 'late', '2026-01-02T00:00:00Z')")
+        other.close()
+        return left_out
+    monkeypatch.setattr(export, "check_for_export", check_then_commit)
+    out = tmp_path / "two-cores.json"
+    result = memory("export", "-q", "--db", source, out)
+    assert (result.exit_code, result.output) == (0, "")
+    assert body(out) == expected            # without the late message
+    assert spreads[-1].answered == 0 and spreads[-1].process is None
+
+
+def test_a_worker_killed_midway_leaves_its_ranges_to_this_process(source, tmp_path, monkeypatch, spreads):
+    expected = one_core(source, tmp_path, "jsonl", monkeypatch)
+    exporting_on(True, monkeypatch)
+    receive = ranges.Spread._receive
+    received = []
+
+    def receive_then_kill(self, job):
+        receive(self, job)
+        received.append(1)
+        if len(received) == 12 and self.process is not None:
+            os.kill(self.process.pid, signal.SIGKILL)
+    monkeypatch.setattr(ranges.Spread, "_receive", receive_then_kill)
+    out = tmp_path / "two-cores.jsonl"
+    result = memory("export", "-q", "--db", source, out)
+    assert (result.exit_code, result.output) == (0, "")
+    assert body(out) == expected
+    assert 0 < spreads[-1].answered and spreads[-1].process is None
+
+
+def test_no_worker_without_a_second_core(source, tmp_path, monkeypatch, spreads):
+    expected = one_core(source, tmp_path, "json", monkeypatch)
+    exporting_on(True, monkeypatch)
+    monkeypatch.setattr(ranges, "cores", lambda: 1)
+    out = tmp_path / "two-cores.json"
+    assert memory("export", "-q", "--db", source, out).exit_code == 0
+    assert body(out) == expected
+    assert spreads[-1].answered == 0 and spreads[-1].watch is None
+
+
+def test_only_big_tables_are_spread(monkeypatch):
+    monkeypatch.setenv(ranges.ENV, "")
+    conn = sqlite3.connect(":memory:")
+    assert not ranges.Spread(conn, None).wanted(10 ** 6)        # no file: no second connection to it
+    conn.close()
+
+
+def test_ranges_cover_every_rowid_once():
+    from pipeline.export import cut
+    assert cut(None, None, 0) == []
+    assert cut(1, 1, 1) == [(1, 1)]
+    assert cut(1, 1000, 1000) == [(1, 500), (501, 1000)]        # 2 ranges of RANGE rows or fewer
+    parts = cut(-5, 2 ** 63 - 1, 3000)
+    assert parts[0][0] == -5 and parts[-1][1] == 2 ** 63 - 1 and len(parts) == 6
+    assert all(a[1] + 1 == b[0] for a, b in zip(parts, parts[1:]))
