@@ -64,19 +64,9 @@ class Spread:
         return self.watch is not None and rows >= (2 if self.mode == "1" else START)
 
     def close(self) -> None:
-        """Let the worker go (it ends when its end of the pipe is closed), and the watching connection."""
-        if self.jobs is not None:
-            self.jobs.close()
-            self.answers.close()
-            self.jobs = self.answers = None
-        if self.process is not None:
-            self.process.join(timeout=5)
-            if self.process.is_alive():
-                stopped(self.process)
-            self.process = None
-        if self.watch is not None:
-            self.watch.close()
-            self.watch = None
+        """The worker stopped (it holds nothing to keep: killed, not waited for to finish starting), and the
+        watching connection closed."""
+        self._stop()
 
     def batches(self, table: int, fmt: str, ranges: list[tuple[int, int]], rows: int, here: Work
                 ) -> Iterator[Encoded]:

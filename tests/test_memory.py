@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 from conftest import SAMPLE, make_database, memory
 
-from pipeline import canonical, records
+from pipeline import canonical, ranges, records
 from pipeline.database import new_database, open_for_reading, open_for_writing
 from pipeline.errors import Refused
 from pipeline.export import export
@@ -52,6 +52,11 @@ def peaks(tmp_path, messages_per_session: int, fmt: str) -> tuple[int, int]:
 def test_peak_memory_at_20x_rows_stays_within_a_batch_of_1x(tmp_path, fmt, monkeypatch):
     monkeypatch.setattr(records, "BATCH", 100)   # so 1x already spans many batches, and the test runs fast
     monkeypatch.setattr(canonical, "RUN", 16 << 10)     # and many of the fast reader's runs of lines
+    # and an export's big tables spread (pipeline.ranges) at both sizes, over many ranges, with a held budget
+    # of theirs filled at 1x already (it is the bound of a spread export: one batch and HELD bytes).
+    monkeypatch.setenv(ranges.ENV, "1")
+    monkeypatch.setattr(ranges, "RANGE", 50)
+    monkeypatch.setattr(ranges, "HELD", 64 << 10)
     small = peaks(tmp_path, 50, fmt)        # 1,000 messages: ten batches
     large = peaks(tmp_path, 1_000, fmt)     # 20,000 messages
     for one, twenty in zip(small, large):
