@@ -190,8 +190,9 @@ def _spread(conn: sqlite3.Connection, spread: Spread, fmt: str, index: int, expe
         # Damage: said as one core's export says it, from one scan of the whole table (found by it first).
         for _ in intact(conn, table, expected, rows_from(conn, table)):
             pass
-        if isinstance(exc, OutOfPlace):
-            raise damaged(conn, f"{table.key}: {exc}") from exc
+        if isinstance(exc, OutOfPlace):     # one scan reads them all: a page that finds rows by rowid is wrong,
+            raise damaged(conn, f"{table.key}: {exc}, read by ranges of rowids, though one scan reads them all "
+                                f"in order") from exc       # which one core's export would not have seen
         raise
 
 

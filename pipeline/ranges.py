@@ -6,13 +6,17 @@ always raised here (export.py reads the table again as one core does, so the mes
 
 One snapshot: a connection of this process reads PRAGMA data_version before the export's read transaction
 starts and again once the worker's has started. The same value both times means that no other connection
-committed in between, so both transactions read the same database; a different one, and the worker is let go."""
+committed in between, so both transactions read the same database; a different one, and the worker is let go.
+The same database: the worker opens it by its name, which another file may have been renamed over meanwhile
+(found by review: a file half from each, exit 0), so the file the name leads to must be one this process has
+open before the watching connection is opened, and one the worker has open once its snapshot is taken."""
 
 from __future__ import annotations
 
 import collections
 import os
 import sqlite3
+import stat
 from typing import Any, Callable, Iterator
 
 from .database import connect_read_only, database_file
@@ -27,6 +31,7 @@ RANGE = 512           # rows of a range, about (measured: 500 and 1,000 alike; a
 AHEAD = 2             # ranges given to the worker at once
 PENDING = 8           # ranges taken and not yet handed on
 HELD = 8 << 20        # bytes of this process's own ranges held while the worker's, before them, is awaited
+WAIT = 60             # seconds the worker may be silent when it is waited for: then it is lost (found: stopped)
 
 # work(conn, table, fmt, first rowid, last rowid, rows a batch) -> Encoded batches of the rows in that range
 Work = Callable[..., Iterator[Encoded]]
@@ -47,11 +52,17 @@ class Spread:
         self.held = 0               # bytes of batches made ahead of the file, here or by the worker
         self.watch: sqlite3.Connection | None = None
         self.path = ""
+        self.file = (0, 0)          # (device, inode) of the database this process reads
         if self.mode == "0" or cores() < 2:
             return
         try:
             self.path = database_file(conn)
             if self.path:           # not a database in memory
+                opened = open_files()
+                found = os.stat(self.path)
+                self.file = (found.st_dev, found.st_ino)
+                if opened is None or self.file not in opened:   # the name leads elsewhere now, or cannot be told
+                    return
                 self.watch = connect_read_only(self.path)
                 self.version = self._version()
                 if self.mode == "1" or os.path.getsize(self.path) >= EARLY:
@@ -138,8 +149,9 @@ class Spread:
             if self.mode != "1" and not self._answered():      # "1": waited for, so that the tests see it work
                 return False
             try:
-                ready = self.answers.recv() == ("ready",)
-                self.ready = ready and self._version() == self.version
+                kind, files = self.answers.recv() if self.answers.poll(WAIT) else ("lost", ())
+                same = kind == "ready" and self.file in files
+                self.ready = same and self._version() == self.version
             except (EOFError, OSError, ValueError, sqlite3.Error):
                 self.ready = False
             if not self.ready:      # it failed, or another connection committed meanwhile: not the same snapshot
@@ -177,6 +189,8 @@ class Spread:
         part = self.sent[0]
         if self.answers is not None:
             try:
+                if not self.answers.poll(WAIT):
+                    raise EOFError      # stopped, or stuck
                 message = self.answers.recv()
                 if message[0] == "batch":
                     _, count, first, last = message
@@ -237,13 +251,32 @@ class _Range:
         return batch
 
 
+def open_files() -> set[tuple[int, int]] | None:
+    """(device, inode) of each regular file this process has open; None where its descriptors cannot be listed."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            descriptors = os.listdir(folder)
+        except OSError:
+            continue
+        found = set()
+        for name in descriptors:
+            try:
+                status = os.fstat(int(name))
+            except (OSError, ValueError):
+                continue
+            if stat.S_ISREG(status.st_mode):
+                found.add((status.st_dev, status.st_ino))
+        return found
+    return None
+
+
 def _serve(jobs: Any, answers: Any, path: str, work: Work) -> None:
     """The worker: a read transaction on the database at `path`, then each range in, its batches out."""
     try:
         conn = connect_read_only(path)
         conn.execute("BEGIN")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchall()      # the snapshot is taken here
-        answers.send(("ready",))
+        answers.send(("ready", open_files() or set()))
         while True:
             try:
                 table, fmt, first, last, rows = jobs.recv()

@@ -133,3 +133,48 @@ def test_ranges_cover_every_rowid_once():
     parts = cut(-5, 2 ** 63 - 1, 3000)
     assert parts[0][0] == -5 and parts[-1][1] == 2 ** 63 - 1 and len(parts) == 6
     assert all(a[1] + 1 == b[0] for a, b in zip(parts, parts[1:]))
+
+
+def test_a_database_renamed_over_its_name_is_not_read_by_the_worker(tmp_path, monkeypatch, spreads):
+    """The worker opens the database by its name: another file renamed over it after this export opened it
+    would give a file half from each (found by review, exit 0). The worker is let go, the file is one core's."""
+    db = make_database(tmp_path / "source.db", sessions=6, messages_per_session=40)
+    other = make_database(tmp_path / "other.db", sessions=6, messages_per_session=40)
+    with sqlite3.connect(other) as conn:
+        conn.execute("UPDATE messages_meta SET content = 'from the other file'")
+    conn.close()
+    expected = one_core(db, tmp_path, "json", monkeypatch)
+    exporting_on(True, monkeypatch)
+    start = ranges.Spread._start
+
+    def rename_then_start(self):
+        os.replace(other, db)
+        start(self)
+    monkeypatch.setattr(ranges.Spread, "_start", rename_then_start)
+    out = tmp_path / "two-cores.json"
+    result = memory("export", "-q", "--db", db, out)
+    assert (result.exit_code, result.output) == (0, "")
+    assert body(out) == expected
+    assert spreads[-1].answered == 0 and spreads[-1].process is None
+
+
+def test_a_stuck_worker_is_given_up(source, tmp_path, monkeypatch, spreads):
+    """A worker that stops answering (here: SIGSTOP) is lost after ranges.WAIT seconds (found by review: the
+    export waited for ever); its ranges are done here."""
+    expected = one_core(source, tmp_path, "json", monkeypatch)
+    exporting_on(True, monkeypatch)
+    monkeypatch.setattr(ranges, "WAIT", 1)
+    receive = ranges.Spread._receive
+    received = []
+
+    def receive_then_stop(self, job):
+        receive(self, job)
+        received.append(1)
+        if len(received) == 6 and self.process is not None:
+            os.kill(self.process.pid, signal.SIGSTOP)
+    monkeypatch.setattr(ranges.Spread, "_receive", receive_then_stop)
+    out = tmp_path / "two-cores.json"
+    result = memory("export", "-q", "--db", source, out)
+    assert (result.exit_code, result.output) == (0, "")
+    assert body(out) == expected
+    assert spreads[-1].process is None
