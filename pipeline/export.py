@@ -80,7 +80,14 @@ class OutOfPlace(Exception):
 def range_batches(conn: sqlite3.Connection, index: int, fmt: str, first: int, last: int, size: int
                   ) -> Iterator[Encoded]:
     """The rows of TABLES[index] whose rowids are first to last, written out as the file holds them, in
-    batches of `size` rows (or of records.HELD bytes): what ranges.Spread has done here or by its worker."""
+    batches of `size` rows (or of records.HELD bytes): what ranges.Spread does here."""
+    for pieces, count, low, high in range_pieces(conn, index, fmt, first, last, size):
+        yield Encoded(b"".join(pieces), count, low, high)
+
+
+def range_pieces(conn: sqlite3.Connection, index: int, fmt: str, first: int, last: int, size: int
+                 ) -> Iterator[Encoded]:
+    """As range_batches, each batch's data in pieces (a list of bytes): what the worker sends, as they are."""
     table = TABLES[index]
     write = encoder(fmt, table.key)
     sql = select_sql(table).replace(" ORDER BY", " WHERE t.rowid BETWEEN ? AND ? ORDER BY")
@@ -92,7 +99,7 @@ def range_batches(conn: sqlite3.Connection, index: int, fmt: str, first: int, la
             if not (all(itertools.starmap(operator.lt, itertools.pairwise(rowids))) and rowids[-1] <= last):
                 raise OutOfPlace(f"rows of rowids {first} to {last} read out of order or out of that range")
             before = rowids[-1]
-            yield Encoded(write(next(records_of(table, (rows,)))), len(rows), rowids[1], before)
+            yield Encoded(write(next(records_of(table, (rows,)))), len(rows), rowids[1], before)  # type: ignore
 
 
 def intact(conn: sqlite3.Connection, table: Table, expected: int, batches: Iterable[list[tuple]]
@@ -147,7 +154,7 @@ def export(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: Callabl
     and the rows come from one read transaction, so the file is one snapshot while others write (in WAL mode
     they are not blocked). Rows that disagree with the counts raise inside the writer: the caller's atomic
     file is then never linked in. A big table is done on two cores (ranges.Spread) where there are two."""
-    spread = Spread(conn, range_batches)        # before the read transaction: see ranges
+    spread = Spread(conn, range_pieces)         # before the read transaction: see ranges
     try:
         with transaction(conn, "DEFERRED"):
             left_out = check_for_export(conn, skip_unknown)

@@ -269,15 +269,15 @@ class Encoded(NamedTuple):
 Batches = Iterable["list[Record] | Encoded"]
 
 
-def encoder(fmt: str, key: str) -> Callable[[list[Record]], bytes]:
-    """What a batch of a section's records is in the layout, as its writer below writes them: in a .json file
-    each record after ",\n" (the writer makes the first of an array's "\n"), in a .jsonl file each a line."""
+def encoder(fmt: str, key: str) -> Callable[[list[Record]], list[bytes]]:
+    """What a batch of a section's records is in the layout, in pieces (joined, or written one after the other),
+    as its writer below writes them: in a .json file each record after ",\n" (the writer makes the first of an
+    array's "\n"), in a .jsonl file each a line."""
     if fmt == "json":
-        return lambda batch: b"".join(itertools.chain.from_iterable(zip(itertools.repeat(b",\n"),
-                                                                        map(_ENCODE, batch))))
+        return lambda batch: list(itertools.chain.from_iterable(zip(itertools.repeat(b",\n"), map(_ENCODE, batch))))
     start = _line_start(key)
-    return lambda batch: b"".join(itertools.chain.from_iterable(zip(itertools.repeat(start), map(_ENCODE, batch),
-                                                                    itertools.repeat(b"}\n"))))
+    return lambda batch: list(itertools.chain.from_iterable(zip(itertools.repeat(start), map(_ENCODE, batch),
+                                                                itertools.repeat(b"}\n"))))
 
 
 def write_json(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Batches]],
