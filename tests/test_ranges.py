@@ -178,3 +178,52 @@ def test_a_stuck_worker_is_given_up(source, tmp_path, monkeypatch, spreads):
     assert (result.exit_code, result.output) == (0, "")
     assert body(out) == expected
     assert spreads[-1].process is None
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = 0
+    for i in range(9):
+        byte = data[at + i]
+        if i == 8:
+            return (value << 8) | byte, 9
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            return value, i + 1
+    raise AssertionError
+
+
+def _same_length_varint(value: int, length: int) -> bytes:
+    groups = [(value >> (7 * i)) & 0x7F for i in reversed(range(length))]
+    return bytes([g | 0x80 for g in groups[:-1]] + [groups[-1]])
+
+
+def test_a_wrong_key_on_an_interior_page_is_refused_on_two_cores(tmp_path, monkeypatch):
+    """A key of the table's interior page lowered (found by review): one scan reads every row in order, and one
+    core writes the file (exit 0); the ranges, which find their first row by those keys, miss rows, and two
+    cores refuse the database as damaged, saying so. (Never a file with rows missing.)"""
+    db = make_database(tmp_path / "source.db", sessions=4, messages_per_session=200)
+    with sqlite3.connect(db) as conn:
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'messages_meta'").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(db, "r+b") as f:
+        f.seek((root - 1) * size)
+        page = bytearray(f.read(size))
+        start = 100 if root == 1 else 0
+        assert page[start] == 5                              # an interior page of a table
+        cells = int.from_bytes(page[start + 3:start + 5], "big")
+        pointers = [int.from_bytes(page[start + 12 + 2 * i:start + 14 + 2 * i], "big") for i in range(cells)]
+        keys = [(p, *_varint(page, p + 4)) for p in pointers]
+        (_, before, _), (at, key, length) = keys[cells // 2 - 1], keys[cells // 2]
+        page[at + 4:at + 4 + length] = _same_length_varint(before + (key - before) // 4, length)
+        f.seek((root - 1) * size)
+        f.write(page)
+    exporting_on(False, monkeypatch)
+    assert memory("export", "-q", "--db", db, tmp_path / "one-core.json").exit_code == 0
+    exporting_on(True, monkeypatch)
+    result = memory("export", "-q", "--db", db, tmp_path / "two-cores.json")
+    assert result.exit_code == 1
+    assert re.fullmatch(r"Error: messages: \d+ rows read but the table counts 800, read by ranges of rowids, though "
+                        r"one scan reads them all in order: the database is damaged; check it with sqlite3 .*\n",
+                        result.output)
+    assert not (tmp_path / "two-cores.json").exists()
