@@ -40,7 +40,7 @@ Work = Callable[..., Iterator[Encoded]]
 
 
 class Spread:
-    """One export's worker, started for the first table big enough to want it."""
+    """One export's worker: started at once for a big database file, else for the first table big enough."""
 
     def __init__(self, conn: sqlite3.Connection, work: Work):
         self.work = work
