@@ -89,19 +89,24 @@ def test_a_commit_before_the_worker_reads_lets_it_go(source, tmp_path, monkeypat
     assert spreads[-1].answered == 0 and spreads[-1].process is None
 
 
-def test_a_worker_killed_midway_leaves_its_ranges_to_this_process(source, tmp_path, monkeypatch, spreads):
-    expected = one_core(source, tmp_path, "jsonl", monkeypatch)
+@pytest.mark.parametrize("sent, after, fmt", [(signal.SIGKILL, 12, "jsonl"), (signal.SIGSTOP, 6, "json")])
+def test_a_worker_killed_or_stuck_midway_leaves_its_ranges_to_this_process(source, tmp_path, monkeypatch, spreads,
+                                                                           sent, after, fmt):
+    """The worker dies, or stops answering (SIGSTOP: given up after ranges.WAIT seconds; found by review, the
+    export waited for ever): the rest of its ranges are done here, and the file is one core's."""
+    expected = one_core(source, tmp_path, fmt, monkeypatch)
     exporting_on(True, monkeypatch)
+    monkeypatch.setattr(ranges, "WAIT", 1)
     receive = ranges.Spread._receive
     received = []
 
-    def receive_then_kill(self, job):
+    def receive_then_signal(self, job):
         receive(self, job)
         received.append(1)
-        if len(received) == 12 and self.process is not None:
-            os.kill(self.process.pid, signal.SIGKILL)
-    monkeypatch.setattr(ranges.Spread, "_receive", receive_then_kill)
-    out = tmp_path / "two-cores.jsonl"
+        if len(received) == after and self.process is not None:
+            os.kill(self.process.pid, sent)
+    monkeypatch.setattr(ranges.Spread, "_receive", receive_then_signal)
+    out = tmp_path / f"two-cores.{fmt}"
     result = memory("export", "-q", "--db", source, out)
     assert (result.exit_code, result.output) == (0, "")
     assert body(out) == expected
@@ -156,28 +161,6 @@ def test_a_database_renamed_over_its_name_is_not_read_by_the_worker(tmp_path, mo
     assert (result.exit_code, result.output) == (0, "")
     assert body(out) == expected
     assert spreads[-1].answered == 0 and spreads[-1].process is None
-
-
-def test_a_stuck_worker_is_given_up(source, tmp_path, monkeypatch, spreads):
-    """A worker that stops answering (here: SIGSTOP) is lost after ranges.WAIT seconds (found by review: the
-    export waited for ever); its ranges are done here."""
-    expected = one_core(source, tmp_path, "json", monkeypatch)
-    exporting_on(True, monkeypatch)
-    monkeypatch.setattr(ranges, "WAIT", 1)
-    receive = ranges.Spread._receive
-    received = []
-
-    def receive_then_stop(self, job):
-        receive(self, job)
-        received.append(1)
-        if len(received) == 6 and self.process is not None:
-            os.kill(self.process.pid, signal.SIGSTOP)
-    monkeypatch.setattr(ranges.Spread, "_receive", receive_then_stop)
-    out = tmp_path / "two-cores.json"
-    result = memory("export", "-q", "--db", source, out)
-    assert (result.exit_code, result.output) == (0, "")
-    assert body(out) == expected
-    assert spreads[-1].process is None
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:
