@@ -27,6 +27,7 @@ LONGEST = START                 # a longer text is indexed by a rebuild here. Se
                                 # pickled, in the worker and in the index sent back, with nothing to overlap: one
                                 # message of 10 / 100 MB took 0.61 s, 120 MB / 4.5 s, 900 MB, rebuilt here 0.48 s,
                                 # 89 MB / 3.2 s, 703 MB
+LOCKED = 2                      # seconds to wait for the queue's lock when stopping: it is only ever held briefly
 QUEUED = 2                      # messages waiting to be sent, pickled (more compact than str objects), while
                                 # the worker indexes the last: memory is a few of them
 INDEX, TABLE, COLUMN = "messages_fts", "messages_meta", "content"
@@ -131,6 +132,16 @@ class SideIndex:
         self.gone = True
         self.process.kill()
         if self.sender is not None and self.sender.is_alive():     # None: a signal came before it was made
+            if not self.queue.mutex.acquire(timeout=LOCKED):
+                # A signal's exception came in a put() here between its taking the queue's lock and the block
+                # that lets it go: the lock is held for ever, so neither this thread can put the end nor the
+                # sender take it (found: an import that never ended after SIGTERM). The sender may be in a send,
+                # so the pipe to the worker is left open (closed under it, its number could be another file's)
+                # till this process ends.
+                stopped(self.process, self.answers)
+                self.process = None
+                return
+            self.queue.mutex.release()
             self.queue.put(None)
             self.sender.join()
         stopped(self.process, self.jobs, self.answers)
