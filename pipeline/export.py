@@ -18,7 +18,6 @@ from .database import counts, damaged, database_faults, quick_check, transaction
 from .errors import DatabaseProblem
 from .formats import WRITERS, Batches, Encoded, encoder
 from .output import atomic_file, output_stack
-from .ranges import Spread
 from .records import records_of
 from .schema_check import check_for_export
 from .tables import FORMAT_VERSION, TABLES, Table
@@ -96,10 +95,10 @@ def range_pieces(conn: sqlite3.Connection, index: int, fmt: str, first: int, las
         for rows in typed(table, _decoded(conn, sql, records.texts_of(table.columns), (first, last), size)):
             rowids = list(map(_ROWID, rows))
             rowids.insert(0, before)
-            if not (all(itertools.starmap(operator.lt, itertools.pairwise(rowids))) and rowids[-1] <= last):
+            if not (_ascending(rowids) and rowids[-1] <= last):
                 raise OutOfPlace(f"rows of rowids {first} to {last} read out of order or out of that range")
             before = rowids[-1]
-            yield Encoded(write(next(records_of(table, (rows,)))), len(rows), rowids[1], before)  # type: ignore
+            yield Encoded(list(write(next(records_of(table, (rows,))))), len(rows), rowids[1], before)  # type: ignore
 
 
 def intact(conn: sqlite3.Connection, table: Table, expected: int, batches: Iterable[list[tuple]]
@@ -113,13 +112,17 @@ def intact(conn: sqlite3.Connection, table: Table, expected: int, batches: Itera
         rowids = list(map(_ROWID, rows))
         if last is not None:
             rowids.insert(0, last)
-        if not all(itertools.starmap(operator.lt, itertools.pairwise(rowids))):
+        if not _ascending(rowids):
             before, rowid = next(p for p in itertools.pairwise(rowids) if p[0] >= p[1])
             raise damaged(conn, f"{table.key}: rowid {rowid} read after rowid {before}")
         last, read = rowids[-1], read + len(rows)
         yield rows
     if read != expected:
         raise damaged(conn, f"{table.key}: {read:,} rows read but the table counts {expected:,}")
+
+
+def _ascending(rowids: list[int]) -> bool:
+    return all(itertools.starmap(operator.lt, itertools.pairwise(rowids)))
 
 
 def typed(table: Table, batches: Iterable[list[tuple]]) -> Iterator[list[tuple]]:
@@ -154,7 +157,7 @@ def export(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: Callabl
     and the rows come from one read transaction, so the file is one snapshot while others write (in WAL mode
     they are not blocked). Rows that disagree with the counts raise inside the writer: the caller's atomic
     file is then never linked in. A big table is done on two cores (ranges.Spread) where there are two."""
-    spread = Spread(conn, range_pieces)         # before the read transaction: see ranges
+    spread = ranges.Spread(conn, range_pieces)       # before the read transaction: see ranges
     try:
         with transaction(conn, "DEFERRED"):
             left_out = check_for_export(conn, skip_unknown)
@@ -170,7 +173,7 @@ def export(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: Callabl
     return Exported(stats, left_out)
 
 
-def section(conn: sqlite3.Connection, spread: Spread, fmt: str, index: int, expected: int) -> Batches:
+def section(conn: sqlite3.Connection, spread: ranges.Spread, fmt: str, index: int, expected: int) -> Batches:
     """A table's batches: records made here from one scan of the table, or, for a big table, Encoded
     batches of ranges of it (see ranges)."""
     table = TABLES[index]
@@ -179,7 +182,8 @@ def section(conn: sqlite3.Connection, spread: Spread, fmt: str, index: int, expe
     return _spread(conn, spread, fmt, index, expected)
 
 
-def _spread(conn: sqlite3.Connection, spread: Spread, fmt: str, index: int, expected: int) -> Iterator[Encoded]:
+def _spread(conn: sqlite3.Connection, spread: ranges.Spread, fmt: str, index: int, expected: int
+            ) -> Iterator[Encoded]:
     table = TABLES[index]
     last, read = None, 0
     try:

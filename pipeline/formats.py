@@ -269,15 +269,15 @@ class Encoded(NamedTuple):
 Batches = Iterable["list[Record] | Encoded"]
 
 
-def encoder(fmt: str, key: str) -> Callable[[list[Record]], list[bytes]]:
-    """What a batch of a section's records is in the layout, in pieces (joined, or written one after the other),
-    as its writer below writes them: in a .json file each record after ",\n" (the writer makes the first of an
-    array's "\n"), in a .jsonl file each a line."""
+def encoder(fmt: str, key: str) -> Callable[[list[Record]], Iterator[bytes]]:
+    """What a batch of a section's records is in the layout, in pieces, each record encoded as they are taken:
+    in a .json file each record after ",\n" (the writer makes the first of an array's "\n"), in a .jsonl file
+    each a line. The one description of a record's place in a file, for both writers and the export's worker."""
     if fmt == "json":
-        return lambda batch: list(itertools.chain.from_iterable(zip(itertools.repeat(b",\n"), map(_ENCODE, batch))))
-    start = _line_start(key)
-    return lambda batch: list(itertools.chain.from_iterable(zip(itertools.repeat(start), map(_ENCODE, batch),
-                                                                itertools.repeat(b"}\n"))))
+        return lambda batch: itertools.chain.from_iterable(zip(itertools.repeat(b",\n"), map(_ENCODE, batch)))
+    start = b'{"table":' + encode(key) + b',"record":'       # as orjson writes {"table":, "record":}
+    return lambda batch: itertools.chain.from_iterable(zip(itertools.repeat(start), map(_ENCODE, batch),
+                                                           itertools.repeat(b"}\n")))
 
 
 def write_json(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Batches]],
@@ -289,14 +289,9 @@ def write_json(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Bat
         for key, batches in sections:
             out.write(b",\n" + encode(key) + b":[")
             count = 0
+            write = encoder("json", key)
             for batch in batches:
-                if type(batch) is Encoded:
-                    _write_encoded(out, batch, None if count else b"\n", progress)
-                    count += batch.count
-                    continue
-                separators = itertools.chain((b",\n" if count else b"\n",), itertools.repeat(b",\n"))
-                _write_batch(out, zip(separators, map(_ENCODE, batch)), progress, len(batch))
-                count += len(batch)
+                count += _write_batch(out, batch, write, progress, None if count else b"\n")
             out.write(b"\n]" if count else b"]")
 
 
@@ -307,27 +302,9 @@ def write_jsonl(out: IO[bytes], header: Header, sections: Iterable[tuple[str, Ba
     with summed(out, "jsonl") as out:
         out.write(encode({k: header[k] for k in HEADER_KEYS}, orjson.OPT_APPEND_NEWLINE))
         for key, batches in sections:
-            start = _line_start(key)
+            write = encoder("jsonl", key)
             for batch in batches:
-                if type(batch) is Encoded:
-                    _write_encoded(out, batch, None, progress)
-                    continue
-                _write_batch(out, zip(itertools.repeat(start), map(_ENCODE, batch), itertools.repeat(b"}\n")),
-                             progress, len(batch))
-
-
-def _line_start(key: str) -> bytes:
-    return b'{"table":' + encode(key) + b',"record":'       # as orjson writes {"table":, "record":}
-
-
-def _write_encoded(out: IO[bytes], batch: Encoded, first: bytes | None, progress: Callable[[int], None]) -> None:
-    """An Encoded batch; where `first` is given, in place of the separator its data starts with (",\n")."""
-    if first is None:
-        out.write(batch.data)
-    else:
-        out.write(first)
-        out.write(memoryview(batch.data)[2:])
-    progress(batch.count)
+                _write_batch(out, batch, write, progress)
 
 
 @contextlib.contextmanager
@@ -350,12 +327,25 @@ def summed(out: IO[bytes], fmt: str) -> Iterator[IO[bytes]]:
 _ENCODE = functools.partial(orjson.dumps, default=tagged)      # encode(), without a Python call per record
 
 
-def _write_batch(out: IO[bytes], pieces: Iterable[tuple[bytes, ...]], progress: Callable[[int], None],
-                 count: int) -> None:
-    """Write a batch's records, each as soon as it is encoded (orjson's result holds a 4 KiB buffer: a batch
-    of them kept would cost 8 MB), in pieces the buffer above the file gathers; then tell progress."""
-    out.writelines(itertools.chain.from_iterable(pieces))
+def _write_batch(out: IO[bytes], batch: "list[Record] | Encoded", write: Callable[[list[Record]], Iterator[bytes]],
+                 progress: Callable[[int], None], first: bytes | None = None) -> int:
+    """Write a batch, records (each as soon as it is encoded: orjson's result holds a 4 KiB buffer, a batch of
+    them kept would cost 8 MB) or Encoded, in pieces the buffer above the file gathers; then tell progress. Where
+    `first` is given, it goes in place of the separator the batch starts with (",\n"). Gives the records' count."""
+    if type(batch) is Encoded:
+        data, count = memoryview(batch.data), batch.count
+        if first is not None:
+            out.write(first)
+            data = data[2:]
+        out.write(data)
+    else:
+        pieces, count = write(batch), len(batch)
+        if first is not None:
+            next(pieces, None)
+            out.write(first)
+        out.writelines(pieces)
     progress(count)
+    return count
 
 
 WRITERS = {"json": write_json, "jsonl": write_jsonl}

@@ -67,7 +67,7 @@ class Spread:
                     return
                 self.watch = connect_read_only(self.path)
                 self.version = self._version()
-                if self.mode == "1" or os.path.getsize(self.path) >= EARLY:
+                if self.mode == "1" or found.st_size >= EARLY:
                     self._start()   # now, to be ready by the first big table
         except (sqlite3.Error, OSError):
             self.close()
