@@ -8,11 +8,11 @@ import math
 import sys
 from decimal import Decimal
 from itertools import islice, repeat
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import BadBackup
-from .tables import BY_KEY, INT64, Column, Record, Table
+from .tables import BY_KEY, FORMAT_MINOR, INT64, Column, Record, Table
 from .values import holds, tag_of, untagged
 
 BATCH = 2000
@@ -97,6 +97,7 @@ class Checker:
 
     def __init__(self, table: Table, minor: int):
         self.table = table
+        self.minor = minor
         self.columns = table.columns_in(minor)
         self.kinds = [(itemgetter(c.field), frozenset(_ACCEPTS[c.type] + ((type(None),) if c.nullable else ())))
                       for c in self.columns]
@@ -136,6 +137,50 @@ class Checker:
             for record in batch:
                 _as_floats(record, self.reals)
         return True
+
+    def count(self, text: bytes) -> int | None:
+        """How many records JSON array `text` holds, if every one is an object holding the table's fields and no
+        other, each with a value that passes the fast path (as msgspec reads them); else None. A field named
+        twice msgspec reads once: the caller rules that out, and checks the text's UTF-8 and escapes
+        (canonical._counted). The long texts are not made strings (msgspec.Raw, the value as written): each
+        must begin as a string does, or be null where allowed. For validate: making them was half its time."""
+        import msgspec
+        decode, long_texts = self._typed
+        try:
+            records = decode(text)
+        except (msgspec.MsgspecError, ValueError, RecursionError):
+            return None
+        for value, starts in long_texts:
+            if not starts.issuperset(map(_first, map(memoryview, map(value, records)))):
+                return None
+        return len(records)
+
+    @functools.cached_property
+    def _typed(self) -> tuple[Callable[[bytes], list], list[tuple[Callable[[Any], Any], frozenset[int]]]]:
+        """msgspec's decoder of an array of this table's records (see `count`), and each long text's getter
+        with the first bytes its value may have."""
+        import msgspec
+        from typing import Annotated, Literal, Optional
+        fields, long_texts = [], []
+        for c in self.columns:
+            kind: Any
+            if c.choices:
+                kind = Literal[c.choices]
+            elif c.type == "integer":
+                kind = Annotated[int, msgspec.Meta(ge=INT64[0], le=INT64[1])]
+            elif c.type == "real":
+                raise ValueError("counted only where the table has no real column")
+            elif c.name in LONG_TEXTS:
+                kind = msgspec.Raw
+                long_texts.append((attrgetter(c.name), frozenset(b'"n' if c.nullable else b'"')))
+            else:
+                kind = str
+            if c.nullable and kind is not msgspec.Raw:
+                kind = Optional[kind]
+            fields.append((c.name, kind, msgspec.field(name=c.field)))
+        record = msgspec.defstruct(f"{self.table.key}_1_{min(self.minor, FORMAT_MINOR)}", fields,
+                                   forbid_unknown_fields=True, gc=False)
+        return msgspec.json.Decoder(list[record]).decode, long_texts
 
     def one(self, record: Any, index: int) -> Record:
         """One record, as the fast path would take it or else the slow path; `index` names it in a message."""
@@ -187,6 +232,9 @@ class Counted:
 
     def __iter__(self) -> Iterator[Record]:
         raise TypeError("only the count of these records was kept")
+
+
+_first = itemgetter(0)
 
 
 def _test(column: Column) -> Callable[[Any], bool]:
