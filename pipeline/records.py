@@ -12,7 +12,7 @@ from operator import attrgetter, itemgetter
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import BadBackup
-from .tables import BY_KEY, FORMAT_MINOR, INT64, Column, Record, Table
+from .tables import BY_KEY, INT64, Column, Record, Table
 from .values import holds, tag_of, untagged
 
 BATCH = 2000
@@ -97,7 +97,6 @@ class Checker:
 
     def __init__(self, table: Table, minor: int):
         self.table = table
-        self.minor = minor
         self.columns = table.columns_in(minor)
         self.kinds = [(itemgetter(c.field), frozenset(_ACCEPTS[c.type] + ((type(None),) if c.nullable else ())))
                       for c in self.columns]
@@ -178,8 +177,7 @@ class Checker:
             if c.nullable and kind is not msgspec.Raw:
                 kind = Optional[kind]
             fields.append((c.name, kind, msgspec.field(name=c.field)))
-        record = msgspec.defstruct(f"{self.table.key}_1_{min(self.minor, FORMAT_MINOR)}", fields,
-                                   forbid_unknown_fields=True, gc=False)
+        record = msgspec.defstruct(self.table.key, fields, forbid_unknown_fields=True, gc=False)
         return msgspec.json.Decoder(list[record]).decode, long_texts
 
     def one(self, record: Any, index: int) -> Record:
